@@ -1,0 +1,40 @@
+# Everything a newcomer needs: `make demo` and `make test` set themselves up.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+CODEX   := node_modules/@openai/codex/bin/codex.js
+
+.PHONY: setup test demo lint bench clean schemas
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# pytest exits 5 when it collected no test: that fails the target on purpose.
+test: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: setup
+	$(BIN)/phh demo
+
+bench: setup
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scoreboard.py
+
+schemas: setup
+	$(BIN)/python -m phh_engine.schemas --write
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

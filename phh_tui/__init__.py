@@ -1,0 +1,1 @@
+"""phh front ends: the `phh` CLI and the Textual dashboard."""
