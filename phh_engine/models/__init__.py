@@ -1,0 +1,39 @@
+"""Pydantic models: the single source of every on-disk file's shape."""
+
+from .attempt import (
+    AttemptMeta,
+    AttemptState,
+    EnvironmentSnapshot,
+    PolicySnapshot,
+    ResumeSource,
+    Usage,
+)
+from .batch_meta import BatchMeta, EffectiveDefaults, NormalizedJob, NormalizedStep
+from .common import (
+    ID_PATTERN,
+    STEP_STATUSES,
+    TERMINAL_STATUSES,
+    AttemptStatus,
+    FailureClass,
+    StepStatus,
+    check_id,
+    utcnow,
+)
+from .current import AttemptIndexEntry, AttemptPointer, CurrentIndex, StepPointers
+from .harness_config import HarnessConfig, HarnessSettings
+from .health import RunnerHealth
+from .launch_table import JobSpec, LaunchTable, ResumeFrom, StepSpec
+from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
+from .run_report import RunReport
+from .scoreboard import BatchScoreboard, StatusCounts, SystemScoreboard
+
+__all__ = [
+    "ID_PATTERN", "STEP_STATUSES", "TERMINAL_STATUSES",
+    "AttemptIndexEntry", "AttemptMeta", "AttemptPointer", "AttemptState", "AttemptStatus",
+    "BatchMeta", "BatchScoreboard", "CurrentIndex", "EffectiveDefaults", "EnvironmentSnapshot",
+    "ExecutionPolicy", "FailureClass", "HarnessConfig", "HarnessSettings", "JobSpec",
+    "LaunchTable", "NormalizedJob", "NormalizedStep", "PolicySnapshot", "ResumeFrom",
+    "ResumeSource", "RetentionPolicy", "RetryPolicy", "RunReport", "RunnerHealth",
+    "StatusCounts", "StepPointers", "StepSpec", "StepStatus", "SystemScoreboard", "Timeouts",
+    "Usage", "check_id", "utcnow",
+]

@@ -1,0 +1,88 @@
+"""Attempt files (SPEC §5.1-5.2): meta.json (write-once) and state.json (guarded snapshot)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import AttemptStatus, FailureClass, Id, Record, Selector, WorkspacePolicy
+from .policies import ExecutionPolicy, RetryPolicy
+
+
+class ResumeSource(Record):
+    step_id: Id
+    selector: Selector
+    selected_run_id: Id
+
+
+class EnvironmentSnapshot(Record):
+    codex_cli_version: str | None = None
+    phh_version: str
+    host: str
+    working_directory: str
+    workspace_policy: WorkspacePolicy
+    workspace_root: str
+
+
+class PolicySnapshot(Record):
+    execution_policy: ExecutionPolicy
+    timeout_seconds: float
+    retry_policy: RetryPolicy
+
+
+class AttemptMeta(Record):
+    batch_id: Id
+    job_id: Id
+    step_id: Id
+    run_id: Id
+    runner_id: Id
+    run_dir_name: str
+    created_at: datetime
+    attempt_number: int = Field(ge=1, description="1-based count of attempts of this step")
+    trigger: Literal["scheduled", "retry", "operator_retry", "operator_resume", "requeue",
+                     "remediation"] = "scheduled"
+    invocation: Literal["exec", "resume"]
+    parent_run_id: Id | None = None
+    resume_from: ResumeSource | None = None
+    resume_base_copied_from: str | None = None
+    codex_thread_id: str | None = Field(default=None, description="expected thread (resume)")
+    retry_of: Id | None = None
+    prompt_sha256: str
+    prompt_ref: str | None = None
+    policy_snapshot: PolicySnapshot
+    command: list[str]
+    environment_snapshot: EnvironmentSnapshot
+
+
+class Usage(Record):
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_output_tokens: int = 0
+
+
+class AttemptState(Record):
+    batch_id: Id
+    job_id: Id
+    step_id: Id
+    run_id: Id
+    runner_id: Id
+    status: AttemptStatus
+    updated_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    last_heartbeat_at: datetime | None = None
+    last_event_at: datetime | None = None
+    current_item: str | None = None
+    pid: int | None = None
+    pid_started_at: float | None = Field(default=None, description="process create time (epoch)")
+    exit_code: int | None = None
+    termination_reason: str | None = None
+    failure_class: FailureClass | None = None
+    codex_thread_id: str | None = None
+    turn_completed: bool = False
+    usage: Usage = Field(default_factory=Usage)
+    artifacts: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)

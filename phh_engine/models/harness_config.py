@@ -1,0 +1,109 @@
+"""The harness config (SPEC §3): operator defaults and limits, materialised under runs/_system."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import Id, Strict
+from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
+
+MIN_STALE_SECONDS = 1800
+
+DEFAULT_ALLOWED_OVERRIDES: list[str] = [
+    "concurrency",
+    "execution_policy",
+    "timeouts",
+    "retries",
+    "retention_policy",
+    "workspace_policy",
+    "allow_shared_directory_concurrency",
+    "working_root",
+]
+
+
+class ApiMode(Strict):
+    enabled: bool = False
+    auth_mode: Literal["none", "local_trust", "token"] = "local_trust"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token_env: str = Field(default="PHH_API_TOKEN", description="env var holding the token")
+    token_file: str | None = Field(default=None, description="file outside runs/ with the token")
+
+
+class QueueMode(Strict):
+    enabled: bool = True
+    queue_root: str = "queue"
+
+
+class Interfaces(Strict):
+    api_mode: ApiMode = Field(default_factory=ApiMode)
+    filesystem_queue_mode: QueueMode = Field(default_factory=QueueMode)
+
+
+class Defaults(Strict):
+    execution_policy: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    retention_policy: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    workspace_policy: Literal["shared", "isolated"] = "shared"
+
+
+class StuckRemediation(Strict):
+    enabled: bool = False
+    action: Literal["cancel_retry", "resume", "requeue"] = "cancel_retry"
+    max_per_step: int = Field(default=1, ge=0)
+
+
+class ScoreboardDefaults(Strict):
+    heartbeat_stale_after_seconds: float = Field(default=2700, ge=MIN_STALE_SECONDS)
+    stuck_auto_remediation: StuckRemediation = Field(default_factory=StuckRemediation)
+    write_interval_seconds: float = Field(default=1.0, gt=0)
+
+
+class RunnerSpec(Strict):
+    runner_id: Id = "local"
+    capacity: int = Field(default=4, ge=0)
+    draining: bool = False
+
+
+class Limits(Strict):
+    max_jobs_per_batch: int = Field(default=10000, ge=1)
+    max_steps_per_job: int = Field(default=100, ge=1)
+    max_prompt_bytes: int = Field(default=1_000_000, ge=1)
+    global_concurrency: int = Field(default=8, ge=1)
+    per_working_directory: int = Field(
+        default=1, ge=1, description="max concurrent steps sharing a working dir (shared policy)"
+    )
+    min_free_disk_bytes: int = Field(default=1 << 30, ge=0)
+    min_available_memory_bytes: int = Field(default=512 << 20, ge=0)
+
+
+class CodexSettings(Strict):
+    bin: str | None = None
+    config_toml: str | None = None
+    credential_dir: str | None = Field(default=None, description="runner-local dir with auth.json")
+    heartbeat_seconds: float = Field(default=30.0, gt=0, le=900)
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class HarnessSettings(Strict):
+    """What the operator edits (`<root>/phh_config.json`); everything has a default."""
+
+    interfaces: Interfaces = Field(default_factory=Interfaces)
+    defaults: Defaults = Field(default_factory=Defaults)
+    scoreboard: ScoreboardDefaults = Field(default_factory=ScoreboardDefaults)
+    runners: list[RunnerSpec] = Field(default_factory=lambda: [RunnerSpec()])
+    limits: Limits = Field(default_factory=Limits)
+    allowed_overrides: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_OVERRIDES))
+    codex: CodexSettings = Field(default_factory=CodexSettings)
+
+
+class HarnessConfig(HarnessSettings):
+    """The materialised snapshot: settings plus a content-derived version."""
+
+    harness_config_version: str
+    written_at: datetime

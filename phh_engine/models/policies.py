@@ -1,0 +1,94 @@
+"""Policies shared by the harness config (defaults) and Launch Tables (overrides)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import FailureClass, SandboxMode, Strict
+
+DEFAULT_RETRY_ON: list[FailureClass] = [
+    "model_error", "rate_limited", "timeout", "runner_lost", "nonzero_exit",
+]
+
+
+class ExecutionPolicy(Strict):
+    """The Codex flags every attempt of a batch runs with."""
+
+    sandbox: SandboxMode = "workspace-write"
+    bypass_sandbox: bool = Field(
+        default=False,
+        description="pass --dangerously-bypass-approvals-and-sandbox (externally sandboxed hosts)",
+    )
+    approval_policy: Literal["never", "on-request", "on-failure", "untrusted"] = "never"
+    web_search: bool = False
+    network_access: bool = False
+    model: str | None = None
+    model_reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    skip_git_repo_check: bool = True
+    add_dirs: list[str] = Field(default_factory=list)
+    capture_events: bool = True
+    capture_git_artifacts: bool = True
+    config_overrides: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra `-c key=value` pairs passed to Codex"
+    )
+
+
+class ExecutionPolicyOverride(Strict):
+    sandbox: SandboxMode | None = None
+    bypass_sandbox: bool | None = None
+    approval_policy: Literal["never", "on-request", "on-failure", "untrusted"] | None = None
+    web_search: bool | None = None
+    network_access: bool | None = None
+    model: str | None = None
+    model_reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    skip_git_repo_check: bool | None = None
+    add_dirs: list[str] | None = None
+    capture_events: bool | None = None
+    capture_git_artifacts: bool | None = None
+    config_overrides: dict[str, str | int | float | bool] | None = None
+
+
+class RetryPolicy(Strict):
+    max_attempts: int = Field(default=2, ge=1)
+    backoff_seconds: float = Field(default=30.0, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    backoff_max_seconds: float = Field(default=600.0, ge=0)
+    mode: Literal["fresh", "resume_same_thread"] = "fresh"
+    retry_on: list[FailureClass] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+
+
+class RetryPolicyOverride(Strict):
+    max_attempts: int | None = Field(default=None, ge=1)
+    backoff_seconds: float | None = Field(default=None, ge=0)
+    backoff_factor: float | None = Field(default=None, ge=1)
+    backoff_max_seconds: float | None = Field(default=None, ge=0)
+    mode: Literal["fresh", "resume_same_thread"] | None = None
+    retry_on: list[FailureClass] | None = None
+
+
+class Timeouts(Strict):
+    step_seconds: float = Field(default=3600.0, gt=0, description="default step timeout")
+
+
+class TimeoutsOverride(Strict):
+    step_seconds: float | None = Field(default=None, gt=0)
+
+
+class RetentionPolicy(Strict):
+    events_days: float | None = Field(default=30, description="keep raw event logs N days")
+    compress_events_after_days: float | None = 7
+    state_and_final_days: float | None = None
+    git_artifacts_days: float | None = 30
+    resume_bases_days: float | None = 30
+    delete_successful_finals: bool = False
+
+
+class RetentionPolicyOverride(Strict):
+    events_days: float | None = None
+    compress_events_after_days: float | None = None
+    state_and_final_days: float | None = None
+    git_artifacts_days: float | None = None
+    resume_bases_days: float | None = None
+    delete_successful_finals: bool | None = None

@@ -1,0 +1,122 @@
+"""Scoreboards (SPEC §11): derived views, never a source of truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from .attempt import Usage
+from .common import Id, Record, StepStatus
+
+
+class StatusCounts(Record):
+    blocked: int = 0
+    ready: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    needs_attention: int = 0
+    canceled: int = 0
+
+
+class ResumeView(Record):
+    step_id: Id
+    selector: str
+    selected_run_id: Id | None = None
+    resume_base_dir: str | None = None
+
+
+class StepRow(Record):
+    """One step in the batch view's 'all steps' list."""
+
+    job_id: Id
+    step_id: Id
+    status: StepStatus
+    stuck: bool = False
+    attempts: int = 0
+    run_id: Id | None = None
+    attempt_dir: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    resume_from: ResumeView | None = None
+
+
+class AttentionRow(Record):
+    job_id: Id
+    step_id: Id
+    kind: str = Field(description="stuck | needs_attention | failed")
+    run_id: Id | None = None
+    attempt_dir: str | None = None
+    detail: str | None = None
+    seconds_since_last_heartbeat: float | None = None
+
+
+class RunningRow(Record):
+    job_id: Id
+    step_id: Id
+    run_id: Id
+    runner_id: Id
+    attempt_dir: str
+    current_item: str | None = None
+    last_heartbeat_at: datetime | None = None
+    seconds_since_last_heartbeat: float | None = None
+    started_at: datetime | None = None
+    run_duration_seconds: float | None = None
+    stuck: bool = False
+    resume_from: ResumeView | None = None
+
+
+class BlockedRow(Record):
+    job_id: Id
+    step_id: Id
+    reasons: list[str]
+    resume_from: ResumeView | None = None
+
+
+class FailureRow(Record):
+    job_id: Id
+    step_id: Id
+    run_id: Id
+    attempt_dir: str
+    state_status: str
+    exit_code: int | None = None
+    termination_reason: str | None = None
+    failure_class: str | None = None
+    final_status: str | None = None
+    final_summary: str | None = None
+    errors: list[str] = Field(default_factory=list)
+
+
+class BatchScoreboard(Record):
+    batch_id: Id
+    submitted_at: datetime
+    computed_at: datetime
+    batch_goal_summary: str
+    jobs_total: int
+    steps_total: int
+    heartbeat_stale_after_seconds: float
+    closed: bool = False
+    counts: StatusCounts
+    usage: Usage = Field(default_factory=Usage)
+    attention: list[AttentionRow] = Field(default_factory=list)
+    running: list[RunningRow] = Field(default_factory=list)
+    blocked: list[BlockedRow] = Field(default_factory=list)
+    failures: list[FailureRow] = Field(default_factory=list)
+    steps: list[StepRow] = Field(default_factory=list)
+
+
+class SystemRow(Record):
+    batch_id: Id
+    submitted_at: datetime
+    batch_goal_summary_preview: str
+    jobs_total: int
+    steps_total: int
+    counts: StatusCounts
+    running_steps: int
+    attention_steps: int
+    closed: bool = False
+
+
+class SystemScoreboard(Record):
+    computed_at: datetime
+    batches: list[SystemRow] = Field(default_factory=list)

@@ -1,0 +1,186 @@
+"""Pure derivations: step status, blocking reasons, retry budget/backoff, resume selectors.
+
+SPEC §7.1 (readiness), §7.5 (retries), §8 (selectors) and §11 (step status). No I/O: the
+scheduler, scoreboards and tests all call these with views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .models import RetryPolicy, StepStatus
+from .views import AttemptView, BatchView, JobView, StepView
+
+RATE_LIMIT_BACKOFF_FACTOR = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeResolution:
+    """The attempt a resume would copy from, or why there is none usable yet."""
+
+    step_id: str
+    selector: str
+    source: AttemptView | None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class Readiness:
+    status: StepStatus
+    reasons: list[str] = field(default_factory=list)
+    runnable: bool = False
+    not_before: datetime | None = None
+    resume: ResumeResolution | None = None
+    retry_of: AttemptView | None = None
+    trigger: str = "scheduled"
+
+
+def resolve_resume_source(
+    job: JobView, step_id: str, selector: str, run_id: str | None = None
+) -> ResumeResolution:
+    """Deterministic selector resolution (SPEC §8) over the source step's attempts."""
+    src = job.steps.get(step_id)
+    key = f"{job.job_id}.{step_id}"
+    if src is None:
+        return ResumeResolution(step_id, selector, None, f"resume_from: unknown step {key}")
+    chosen: AttemptView | None
+    if selector == "latest_successful":
+        chosen = src.latest_successful
+        if chosen is None:
+            return ResumeResolution(
+                step_id, selector, None, f"resume_from: no resume base available yet for {key}"
+            )
+    elif selector == "latest":
+        chosen = src.latest
+        if chosen is None:
+            return ResumeResolution(
+                step_id, selector, None, f"resume_from: no resume base available yet for {key}"
+            )
+        if not chosen.terminal:
+            return ResumeResolution(
+                step_id, selector, None, f"resume_from: latest attempt of {key} still running"
+            )
+    else:
+        chosen = src.find(run_id or "")
+        if chosen is None:
+            return ResumeResolution(
+                step_id, selector, None, f"resume_from: run_id {run_id} not found in {key}"
+            )
+        if not chosen.terminal:
+            return ResumeResolution(
+                step_id, selector, None, f"resume_from: attempt {run_id} of {key} still running"
+            )
+    if not chosen.resume_base_ready:
+        return ResumeResolution(
+            step_id, selector, None,
+            f"resume_from: attempt {chosen.run_id} of {key} left no resume base",
+        )
+    return ResumeResolution(step_id, selector, chosen)
+
+
+def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str | None) -> float:
+    """Exponential backoff after the n-th failure (n >= 1), longer when rate limited."""
+    delay = policy.backoff_seconds * policy.backoff_factor ** max(failures - 1, 0)
+    if failure_class == "rate_limited":
+        delay *= RATE_LIMIT_BACKOFF_FACTOR
+    return min(delay, max(policy.backoff_max_seconds, policy.backoff_seconds))
+
+
+def _failure_class(attempt: AttemptView) -> str | None:
+    st = attempt.state
+    if st is None:
+        return None
+    if st.failure_class:
+        return st.failure_class
+    if st.status == "needs_attention":
+        return "schema_invalid" if st.termination_reason == "schema_invalid" else (
+            "agent_reported_failure"
+        )
+    if st.status == "canceled":
+        return "canceled"
+    return st.termination_reason
+
+
+def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
+    reasons: list[str] = []
+    for dep_id in step.spec.depends_on:
+        dep = job.steps.get(dep_id)
+        key = f"{job.job_id}.{dep_id}"
+        if dep is None:
+            reasons.append(f"depends_on: {key} does not exist")
+            continue
+        if dep.latest_successful is not None:
+            continue
+        if dep.marks.marked_failed:
+            reasons.append(f"depends_on: {key} marked failed ({dep.marks.marked_failed})")
+        elif dep.latest is not None and dep.latest.terminal:
+            reasons.append(f"depends_on: {key} not succeeded (latest {dep.latest.status})")
+        else:
+            reasons.append(f"depends_on: {key} not succeeded")
+    return reasons
+
+
+def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime) -> Readiness:
+    """Status (SPEC §11) and whether the scheduler may start an attempt now (SPEC §7.1)."""
+    if step.in_flight is not None:
+        return Readiness("running")
+    if step.latest_successful is not None:
+        return Readiness("succeeded")
+    if step.marks.marked_failed:
+        return Readiness("failed", [f"marked failed by operator: {step.marks.marked_failed}"])
+
+    retry_of: AttemptView | None = None
+    trigger = "scheduled"
+    not_before: datetime | None = None
+    reasons: list[str] = []
+    latest = step.latest
+    if latest is not None:  # terminal and not successful
+        fc = _failure_class(latest)
+        policy = step.spec.retry_policy
+        n = len(step.attempts)
+        if step.marks.force_retry:
+            trigger = "operator_retry"
+        elif fc in policy.retry_on and n < policy.max_attempts:
+            trigger = "retry"
+            wait = retry_delay_seconds(policy, n, fc)
+            not_before = (latest.ended_at or now) + timedelta(seconds=wait)
+            reasons.append(f"retry {n + 1}/{policy.max_attempts} after {fc}")
+        else:
+            status: StepStatus = latest.status  # type: ignore[assignment]
+            why = f"{fc}" if fc else latest.status
+            if fc in policy.retry_on:
+                why += f"; retry budget spent ({n}/{policy.max_attempts})"
+            return Readiness(status, [why], retry_of=latest)
+        retry_of = latest
+
+    dep_reasons = _dependency_reasons(job, step)
+    resume: ResumeResolution | None = None
+    rf = step.spec.resume_from
+    if rf is not None:
+        resume = resolve_resume_source(job, rf.step_id, rf.selector, rf.run_id)
+        # a depends_on reason already explains a missing source; don't say it twice
+        if resume.reason and not any(
+            r.startswith(f"depends_on: {job.job_id}.{rf.step_id} ") for r in dep_reasons
+        ):
+            dep_reasons.append(resume.reason)
+    if dep_reasons:
+        return Readiness("blocked", dep_reasons, resume=resume, retry_of=retry_of)
+    if batch.closed:
+        return Readiness("blocked", ["batch closed"], resume=resume, retry_of=retry_of)
+    runnable = not_before is None or now >= not_before
+    if not runnable and not_before is not None:
+        reasons.append(f"backoff until {not_before.isoformat()}")
+    return Readiness(
+        "ready", reasons, runnable=runnable, not_before=not_before, resume=resume,
+        retry_of=retry_of, trigger=trigger,
+    )
+
+
+def is_stuck(attempt: AttemptView, now: datetime, stale_after_seconds: float) -> bool:
+    """SPEC §7.8: running with a heartbeat older than the threshold. Status is not changed."""
+    st = attempt.state
+    if st is None or st.status != "running":
+        return False
+    beat = st.last_heartbeat_at or st.started_at
+    return beat is not None and (now - beat).total_seconds() > stale_after_seconds

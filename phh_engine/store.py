@@ -1,0 +1,131 @@
+"""The only place that writes the runs store: atomic snapshots, write-once files, state guard.
+
+Readers never see partial JSON because every snapshot is written to a temp file in the same
+directory, fsynced and renamed into place; write-once files are published with `link()`, which
+fails instead of overwriting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock
+from pydantic import BaseModel, ValidationError
+
+from .models import TERMINAL_STATUSES, AttemptState
+
+M = TypeVar("M", bound=BaseModel)
+
+_ALLOWED: dict[str | None, frozenset[str]] = {
+    None: frozenset({"queued", "running", "canceled"}),
+    "queued": frozenset({"queued", "running", "canceled"}),
+    "running": frozenset(
+        {"running", "succeeded", "failed", "canceled", "needs_attention"}
+    ),
+}
+
+
+class StoreError(Exception):
+    """A store operation that must not happen (e.g. rewriting a write-once file)."""
+
+
+class TerminalStateError(StoreError):
+    """A write tried to change an attempt whose status is already terminal."""
+
+
+def to_bytes(obj: BaseModel | dict[str, Any] | list[Any]) -> bytes:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump_json(indent=2, exclude_none=True).encode() + b"\n"
+    return json.dumps(obj, indent=2, sort_keys=False, default=str).encode() + b"\n"
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    tmp = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: BaseModel | dict[str, Any] | list[Any]) -> None:
+    atomic_write_bytes(path, to_bytes(obj))
+
+
+def write_once_bytes(path: Path, data: bytes) -> None:
+    """Publish a complete file that must never be replaced; FileExistsError if it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(path.parent, path.name, data)
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_once_json(path: Path, obj: BaseModel | dict[str, Any] | list[Any]) -> None:
+    write_once_bytes(path, to_bytes(obj))
+
+
+def read_json(path: Path) -> Any | None:
+    """Missing or unparsable means 'not there yet', never an exception."""
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+def read_model(path: Path, model: type[M]) -> M | None:
+    data = read_json(path)
+    if data is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def check_transition(old: str | None, new: str) -> None:
+    if old in TERMINAL_STATUSES:
+        if old == new:
+            raise TerminalStateError(f"attempt already {old}; a terminal state never changes")
+        raise TerminalStateError(f"refusing {old} -> {new}: terminal states never change")
+    if new not in _ALLOWED[old]:
+        raise StoreError(f"illegal state transition {old} -> {new}")
+
+
+def write_state(path: Path, state: AttemptState) -> None:
+    """Guarded state.json write: the on-disk status decides what may follow it."""
+    current = read_json(path)
+    old = current.get("status") if isinstance(current, dict) else None
+    check_transition(old, state.status)
+    atomic_write_json(path, state)
+
+
+def job_lock(lock_path: Path, timeout: float = 60.0) -> FileLock:
+    """Cross-process lock for one job: claims, finalisation and current.json updates."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_path), timeout=timeout, thread_local=False)
+
+
+def append_line(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line if line.endswith("\n") else line + "\n")

@@ -1,0 +1,157 @@
+"""In-memory views of the runs store that every derivation reads (built by the StoreIndex).
+
+Plain dataclasses, so pure functions (readiness, scoreboards, selectors) can be tested with
+hand-made data and no disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .models import (
+    TERMINAL_STATUSES,
+    AttemptMeta,
+    AttemptState,
+    BatchMeta,
+    NormalizedJob,
+    NormalizedStep,
+    RunReport,
+)
+from .paths import CODEX_HOME
+
+
+@dataclass(slots=True)
+class AttemptView:
+    run_id: str
+    dir_name: str
+    path: Path
+    meta: AttemptMeta | None = None
+    state: AttemptState | None = None
+    report: RunReport | None = None
+    #: the frozen codex_home/ holds a conversation (sessions/) a resume can copy
+    resume_base_ready: bool = False
+
+    @property
+    def status(self) -> str:
+        """A missing state.json means the attempt was just created: queued."""
+        return self.state.status if self.state else "queued"
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def started_at(self) -> datetime | None:
+        return self.state.started_at if self.state else None
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return self.state.ended_at if self.state else None
+
+    @property
+    def thread_id(self) -> str | None:
+        if self.state and self.state.codex_thread_id:
+            return self.state.codex_thread_id
+        return self.meta.codex_thread_id if self.meta else None
+
+    @property
+    def resume_base_dir(self) -> Path:
+        return self.path / CODEX_HOME
+
+    @property
+    def runner_id(self) -> str | None:
+        if self.state:
+            return self.state.runner_id
+        return self.meta.runner_id if self.meta else None
+
+
+@dataclass(slots=True)
+class OperatorMarks:
+    """What operator overrides left on a step (applied override files)."""
+
+    marked_failed: str | None = None
+    force_retry: bool = False
+    retry_prompt: str | None = None
+    requeue_runner: str | None = None
+    remediations: int = 0
+
+
+@dataclass(slots=True)
+class StepView:
+    spec: NormalizedStep
+    attempts: list[AttemptView] = field(default_factory=list)
+    marks: OperatorMarks = field(default_factory=OperatorMarks)
+
+    @property
+    def step_id(self) -> str:
+        return self.spec.step_id
+
+    @property
+    def latest(self) -> AttemptView | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def latest_successful(self) -> AttemptView | None:
+        """Successful attempt with the latest ended_at (ties: later start)."""
+        best: AttemptView | None = None
+        for a in self.attempts:
+            if a.status != "succeeded":
+                continue
+            if best is None or (a.ended_at or datetime.min) >= (best.ended_at or datetime.min):
+                best = a
+        return best
+
+    @property
+    def in_flight(self) -> AttemptView | None:
+        for a in reversed(self.attempts):
+            if not a.terminal:
+                return a
+        return None
+
+    def add_attempt(self, attempt: AttemptView) -> None:
+        """Keep attempts in directory-name (start time) order."""
+        if self.attempts and attempt.dir_name < self.attempts[-1].dir_name:
+            self.attempts.append(attempt)
+            self.attempts.sort(key=lambda a: a.dir_name)
+        else:
+            self.attempts.append(attempt)
+
+    def find(self, run_id: str) -> AttemptView | None:
+        for a in self.attempts:
+            if a.run_id == run_id:
+                return a
+        return None
+
+
+@dataclass(slots=True)
+class JobView:
+    spec: NormalizedJob
+    steps: dict[str, StepView] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    @classmethod
+    def from_spec(cls, spec: NormalizedJob) -> JobView:
+        return cls(spec=spec, steps={s.step_id: StepView(spec=s) for s in spec.steps})
+
+
+@dataclass(slots=True)
+class BatchView:
+    meta: BatchMeta
+    jobs: dict[str, JobView] = field(default_factory=dict)
+    closed: bool = False
+
+    @property
+    def batch_id(self) -> str:
+        return self.meta.batch_id
+
+    @classmethod
+    def from_meta(cls, meta: BatchMeta) -> BatchView:
+        return cls(meta=meta, jobs={j.job_id: JobView.from_spec(j) for j in meta.jobs})
+
+    def steps(self) -> list[tuple[JobView, StepView]]:
+        return [(j, s) for j in self.jobs.values() for s in j.steps.values()]
