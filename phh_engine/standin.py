@@ -30,7 +30,6 @@ import argparse
 import copy
 import http.server
 import json
-import re
 import select
 import socket
 import sys
@@ -55,7 +54,6 @@ TOOL_OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"
 FINAL_KINDS = frozenset({"final", "final_text", "echo_thread"})
 # Codex prepends a user message with the environment; it is not a prompt.
 _CONTEXT_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md")
-_WS = re.compile(r"\s*")
 
 
 def script(*actions: dict[str, Any]) -> str:
@@ -74,7 +72,9 @@ def parse_script(text: str) -> dict[str, Any] | None:
         start = text.rfind(MARKER_PREFIX, 0, end)
         if start < 0:
             return None
-        pos = _WS.match(text, start + len(MARKER_PREFIX)).end()  # type: ignore[union-attr]
+        pos = start + len(MARKER_PREFIX)
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
         try:
             obj, after = decoder.raw_decode(text, pos)
         except ValueError:
@@ -205,6 +205,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no such route: {self.path}"}})
             return
         step, action, parsed = choose_action(body)
+        action = self.server.standin._limit(step, action, parsed)
         record = {"method": "POST", **summarize(self.path, body)}
         record.update(step=step, action=action, script=parsed, time=time.time())
         self.server.standin._record(record)
@@ -470,9 +471,26 @@ class StandIn:
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._counters: dict[tuple[str, int], int] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _limit(
+        self, step: int, action: dict[str, Any], parsed: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """`{"times": N, "otherwise": {...}}` on an action: only the first N requests of the
+        same script at the same step perform it (e.g. fail once, then succeed on retry)."""
+        if "times" not in action:
+            return action
+        key = (json.dumps(parsed, sort_keys=True), step)
+        with self._lock:
+            seen = self._counters.get(key, 0)
+            self._counters[key] = seen + 1
+        if seen < int(action["times"]):
+            return action
+        other = action.get("otherwise")
+        return other if isinstance(other, dict) else {"final": {}}
 
     def _record(self, entry: dict[str, Any]) -> None:
         with self._lock:

@@ -1,0 +1,146 @@
+"""Finding the Codex CLI, learning its flags once, and building `codex exec` command lines.
+
+CODEX_NOTES.md is the source of the facts encoded here: resume by explicit thread id, flags
+such as `--sandbox` before the `resume` subcommand, prompt on stdin (`-`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import ExecutionPolicy
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+_WRAPPER = "node_modules/.bin/codex"
+
+
+class CodexNotFound(Exception):
+    """No usable codex binary: the message says where phh looked."""
+
+
+def locate_codex(configured: str | None = None) -> str:
+    """PHH_CODEX_BIN, else the harness config's codex.bin, else the pinned npm install, else PATH.
+
+    The native binary is preferred over the npm wrapper: it starts faster and signals reach it
+    directly (the wrapper is a Node process in front of it).
+    """
+    looked: list[str] = []
+    for cand in (os.environ.get("PHH_CODEX_BIN"), configured):
+        if cand:
+            looked.append(cand)
+            resolved = shutil.which(cand) or (cand if Path(cand).is_file() else None)
+            if resolved and os.access(resolved, os.X_OK):
+                return str(Path(resolved).resolve())
+    for rel in (_NATIVE, _WRAPPER):
+        p = PROJECT_ROOT / rel
+        looked.append(str(p))
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p.resolve())
+    on_path = shutil.which("codex")
+    if on_path:
+        return on_path
+    looked.append("codex on PATH")
+    raise CodexNotFound("codex CLI not found; looked at: " + ", ".join(looked))
+
+
+@dataclass(slots=True)
+class CodexInfo:
+    """What the installed CLI supports, read once per engine start from `--help`."""
+
+    bin: str
+    version: str | None
+    exec_flags: frozenset[str] = field(default_factory=frozenset)
+    resume_flags: frozenset[str] = field(default_factory=frozenset)
+
+    def supports(self, flag: str, resume: bool = False) -> bool:
+        flags = self.resume_flags if resume else self.exec_flags
+        # an unreadable --help must not make phh drop flags it needs: assume support
+        return not flags or flag in flags
+
+
+_FLAG_RE = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]+)")
+
+
+def _help_flags(argv: list[str]) -> frozenset[str]:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(_FLAG_RE.findall(out))
+
+
+def probe_codex(bin_path: str) -> CodexInfo:
+    version: str | None = None
+    try:
+        out = subprocess.run(
+            [bin_path, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        version = out.split()[-1] if out else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return CodexInfo(
+        bin=bin_path,
+        version=version,
+        exec_flags=_help_flags([bin_path, "exec", "--help"]),
+        resume_flags=_help_flags([bin_path, "exec", "resume", "--help"]),
+    )
+
+
+def _toml_value(v: str | int | float | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def build_command(
+    info: CodexInfo,
+    policy: ExecutionPolicy,
+    *,
+    workdir: Path,
+    schema_path: Path,
+    final_txt: Path,
+    resume_thread_id: str | None = None,
+    resume_last: bool = False,
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """argv for one attempt; the prompt always goes on stdin (`-`)."""
+    resume = resume_thread_id is not None or resume_last
+    argv = [info.bin, "exec", "--json"]
+    if info.supports("--color"):
+        argv += ["--color", "never"]
+    argv += ["-C", str(workdir)]
+    if policy.bypass_sandbox:
+        argv.append("--dangerously-bypass-approvals-and-sandbox")
+    else:
+        argv += ["--sandbox", policy.sandbox]
+    if policy.skip_git_repo_check and info.supports("--skip-git-repo-check"):
+        argv.append("--skip-git-repo-check")
+    if policy.model:
+        argv += ["-m", policy.model]
+    overrides: dict[str, str | int | float | bool] = {"approval_policy": policy.approval_policy}
+    if policy.model_reasoning_effort:
+        overrides["model_reasoning_effort"] = policy.model_reasoning_effort
+    overrides["web_search"] = "live" if policy.web_search else "disabled"
+    if policy.network_access and policy.sandbox == "workspace-write":
+        overrides["sandbox_workspace_write.network_access"] = True
+    overrides.update(policy.config_overrides)
+    for key, value in overrides.items():
+        argv += ["-c", f"{key}={_toml_value(value)}"]
+    for d in policy.add_dirs:
+        if info.supports("--add-dir"):
+            argv += ["--add-dir", d]
+    argv += ["--output-schema", str(schema_path), "-o", str(final_txt)]
+    argv += list(extra_args or [])
+    if resume:
+        argv.append("resume")
+        argv += [resume_thread_id] if resume_thread_id else ["--last"]
+    argv.append("-")
+    return argv

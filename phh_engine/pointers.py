@@ -1,0 +1,100 @@
+"""current.json: the per-job index, always rebuildable from attempt directories (SPEC §5.4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from .models import (
+    AttemptIndexEntry,
+    AttemptPointer,
+    AttemptState,
+    CurrentIndex,
+    StepPointers,
+    utcnow,
+)
+from .paths import CODEX_HOME, STATE, Layout, run_id_of
+from .store import atomic_write_json, job_lock, read_model
+
+
+def _scan_step(attempts_dir: Path) -> list[tuple[str, Path, AttemptState | None]]:
+    try:
+        names = sorted(p.name for p in attempts_dir.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    return [
+        (n, attempts_dir / n, read_model(attempts_dir / n / STATE, AttemptState)) for n in names
+    ]
+
+
+def _pointer(run_id: str, path: Path, st: AttemptState | None) -> AttemptPointer:
+    return AttemptPointer(
+        run_id=run_id,
+        attempt_dir=str(path),
+        resume_base_dir=str(path / CODEX_HOME),
+        codex_thread_id=st.codex_thread_id if st else None,
+        status=st.status if st else "queued",
+    )
+
+
+def build_current(layout: Layout, batch_id: str, job_id: str, now: datetime) -> CurrentIndex:
+    """Derive current.json for one job from its attempt directories: O(that job)."""
+    steps_root = layout.job_dir(batch_id, job_id) / "steps"
+    steps: dict[str, StepPointers] = {}
+    try:
+        step_ids = sorted(p.name for p in steps_root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        step_ids = []
+    for step_id in step_ids:
+        rows = _scan_step(steps_root / step_id / "attempts")
+        if not rows:
+            continue
+        by_run: dict[str, AttemptIndexEntry] = {}
+        best: tuple[datetime, str, Path, AttemptState] | None = None
+        for name, path, st in rows:
+            run_id = run_id_of(name)
+            by_run[run_id] = AttemptIndexEntry(
+                attempt_dir=str(path),
+                resume_base_dir=str(path / CODEX_HOME),
+                status=st.status if st else "queued",
+                started_at=st.started_at if st else None,
+                ended_at=st.ended_at if st else None,
+                codex_thread_id=st.codex_thread_id if st else None,
+            )
+            if st is not None and st.status == "succeeded":
+                key = st.ended_at or st.updated_at
+                if best is None or key >= best[0]:
+                    best = (key, run_id, path, st)
+        name, path, st = rows[-1]
+        steps[step_id] = StepPointers(
+            latest=_pointer(run_id_of(name), path, st),
+            latest_successful=_pointer(best[1], best[2], best[3]) if best else None,
+            by_run_id=by_run,
+        )
+    return CurrentIndex(batch_id=batch_id, job_id=job_id, updated_at=now, steps=steps)
+
+
+def update_current(layout: Layout, batch_id: str, job_id: str, *, locked: bool = False) -> None:
+    """Rewrite one job's current.json under the job lock (or inside a caller's lock)."""
+    if locked:
+        atomic_write_json(
+            layout.current(batch_id, job_id), build_current(layout, batch_id, job_id, utcnow())
+        )
+        return
+    with job_lock(layout.job_lock(batch_id, job_id)):
+        update_current(layout, batch_id, job_id, locked=True)
+
+
+def reindex(layout: Layout) -> int:
+    """Rebuild every current.json from attempt directories; returns jobs written."""
+    count = 0
+    if not layout.runs.is_dir():
+        return 0
+    for batch_dir in sorted(layout.runs.iterdir()):
+        if batch_dir.name.startswith(("_", ".")) or not (batch_dir / "batch_meta.json").exists():
+            continue
+        for job_dir in sorted(batch_dir.iterdir()):
+            if job_dir.is_dir() and (job_dir / "steps").is_dir():
+                update_current(layout, batch_dir.name, job_dir.name)
+                count += 1
+    return count

@@ -1,0 +1,673 @@
+"""The local runner: executes one run attempt as a Codex subprocess (SPEC §6, §8).
+
+Codex writes its events straight into `codex.events.jsonl` and a tiny `sh` wrapper writes its
+exit code to a file, so nothing depends on a pipe held by this process: an attempt's record
+survives the engine. The runner only tails those files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import psutil
+from pydantic import ValidationError
+
+from . import __version__
+from .codex_cli import CodexInfo, build_command
+from .events import EventFacts, EventTail
+from .models import (
+    AttemptMeta,
+    AttemptState,
+    EnvironmentSnapshot,
+    HarnessConfig,
+    PolicySnapshot,
+    ResumeSource,
+    RunReport,
+    Usage,
+    utcnow,
+)
+from .paths import (
+    CODEX_HOME,
+    EVENTS,
+    EXIT_CODE,
+    FILES_TOUCHED,
+    FINAL_JSON,
+    FINAL_TXT,
+    GIT_DIFF,
+    GIT_HEAD,
+    GIT_STATUS,
+    HANDOFF,
+    META,
+    OUTPUT_SCHEMA,
+    STATE,
+    STDERR,
+    STDOUT,
+    Layout,
+    new_run_id,
+    run_dir_name,
+)
+from .pointers import update_current
+from .readiness import ResumeResolution
+from .store import (
+    TerminalStateError,
+    job_lock,
+    read_model,
+    write_once_bytes,
+    write_once_json,
+    write_state,
+)
+from .views import AttemptView, BatchView, JobView, StepView
+from .workspace import WorkspaceError, resolve_workspace
+
+# `trap :` keeps the wrapper alive through SIGINT/SIGTERM (the child still gets them, as
+# caught handlers reset on exec) so it can record the exit code; only SIGKILL loses it.
+_WRAPPER = (
+    'trap : INT TERM HUP; "$@"; rc=$?; '
+    'printf "%s\\n" "$rc" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$rc"'
+)
+PROMPT_FILE = "prompt.txt"
+STATE_WRITE_MIN_INTERVAL = 1.0
+_PLACEHOLDER = re.compile(r"\{\{\s*steps\.([A-Za-z0-9._-]+)\.([a-z_]+)\s*\}\}")
+_SECRET_ENV = ("CODEX_API_KEY", "OPENAI_API_KEY")
+
+RECOVERY_PROMPT = (
+    "Your previous attempt at this task ended before it finished ({reason}). Continue the same "
+    "task from where you left off, check what is already done in the working directory, and "
+    "finish with the final report."
+)
+
+
+@dataclass(slots=True)
+class AttemptPlan:
+    """What the scheduler decided: which step, why, and where a resume copies from."""
+
+    batch_id: str
+    job_id: str
+    step_id: str
+    runner_id: str
+    trigger: str = "scheduled"
+    retry_of: AttemptView | None = None
+    resume: ResumeResolution | None = None
+    resume_same_thread: bool = False
+    extra_prompt: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str
+    termination_reason: str
+    failure_class: str | None = None
+
+
+@dataclass(slots=True)
+class LiveAttempt:
+    """Book-keeping for one running attempt, for cancel and status queries."""
+
+    plan: AttemptPlan
+    run_id: str
+    path: Path
+    pid: int | None = None
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = "canceled"
+
+
+def classify(
+    *,
+    exit_code: int | None,
+    facts: EventFacts,
+    report: RunReport | None,
+    report_error: str | None,
+    canceled: bool,
+    timed_out: bool,
+    thread_mismatch: str | None,
+    stderr_tail: str = "",
+) -> Outcome:
+    """Attempt status from everything observed. Success needs exit 0, turn.completed and a
+    schema-valid report (CODEX_NOTES: Codex may exit 0 after a failed turn)."""
+    if canceled:
+        return Outcome("canceled", "canceled", "canceled")
+    if timed_out:
+        return Outcome("failed", "timeout", "timeout")
+    if thread_mismatch:
+        return Outcome("failed", "thread_mismatch", "thread_mismatch")
+    if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
+        text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail]).lower()
+        if any(s in text for s in ("429", "rate limit", "too many requests", "usage limit",
+                                   "quota")):
+            fc = "rate_limited"
+        elif facts.turn_failed or any(
+            s in text for s in ("stream disconnected", "500", "502", "503", "504",
+                                "high demand", "internal server error", "server_error")
+        ):
+            fc = "model_error"
+        else:
+            fc = "nonzero_exit"
+        reason = "exit" if exit_code is not None else "killed"
+        return Outcome("failed", reason, fc)
+    if report is None:
+        return Outcome("needs_attention", "schema_invalid", "schema_invalid")
+    if report.status == "failed":
+        return Outcome("failed", "agent_reported_failure", "agent_reported_failure")
+    if report.status == "needs_attention":
+        return Outcome("needs_attention", "agent_reported_needs_attention",
+                       "agent_reported_failure")
+    return Outcome("succeeded", "exit")
+
+
+def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None, dict | None,
+                                                                  str | None]:
+    """(report for the default schema, raw object, error). Custom schemas yield no RunReport."""
+    if not text.strip():
+        return None, None, "no final message (final.txt empty or missing)"
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        return None, None, f"final message is not JSON: {exc}"
+    try:
+        jsonschema.validate(obj, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "$"
+        return None, None, f"final message does not match the schema at {where}: {exc.message}"
+    try:
+        return RunReport.model_validate(obj), obj, None
+    except ValidationError:
+        return None, obj, None
+
+
+def resolve_placeholders(text: str, job: JobView) -> str:
+    """Hand-off by files: `{{steps.<id>.final_json_path}}` and friends (SPEC §8)."""
+
+    def sub(m: re.Match[str]) -> str:
+        step = job.steps.get(m.group(1))
+        att = step.latest_successful if step else None
+        if att is None:
+            return m.group(0)
+        field_ = m.group(2)
+        if field_ == "final_json_path":
+            return str(att.path / FINAL_JSON)
+        if field_ == "handoff_path":
+            return str(att.path / HANDOFF)
+        if field_ == "attempt_dir":
+            return str(att.path)
+        if field_ == "final_json":
+            try:
+                return (att.path / FINAL_JSON).read_text()
+            except OSError:
+                return m.group(0)
+        if field_ == "summary":
+            return att.report.summary if att.report else ""
+        return m.group(0)
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _tail_text(path: Path, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def kill_tree(pid: int, sig: int) -> None:
+    """Signal a process group and every descendant found by walking the tree: agent commands
+    can run in their own session, outside the group (CODEX_NOTES)."""
+    victims: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        victims = psutil.Process(pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+class LocalRunner:
+    """Runs attempts as asyncio subprocesses on this host (no thread per run)."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        config: HarnessConfig,
+        codex: CodexInfo,
+        runner_id: str,
+        *,
+        default_schema: Path,
+        on_change: Callable[[str, str, str, AttemptView], None],
+        codex_config_toml: Path | None = None,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.codex = codex
+        self.runner_id = runner_id
+        self.default_schema = default_schema
+        self.on_change = on_change
+        self.codex_config_toml = codex_config_toml
+        self.live: dict[str, LiveAttempt] = {}
+        self.host = socket.gethostname()
+        self._default_schema_obj = json.loads(default_schema.read_text())
+
+    # ----------------------------------------------------------------- claim
+    def claim(self, plan: AttemptPlan) -> tuple[str, Path] | None:
+        """Exactly-once: under the job lock, re-check the disk and create the attempt dir.
+
+        Another engine on the same root sees the queued state.json and will not start the step.
+        """
+        attempts = self.layout.attempts_dir(plan.batch_id, plan.job_id, plan.step_id)
+        with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
+            if attempts.is_dir():
+                for d in attempts.iterdir():
+                    if d.name.startswith("."):
+                        continue
+                    st = read_model(d / STATE, AttemptState)
+                    status = st.status if st else "queued"
+                    if status in ("queued", "running"):
+                        return None
+                    if status == "succeeded" and plan.trigger != "operator_rerun":
+                        return None
+            now = utcnow()
+            run_id = new_run_id()
+            path = attempts / run_dir_name(now, run_id)
+            path.mkdir(parents=True, exist_ok=False)
+            (path / CODEX_HOME).mkdir()
+            write_state(path / STATE, self._state(plan, run_id, "queued", now))
+        return run_id, path
+
+    def _state(self, plan: AttemptPlan, run_id: str, status: str, now: datetime,
+               **kw: Any) -> AttemptState:
+        return AttemptState(
+            batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
+            runner_id=self.runner_id, status=status, updated_at=now, **kw,  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------ run
+    async def run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
+                  claimed: tuple[str, Path]) -> AttemptView:
+        run_id, path = claimed
+        live = LiveAttempt(plan=plan, run_id=run_id, path=path)
+        self.live[run_id] = live
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        try:
+            return await self._run(plan, batch, job, step, live, view)
+        finally:
+            self.live.pop(run_id, None)
+
+    def cancel(self, run_id: str, reason: str = "canceled") -> bool:
+        live = self.live.get(run_id)
+        if live is None:
+            return False
+        live.cancel_reason = reason
+        live.cancel_requested.set()
+        return True
+
+    def _emit(self, plan: AttemptPlan, view: AttemptView) -> None:
+        self.on_change(plan.batch_id, plan.job_id, plan.step_id, view)
+
+    async def _run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
+                   live: LiveAttempt, view: AttemptView) -> AttemptView:
+        path, run_id = live.path, live.run_id
+        spec = step.spec
+        policy = batch.meta.effective_defaults.execution_policy
+        state = self._state(plan, run_id, "queued", utcnow())
+        view.state = state
+        self._emit(plan, view)
+
+        # -- where it runs, what it continues, what it is told
+        try:
+            ws_policy, workdir = await asyncio.to_thread(resolve_workspace, self.layout, batch, job)
+        except WorkspaceError as exc:
+            return await self._spawn_failed(plan, view, state, str(exc))
+        source = plan.resume.source if plan.resume else None
+        expected_thread: str | None = None
+        if plan.resume_same_thread and plan.retry_of is not None:
+            source = plan.retry_of
+        if source is not None:
+            expected_thread = (
+                spec.resume_from.codex_thread_id
+                if spec.resume_from and spec.resume_from.codex_thread_id and not
+                plan.resume_same_thread else source.thread_id
+            )
+            await asyncio.to_thread(self._copy_resume_base, source.resume_base_dir,
+                                    path / CODEX_HOME)
+        self._provision_home(path / CODEX_HOME)
+
+        if plan.resume_same_thread and plan.retry_of is not None:
+            reason = (plan.retry_of.state.failure_class if plan.retry_of.state else None) or "?"
+            prompt = RECOVERY_PROMPT.format(reason=reason)
+        else:
+            prompt = resolve_placeholders(spec.prompt, job)
+            if spec.append_prompt:
+                prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
+        if plan.extra_prompt:
+            prompt += "\n\n" + plan.extra_prompt
+        write_once_bytes(path / PROMPT_FILE, prompt.encode())
+
+        schema_path = self.default_schema
+        schema_obj = self._default_schema_obj
+        if spec.output_schema is not None:
+            schema_obj = spec.output_schema
+            schema_path = path / OUTPUT_SCHEMA
+            write_once_json(schema_path, schema_obj)
+        argv = build_command(
+            self.codex, policy, workdir=workdir, schema_path=schema_path,
+            final_txt=path / FINAL_TXT,
+            resume_thread_id=expected_thread if source is not None else None,
+            resume_last=source is not None and expected_thread is None,
+            extra_args=self.config.codex.extra_args,
+        )
+
+        # -- meta.json: write-once record of exactly how this attempt runs
+        resume_src: ResumeSource | None = None
+        if source is not None:
+            if plan.resume_same_thread:
+                resume_src = ResumeSource(step_id=plan.step_id, selector="run_id",
+                                          selected_run_id=source.run_id)
+            elif plan.resume:
+                resume_src = ResumeSource(step_id=plan.resume.step_id,
+                                          selector=plan.resume.selector,  # type: ignore[arg-type]
+                                          selected_run_id=source.run_id)
+        meta = AttemptMeta(
+            batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
+            runner_id=self.runner_id, run_dir_name=path.name, created_at=utcnow(),
+            attempt_number=len(step.attempts) + (0 if step.find(run_id) else 1),
+            trigger=plan.trigger,  # type: ignore[arg-type]
+            invocation="resume" if source is not None else "exec",
+            parent_run_id=source.run_id if source is not None else None,
+            resume_from=resume_src,
+            resume_base_copied_from=str(source.resume_base_dir) if source is not None else None,
+            codex_thread_id=expected_thread,
+            retry_of=plan.retry_of.run_id if plan.retry_of else None,
+            prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
+            prompt_ref=spec.prompt_ref,
+            policy_snapshot=PolicySnapshot(execution_policy=policy,
+                                           timeout_seconds=spec.timeout_seconds,
+                                           retry_policy=spec.retry_policy),
+            command=argv,
+            environment_snapshot=EnvironmentSnapshot(
+                codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,
+                working_directory=str(workdir), workspace_policy=ws_policy,  # type: ignore[arg-type]
+                workspace_root=str(workdir),
+            ),
+        )
+        write_once_json(path / META, meta)
+        view.meta = meta
+
+        # -- spawn
+        events_path = path / (EVENTS if policy.capture_events else STDOUT)
+        env = self._env(path / CODEX_HOME)
+        try:
+            with open(path / PROMPT_FILE, "rb") as stdin, open(events_path, "ab") as out, \
+                    open(path / STDERR, "ab") as err:
+                proc = await asyncio.create_subprocess_exec(
+                    "/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv,
+                    stdin=stdin, stdout=out, stderr=err, cwd=str(workdir), env=env,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            return await self._spawn_failed(plan, view, state, f"spawn failed: {exc}", meta)
+        live.pid = proc.pid
+        started = utcnow()
+        pid_started: float | None = None
+        with contextlib.suppress(psutil.Error):
+            pid_started = psutil.Process(proc.pid).create_time()
+        state = state.model_copy(update={
+            "status": "running", "updated_at": started, "started_at": started,
+            "last_heartbeat_at": started, "pid": proc.pid, "pid_started_at": pid_started,
+            "codex_thread_id": None,
+        })
+        write_state(path / STATE, state)
+        view.state = state
+        self._emit(plan, view)
+
+        # -- watch it
+        facts = EventFacts()
+        tail = EventTail(events_path)
+        timed_out = False
+        thread_mismatch: str | None = None
+        hb = self.config.codex.heartbeat_seconds
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        deadline = t0 + spec.timeout_seconds
+        next_beat = t0 + hb
+        last_write = t0
+        dirty = False
+        poll = 0.1
+        waiter = asyncio.ensure_future(proc.wait())
+        canceller = asyncio.ensure_future(live.cancel_requested.wait())
+        killer: asyncio.Future[None] | None = None
+        while True:
+            now_t = loop.time()
+            timeout = max(0.0, min(poll, deadline - now_t, next_beat - now_t))
+            await asyncio.wait({waiter, canceller}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            new = tail.read_new()
+            if waiter.done():
+                new += tail.flush_partial()
+            now = utcnow()
+            now_t = loop.time()
+            for ev in new:
+                dirty |= facts.apply(ev)
+            if new:
+                poll = 0.1
+                state = state.model_copy(update={"last_event_at": now})
+            else:
+                poll = min(poll * 1.5, 1.0)
+            if (expected_thread and facts.thread_id and facts.thread_id != expected_thread
+                    and not thread_mismatch):
+                thread_mismatch = (f"resumed thread {facts.thread_id} is not the expected "
+                                   f"{expected_thread}")
+                live.cancel_reason = "thread_mismatch"
+                live.cancel_requested.set()
+            if waiter.done():
+                break
+            if now_t >= deadline and not timed_out:
+                timed_out = True
+                live.cancel_reason = "timeout"
+                live.cancel_requested.set()
+            if live.cancel_requested.is_set() and killer is None:
+                killer = asyncio.ensure_future(self._stop_process(proc, live))
+            beat = now_t >= next_beat
+            if beat or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
+                state = self._merge_facts(state, facts, now).model_copy(
+                    update={"last_heartbeat_at": now if beat else state.last_heartbeat_at}
+                )
+                if beat:
+                    next_beat = now_t + hb
+                with contextlib.suppress(TerminalStateError):
+                    write_state(path / STATE, state)
+                view.state = state
+                last_write, dirty = now_t, False
+                self._emit(plan, view)
+        canceller.cancel()
+        if killer is not None:
+            await killer
+        # Make sure nothing of this attempt outlives it (agent commands in their own session).
+        kill_tree(proc.pid, signal.SIGKILL)
+
+        # -- finalize
+        exit_code = self._read_exit_code(path, proc.returncode)
+        canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
+            "timeout", "thread_mismatch")
+        final_text = ""
+        with contextlib.suppress(OSError):
+            final_text = (path / FINAL_TXT).read_text(encoding="utf-8", errors="replace")
+        report, obj, report_error = validate_report(final_text, schema_obj)
+        outcome = classify(
+            exit_code=exit_code, facts=facts,
+            report=report if (report or obj is None) else _custom_ok(obj),
+            report_error=report_error, canceled=canceled, timed_out=timed_out,
+            thread_mismatch=thread_mismatch, stderr_tail=_tail_text(path / STDERR, 2000),
+        )
+        if obj is not None:
+            write_once_json(path / FINAL_JSON, obj)
+        errors = list(facts.errors)
+        if report_error and outcome.termination_reason == "schema_invalid":
+            errors.append(report_error)
+        if thread_mismatch:
+            errors.append(thread_mismatch)
+        if timed_out:
+            errors.append(f"timed out after {spec.timeout_seconds:g}s")
+        if policy.capture_git_artifacts:
+            await self._git_artifacts(workdir, path, facts)
+        missing = [a for a in spec.artifacts_expected if not (workdir / a).exists()]
+        errors += [f"expected artifact missing: {a}" for a in missing]
+        if outcome.status == "succeeded" and obj is not None:
+            write_once_json(path / HANDOFF, {
+                "schema_version": "1.0.0", "batch_id": plan.batch_id, "job_id": plan.job_id,
+                "step_id": plan.step_id, "run_id": run_id, "status": outcome.status,
+                "final_json_path": str(path / FINAL_JSON),
+                "summary": report.summary if report else None,
+                "codex_thread_id": facts.thread_id,
+            })
+        ended = utcnow()
+        state = self._merge_facts(state, facts, ended).model_copy(update={
+            "status": outcome.status, "updated_at": ended, "ended_at": ended,
+            "exit_code": exit_code, "termination_reason": outcome.termination_reason,
+            "failure_class": outcome.failure_class, "errors": errors[-20:],
+            "artifacts": sorted(p.name for p in path.iterdir() if not p.name.startswith(".")),
+        })
+        view.report = report
+        return await asyncio.to_thread(self._finalize, plan, view, state)
+
+    # --------------------------------------------------------------- helpers
+    def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState) -> AttemptView:
+        """Terminal state and current.json under the job lock: one terminal status, ever."""
+        with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
+            try:
+                write_state(view.path / STATE, state)
+            except TerminalStateError:
+                state = read_model(view.path / STATE, AttemptState) or state
+            update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
+        view.state = state
+        view.resume_base_ready = (view.path / CODEX_HOME / "sessions").is_dir()
+        self._emit(plan, view)
+        return view
+
+    async def _spawn_failed(self, plan: AttemptPlan, view: AttemptView, state: AttemptState,
+                            message: str, meta: AttemptMeta | None = None) -> AttemptView:
+        now = utcnow()
+        # queued -> running -> failed keeps the transition rules without a special case
+        running = state.model_copy(update={"status": "running", "started_at": now,
+                                           "updated_at": now, "last_heartbeat_at": now})
+        write_state(view.path / STATE, running)
+        final = running.model_copy(update={
+            "status": "failed", "ended_at": now, "termination_reason": "spawn_failed",
+            "failure_class": "spawn_failed", "errors": [message],
+        })
+        return await asyncio.to_thread(self._finalize, plan, view, final)
+
+    @staticmethod
+    def _merge_facts(state: AttemptState, facts: EventFacts, now: datetime) -> AttemptState:
+        return state.model_copy(update={
+            "updated_at": now,
+            "codex_thread_id": facts.thread_id or state.codex_thread_id,
+            "current_item": facts.current_item or state.current_item,
+            "turn_completed": facts.turn_completed,
+            "usage": Usage(**facts.usage),
+            "errors": facts.errors[-20:],
+        })
+
+    async def _stop_process(self, proc: asyncio.subprocess.Process, live: LiveAttempt) -> None:
+        """SIGINT first (Codex stops gracefully and ends its commands), SIGKILL after grace."""
+        kill_tree(proc.pid, signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), self.config.codex.cancel_grace_seconds)
+        except TimeoutError:
+            kill_tree(proc.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _read_exit_code(path: Path, returncode: int | None) -> int | None:
+        try:
+            return int((path / EXIT_CODE).read_text().strip())
+        except (OSError, ValueError):
+            return returncode
+
+    @staticmethod
+    def _copy_resume_base(src_home: Path, dst_home: Path) -> None:
+        """Only the conversation files: Codex's SQLite state holds absolute paths to the source
+        home, so copying it would make the resume write into the source (CODEX_NOTES)."""
+        src = src_home / "sessions"
+        if src.is_dir():
+            shutil.copytree(src, dst_home / "sessions", dirs_exist_ok=False)
+
+    def _provision_home(self, home: Path) -> None:
+        home.mkdir(exist_ok=True)
+        cfg = self.codex_config_toml
+        if cfg is not None and cfg.is_file():
+            shutil.copyfile(cfg, home / "config.toml")
+        if any(os.environ.get(k) for k in _SECRET_ENV):
+            return  # the key reaches Codex through the environment, never through runs/
+        cred_dir = Path(self.config.codex.credential_dir or Path.home() / ".codex")
+        auth = cred_dir / "auth.json"
+        if auth.is_file() and not (home / "auth.json").exists():
+            (home / "auth.json").symlink_to(auth.resolve())
+
+    @staticmethod
+    def _env(home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CODEX_HOME"] = str(home)
+        return env
+
+    async def _git_artifacts(self, workdir: Path, path: Path, facts: EventFacts) -> None:
+        async def git(*args: str) -> tuple[int, bytes]:
+            try:
+                p = await asyncio.create_subprocess_exec(
+                    "git", "-C", str(workdir), *args, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                out, _ = await p.communicate()
+                return p.returncode or 0, out
+            except OSError:
+                return 1, b""
+
+        rc, head = await git("rev-parse", "HEAD")
+        if rc != 0:
+            inside, _ = await git("rev-parse", "--is-inside-work-tree")
+            if inside != 0:
+                return
+            head = b"(no commits)\n"
+        _, status = await git("status", "--porcelain=v1", "--untracked-files=all", ".")
+        _, diff = await git("diff", "--binary", "HEAD", "--", ".") if rc == 0 else (0, b"")
+        untracked = [ln[3:] for ln in status.decode(errors="replace").splitlines()
+                     if ln.startswith("?? ")]
+        for rel in untracked[:200]:
+            f = workdir / rel
+            with contextlib.suppress(OSError):
+                if f.is_file() and f.stat().st_size <= 1_000_000:
+                    _, d = await git("diff", "--no-index", "--binary", "--", "/dev/null", rel)
+                    diff += d
+        write_once_bytes(path / GIT_HEAD, head)
+        write_once_bytes(path / GIT_STATUS, status)
+        write_once_bytes(path / GIT_DIFF, diff)
+        touched = sorted({ln[3:] for ln in status.decode(errors="replace").splitlines()
+                          if len(ln) > 3})
+        write_once_json(path / FILES_TOUCHED, {
+            "from_git_status": touched, "from_events": facts.files_changed,
+        })
+
+
+def _custom_ok(obj: dict[str, Any]) -> RunReport:
+    """A custom output schema validated: treat it as an ok report with a generic summary."""
+    status = obj.get("status") if isinstance(obj, dict) else None
+    return RunReport(
+        schema_version="1.0.0",
+        status=status if status in ("ok", "failed", "needs_attention") else "ok",
+        summary=str(obj.get("summary", "")) if isinstance(obj, dict) else "",
+        files_read=[], files_written=[], artifacts=[],
+    )
+

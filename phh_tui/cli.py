@@ -1,0 +1,281 @@
+"""`phh` command line: a thin front over the engine's public API (DESIGN §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from phh_engine.engine import Engine, EngineError, EngineEvent
+from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.index import StoreIndex
+from phh_engine.models import HarnessSettings, utcnow
+from phh_engine.paths import Layout
+from phh_engine.pointers import reindex
+from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
+from phh_engine.store import atomic_write_json
+from phh_engine.submit import SubmitError, submit
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_INVALID = 2
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.root or os.environ.get("PHH_ROOT") or ".").resolve()
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"phh: {msg}\n")
+
+
+# ---------------------------------------------------------------- commands
+def cmd_init(args: argparse.Namespace) -> int:
+    layout = Layout(_root(args))
+    for d in (layout.runs, layout.runners):
+        d.mkdir(parents=True, exist_ok=True)
+    if not layout.settings_path.exists():
+        atomic_write_json(layout.settings_path, HarnessSettings().model_dump(mode="json"))
+    try:
+        settings = load_settings(layout)
+        cfg = materialize(layout, settings)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    queue = layout.root / settings.interfaces.filesystem_queue_mode.queue_root
+    for sub in ("incoming", "accepted", "rejected"):
+        (queue / sub).mkdir(parents=True, exist_ok=True)
+    out = {"root": str(layout.root), "harness_config_version": cfg.harness_config_version,
+           "settings": str(layout.settings_path)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"initialised {layout.root} (harness config {cfg.harness_config_version}); "
+              f"edit {layout.settings_path.name} to change defaults")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    layout = Layout(_root(args))
+    try:
+        res = submit(layout, Path(args.file), dedupe=args.dedupe)
+    except SubmitError as exc:
+        if args.json:
+            _print_json({"errors": [{"path": i.path, "message": i.message}
+                                    for i in exc.issues]})
+        _err(f"{args.file}: Launch Table rejected, nothing was written:\n{exc}")
+        return EXIT_INVALID
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    out = {"batch_id": res.batch_id, "accepted_job_ids": res.accepted_job_ids}
+    if args.json:
+        _print_json(out)
+    else:
+        what = "already submitted as" if res.existing else "submitted"
+        print(f"{what} {res.batch_id}: {len(res.accepted_job_ids)} job(s)")
+    return EXIT_OK
+
+
+class HeadlessLog:
+    """One line per fact, and a progress summary at most every `every` seconds."""
+
+    def __init__(self, engine: Engine, json_log: bool = False, every: float = 10.0) -> None:
+        self.engine = engine
+        self.json_log = json_log
+        self.every = every
+        self._last_summary = 0.0
+
+    def __call__(self, ev: EngineEvent) -> None:
+        if self.json_log:
+            rec = {k: v for k, v in {
+                "at": ev.at.isoformat(), "event": ev.kind, "batch_id": ev.batch_id,
+                "job_id": ev.job_id, "step_id": ev.step_id, "run_id": ev.run_id,
+                "status": ev.status, "detail": ev.detail,
+                "duration_seconds": ev.duration_seconds}.items() if v is not None}
+            print(json.dumps(rec), flush=True)
+            return
+        ts = ev.at.astimezone().strftime("%H:%M:%S")
+        where = "/".join(x for x in (ev.batch_id, ev.job_id, ev.step_id) if x)
+        if ev.kind == "attempt_started":
+            print(f"{ts} start  {where} run={ev.run_id} ({ev.detail})", flush=True)
+        elif ev.kind == "attempt_ended":
+            dur = f" {ev.duration_seconds:.1f}s" if ev.duration_seconds is not None else ""
+            why = f" [{ev.detail}]" if ev.status != "succeeded" and ev.detail else ""
+            print(f"{ts} end    {where} run={ev.run_id} {ev.status}{why}{dur}", flush=True)
+            self.summary(ev.at)
+        elif ev.kind in ("batch_added", "recovered", "stopping", "idle"):
+            print(f"{ts} {ev.kind} {where} {ev.status or ''} {ev.detail or ''}".rstrip(),
+                  flush=True)
+            if ev.kind == "idle":
+                self.summary(ev.at, force=True)
+
+    def summary(self, at: datetime, force: bool = False) -> None:
+        t = at.timestamp()
+        if not force and t - self._last_summary < self.every:
+            return
+        self._last_summary = t
+        now = utcnow()
+        for batch in self.engine.index.batches.values():
+            sb = batch_scoreboard(batch, now)
+            c = sb.counts
+            done = c.succeeded
+            print(f"  {sb.batch_id}: {done}/{sb.steps_total} succeeded, {c.running} running, "
+                  f"{c.ready} ready, {c.blocked} blocked, {c.failed} failed, "
+                  f"{c.needs_attention} needs_attention, {c.canceled} canceled", flush=True)
+
+
+async def run_headless(engine: Engine) -> None:
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def on_signal() -> None:
+        nonlocal hits
+        hits += 1
+        engine.stop(cancel_running=hits > 1)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await engine.serve()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.no_ui:
+        try:
+            from phh_tui.app import run_app
+        except ImportError:
+            _err("the dashboard is not available in this build; use --no-ui")
+            return EXIT_FAIL
+        return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id)
+    engine = Engine(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
+                    until_idle=args.until_idle)
+    engine.on_event = HeadlessLog(engine, json_log=args.json_log)
+    try:
+        engine.setup()
+    except (EngineError, ConfigError) as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    except Exception as exc:  # e.g. codex not found: say so plainly
+        _err(f"cannot start: {exc}")
+        return EXIT_FAIL
+    asyncio.run(run_headless(engine))
+    return EXIT_OK
+
+
+def cmd_scoreboard(args: argparse.Namespace) -> int:
+    layout = Layout(_root(args))
+    index = StoreIndex(layout)
+    now = utcnow()
+    if args.batch:
+        batch = index.load_batch(args.batch)
+        if batch is None:
+            _err(f"no batch {args.batch!r} under {layout.runs}")
+            return EXIT_FAIL
+        sb = batch_scoreboard(batch, now)
+        if args.json:
+            sys.stdout.write(sb.model_dump_json(indent=2) + "\n")
+        else:
+            from rich.console import Console
+
+            from phh_tui.render import render_batch
+            Console().print(render_batch(sb))
+        return EXIT_OK
+    index.load()
+    sysb = system_scoreboard(index.batches.values(), now)
+    if args.json:
+        sys.stdout.write(sysb.model_dump_json(indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        from phh_tui.render import render_system
+        Console().print(render_system(sysb))
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    n = reindex(Layout(_root(args)))
+    if args.json:
+        _print_json({"jobs_reindexed": n})
+    else:
+        print(f"rebuilt current.json for {n} job(s)")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(Layout(_root(args)))
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    sys.stdout.write(cfg.model_dump_json(indent=2) + "\n")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from phh_tui.demo import run_demo
+
+    return run_demo(Path(args.root) if args.root else None, no_ui=args.no_ui)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phh", description="Run many Codex agents in parallel.")
+    p.add_argument("--root", help="phh root (default: $PHH_ROOT, else the current directory)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    add("init", "create runs/, runners/, queue/ and the harness config snapshot").set_defaults(
+        func=cmd_init)
+    sp = add("submit", "validate a Launch Table and create its batch")
+    sp.add_argument("file")
+    sp.add_argument("--dedupe", action="store_true",
+                    help="return the existing batch when this exact file was submitted before")
+    sp.set_defaults(func=cmd_submit)
+    sp = add("run", "the engine (dashboard unless --no-ui)", json_flag=False)
+    sp.add_argument("--no-ui", action="store_true", help="headless: log lines instead")
+    sp.add_argument("--until-idle", action="store_true",
+                    help="exit once nothing is running or runnable")
+    sp.add_argument("--concurrency", type=int, help="max attempts this engine runs at once")
+    sp.add_argument("--runner-id", default="local", help="this engine's runner id")
+    sp.add_argument("--json-log", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_run)
+    sp = add("scoreboard", "system view, or one batch's view")
+    sp.add_argument("--batch")
+    sp.set_defaults(func=cmd_scoreboard)
+    add("reindex", "rebuild every current.json from attempt directories").set_defaults(
+        func=cmd_reindex)
+    add("config", "print the effective harness config", json_flag=False).set_defaults(
+        func=cmd_config)
+    sp = add("demo", "a bundled demo batch against the offline model stand-in",
+             json_flag=False)
+    sp.add_argument("--no-ui", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "root", None) is None and "root" not in vars(args):
+        args.root = None
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

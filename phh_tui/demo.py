@@ -1,0 +1,59 @@
+"""`phh demo`: a bundled batch against the offline model stand-in, no API key needed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from phh_engine.engine import Engine
+from phh_engine.harness_config import materialize
+from phh_engine.models import HarnessSettings
+from phh_engine.paths import Layout
+from phh_engine.standin import StandIn
+from phh_engine.store import atomic_write_json
+from phh_engine.submit import submit
+
+DEMO_BATCH = Path(__file__).parent / "data" / "demo.json"
+
+
+def prepare_demo_root(root: Path, standin: StandIn) -> str:
+    """A fresh root whose Codex config points at the stand-in; returns the batch id."""
+    layout = Layout(root)
+    (root / "workspace").mkdir(parents=True, exist_ok=True)
+    (root / "workspace" / "README.md").write_text("A tiny project for the demo agents.\n")
+    cfg_toml = standin.write_config(root / "codex_config.toml")
+    settings = HarnessSettings()
+    settings.codex.config_toml = str(cfg_toml)
+    settings.runners[0].capacity = 6
+    settings.limits.global_concurrency = 6
+    atomic_write_json(layout.settings_path, settings.model_dump(mode="json", exclude_none=True))
+    materialize(layout, settings)
+    table = root / "demo.json"
+    shutil.copyfile(DEMO_BATCH, table)
+    return submit(layout, table).batch_id
+
+
+def run_demo(root: Path | None = None, no_ui: bool = False) -> int:
+    base = root or Path(tempfile.mkdtemp(prefix="phh-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    with StandIn() as standin:
+        batch_id = prepare_demo_root(base, standin)
+        print(f"demo root: {base}  batch: {batch_id}  model stand-in: {standin.base_url}",
+              file=sys.stderr)
+        if not no_ui:
+            try:
+                from phh_tui.app import run_app
+            except ImportError:
+                no_ui = True
+            else:
+                return run_app(base)
+        from phh_tui.cli import HeadlessLog, run_headless
+
+        engine = Engine(base, until_idle=True)
+        engine.on_event = HeadlessLog(engine)
+        engine.setup()
+        asyncio.run(run_headless(engine))
+    return 0
