@@ -55,8 +55,9 @@ class RunningRow(Record):
     job_id: Id
     step_id: Id
     run_id: Id
-    runner_id: Id
+    runner_id: Id | None = Field(default=None, description="unknown until meta.json exists")
     attempt_dir: str
+    state_status: str = Field(default="running", description="queued | running")
     current_item: str | None = None
     last_heartbeat_at: datetime | None = None
     seconds_since_last_heartbeat: float | None = None
