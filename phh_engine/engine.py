@@ -8,6 +8,7 @@ expires; an idle engine does no work.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -27,14 +28,26 @@ from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .harness_config import load_config
 from .index import StoreIndex
 from .models import AttemptState, HarnessConfig, RunnerHealth, utcnow
+from .overrides import (
+    OverrideRequest,
+    OverrideResult,
+    claim,
+    is_claimed,
+    list_results,
+    make_request,
+    overrides_dir,
+    read_result,
+    write_result,
+)
 from .paths import EXIT_CODE, STATE, Layout
 from .pointers import update_current
-from .runner import AttemptPlan, LocalRunner
+from .readiness import is_stuck, step_readiness
+from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
 from .scheduler import Caps, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
 from .store import TerminalStateError, atomic_write_json, job_lock, read_model, write_state
-from .views import AttemptView, BatchView
+from .views import AttemptView, BatchView, StepView
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +102,8 @@ class Engine:
         self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
+        self._handled: set[str] = set()
+        self._to_adopt: list[tuple[str, str, str, AttemptView]] = []
         self.completed = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -161,7 +176,9 @@ class Engine:
             on_change=self._on_attempt_change,
             codex_config_toml=Path(cfg).expanduser().resolve() if cfg else None,
         )
+        overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.index.load()
+        self._replay_overrides()
         self._recover()
 
     async def serve(self) -> None:
@@ -169,6 +186,10 @@ class Engine:
         self._wake = asyncio.Event()
         if self.runner is None:
             await asyncio.to_thread(self.setup)
+        for batch_id, job_id, step_id, view in self._to_adopt:
+            self._adopt(batch_id, job_id, step_id, view)
+        self._to_adopt.clear()
+        self._process_overrides()
         aux = [
             asyncio.create_task(self._health_loop(), name="phh-health"),
             asyncio.create_task(self._scoreboard_loop(), name="phh-scoreboards"),
@@ -228,6 +249,7 @@ class Engine:
                     by_dir[job.spec.working_directory] = (
                         by_dir.get(job.spec.working_directory, 0) + 1)
         return Caps(
+            runner_id=self.runner_id,
             free_slots=max(0, self.capacity - len(self.tasks)),
             running_by_batch=by_batch, running_by_workdir=by_dir,
             per_workdir=self.config.limits.per_working_directory,
@@ -241,19 +263,19 @@ class Engine:
         plan = AttemptPlan(
             batch_id=batch.batch_id, job_id=cand.job.job_id, step_id=cand.step.step_id,
             runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=r.resume,
-            resume_same_thread=(
+            resume_same_thread=r.trigger == "operator_resume" or (
                 r.retry_of is not None and policy.mode == "resume_same_thread"
                 and r.retry_of.resume_base_ready and r.retry_of.thread_id is not None
             ),
-            extra_prompt=marks.retry_prompt if r.trigger == "operator_retry" else None,
+            extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
+            override_nonce=marks.pending_nonce,
         )
         claimed = self.runner.claim(plan)
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
-        if r.trigger == "operator_retry":
-            marks.force_retry = False
-            marks.retry_prompt = None
+        if marks.pending_nonce or r.trigger.startswith("operator_"):
+            marks.clear_request()
         run_id, path = claimed
         view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
         self.index.put_attempt(batch.batch_id, cand.job.job_id, cand.step.step_id, view)
@@ -327,8 +349,16 @@ class Engine:
                         continue
                     st = att.state
                     if st and st.pid and _alive(st.pid, st.pid_started_at):
-                        log.warning("attempt %s still running as pid %s", att.run_id, st.pid)
+                        if att.meta is not None:
+                            self._to_adopt.append((batch.batch_id, job.job_id, step.step_id, att))
                         continue
+                    if st is not None and st.status == "queued" and att.meta is not None:
+                        # crashed between spawn and the first 'running' write: find the wrapper
+                        pid = _find_wrapper(att.path)
+                        if pid is not None:
+                            self._mark_running(att, pid)
+                            self._to_adopt.append((batch.batch_id, job.job_id, step.step_id, att))
+                            continue
                     self._finalize_lost(batch.batch_id, job.job_id, step.step_id, att)
 
     def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
@@ -358,6 +388,278 @@ class Engine:
         att.state = final
         self._emit(EngineEvent("recovered", now, batch_id, job_id, step_id, att.run_id,
                                final.status, detail="runner_lost"))
+
+    def _mark_running(self, att: AttemptView, pid: int) -> None:
+        assert att.state is not None
+        now = utcnow()
+        started = None
+        with contextlib.suppress(psutil.Error):
+            started = psutil.Process(pid).create_time()
+        st = att.state.model_copy(update={
+            "status": "running", "updated_at": now, "started_at": now, "last_heartbeat_at": now,
+            "pid": pid, "pid_started_at": started})
+        write_state(att.path / STATE, st)
+        att.state = st
+
+    def _adopt(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
+        assert self.runner is not None
+        batch = self.index.batches[batch_id]
+        step = batch.jobs[job_id].steps[step_id]
+        plan = AttemptPlan(batch_id=batch_id, job_id=job_id, step_id=step_id,
+                           runner_id=att.runner_id or self.runner_id)
+        task = asyncio.create_task(self.runner.adopt(plan, att, list(step.spec.artifacts_expected)),
+                                   name=f"adopted-{att.run_id}")
+        self.tasks[att.run_id] = task
+        task.add_done_callback(lambda t, rid=att.run_id: self._task_done(rid, t))
+        self._emit(EngineEvent("adopted", utcnow(), batch_id, job_id, step_id, att.run_id,
+                               "running", detail=f"pid {att.state.pid if att.state else '?'}"))
+
+    # ------------------------------------------------------------ operator actions
+    def _replay_overrides(self) -> None:
+        """Applied overrides are the durable record of marks; an applied retry/resume that no
+        attempt fulfilled yet (engine stopped first) is armed again."""
+        fulfilled = {a.meta.override_nonce for b in self.index.batches.values()
+                     for _, st in b.steps() for a in st.attempts
+                     if a.meta is not None and a.meta.override_nonce}
+        for res in list_results(self.layout):
+            self._handled.add(res.nonce)
+            batch = self.index.batches.get(res.batch_id)
+            if res.outcome != "applied" or batch is None:
+                continue
+            if res.action == "close":
+                batch.closed = True
+                continue
+            job = batch.jobs.get(res.job_id or "")
+            step = job.steps.get(res.step_id or "") if job else None
+            if step is None:
+                continue
+            if res.action == "mark_failed":
+                step.marks.marked_failed = res.reason or "marked failed by operator"
+            elif res.action == "retry" and res.nonce in fulfilled:
+                step.marks.marked_failed = None
+            elif res.action in ("retry", "requeue", "resume") and res.nonce not in fulfilled:
+                req = self._read_request(res.nonce)
+                if req is not None and step.in_flight is None:
+                    self._arm(step, req, res.run_id)
+
+    def _read_request(self, nonce: str) -> OverrideRequest | None:
+        return read_model(overrides_dir(self.layout) / f"{nonce}.json", OverrideRequest)
+
+    @staticmethod
+    def _arm(step: StepView, req: OverrideRequest, resume_run_id: str | None = None) -> None:
+        step.marks.clear_request()
+        step.marks.pending_nonce = req.nonce
+        step.marks.retry_prompt = req.prompt
+        if req.action == "resume":
+            step.marks.resume_run_id = resume_run_id or req.run_id
+        else:
+            step.marks.marked_failed = None
+            step.marks.force_retry = True
+            step.marks.requeue_runner = req.runner_id
+
+    def _process_overrides(self) -> None:
+        """Apply every request no engine has taken yet (exactly once, via an O_EXCL claim)."""
+        d = overrides_dir(self.layout)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return
+        done = {n[: -len(".result.json")] for n in names if n.endswith(".result.json")}
+        for name in sorted(names):
+            if name.startswith(".") or not name.endswith(".json") or name.endswith(
+                    ".result.json"):
+                continue
+            nonce = name[:-5]
+            if nonce in self._handled or nonce in done:
+                continue
+            req = read_model(d / name, OverrideRequest)
+            if req is None or not self._takes(req):
+                continue
+            if is_claimed(self.layout, nonce) and not self._steal_claim(nonce):
+                continue
+            if not claim(self.layout, nonce):
+                continue
+            self._handled.add(nonce)
+            res = self._apply(req)
+            write_result(self.layout, res)
+            self._dirty.add(req.batch_id)
+            self._emit(EngineEvent(
+                "override", utcnow(), req.batch_id, req.job_id, req.step_id, res.run_id,
+                res.outcome, detail=f"{req.action}: {res.message}"))
+            self._poke()
+
+    def _steal_claim(self, nonce: str) -> bool:
+        """A claim whose engine died before recording a result is taken over."""
+        path = overrides_dir(self.layout) / f"{nonce}.claim"
+        try:
+            pid = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid != os.getpid() and psutil.pid_exists(pid):
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+    def _takes(self, req: OverrideRequest) -> bool:
+        if req.runner_id and req.runner_id != self.runner_id:
+            return False  # requeue onto another runner: that runner's engine applies it
+        if req.action == "cancel":
+            step = self._find_step(req.batch_id, req.job_id, req.step_id)
+            att = (step.find(req.run_id) if req.run_id else step.in_flight) if step else None
+            owner = att.runner_id if att else None
+            if owner and owner != self.runner_id and self._runner_is_served(owner):
+                return False
+        return True
+
+    def _find_step(self, batch_id: str, job_id: str | None, step_id: str | None
+                   ) -> StepView | None:
+        batch = self.index.batches.get(batch_id)
+        job = batch.jobs.get(job_id or "") if batch else None
+        return job.steps.get(step_id or "") if job else None
+
+    def _apply(self, req: OverrideRequest) -> OverrideResult:
+        assert self.runner is not None
+
+        def result(outcome: str, message: str, run_id: str | None = None) -> OverrideResult:
+            return OverrideResult(
+                nonce=req.nonce, action=req.action, batch_id=req.batch_id, job_id=req.job_id,
+                step_id=req.step_id, outcome=outcome, message=message,  # type: ignore[arg-type]
+                applied_at=utcnow(), applied_by=f"engine:{self.runner_id}", run_id=run_id,
+                reason=req.reason)
+
+        batch = self.index.batches.get(req.batch_id) or self.index.load_batch(req.batch_id)
+        if batch is None:
+            return result("rejected", f"unknown batch {req.batch_id}")
+        if req.action == "close":
+            if batch.closed:
+                return result("rejected", f"batch {req.batch_id} is already closed")
+            batch.closed = True
+            return result("applied", "batch closed: no new attempts; running ones finish")
+        if not req.job_id or not req.step_id:
+            return result("rejected", f"{req.action} needs a job_id and a step_id")
+        job = batch.jobs.get(req.job_id)
+        step = job.steps.get(req.step_id) if job else None
+        if job is None or step is None:
+            return result("rejected", f"unknown step {req.job_id}.{req.step_id} in {req.batch_id}")
+        key = f"{req.job_id}.{req.step_id}"
+        inflight = step.in_flight
+        if req.action == "cancel":
+            att = step.find(req.run_id) if req.run_id else inflight
+            if att is None:
+                return result("rejected", f"no attempt {req.run_id} in {key}" if req.run_id
+                              else f"{key} has no attempt in flight")
+            if att.terminal:
+                return result("rejected", f"attempt {att.run_id} already {att.status}",
+                              att.run_id)
+            if self.runner.cancel(att.run_id, "canceled"):
+                return result("applied", f"cancel requested for {att.run_id}", att.run_id)
+            return result("rejected", f"attempt {att.run_id} is not running on this engine",
+                          att.run_id)
+        if req.action == "mark_failed":
+            if step.latest_successful is not None:
+                return result("rejected", f"{key} already succeeded")
+            step.marks.clear_request()
+            step.marks.marked_failed = req.reason or "marked failed by operator"
+            msg = f"{key} marked failed; dependants stay blocked"
+            if inflight is not None and self.runner.cancel(inflight.run_id, "marked failed"):
+                msg += f"; canceled {inflight.run_id}"
+            return result("applied", msg, inflight.run_id if inflight else None)
+        if batch.closed:
+            return result("rejected", f"batch {req.batch_id} is closed")
+        if req.action == "resume":
+            if inflight is not None:
+                return result("rejected", f"{key} is running ({inflight.run_id})")
+            if not req.prompt:
+                return result("rejected", "resume needs a prompt (the follow-up turn)")
+            target = step.find(req.run_id) if req.run_id else next(
+                (a for a in reversed(step.attempts) if a.terminal and a.resume_base_ready), None)
+            if target is None or not target.resume_base_ready:
+                return result("rejected", f"{key} has no finished attempt with a conversation "
+                              "to resume")
+            self._arm(step, req, target.run_id)
+            return result("applied", f"resume of {target.run_id} queued", target.run_id)
+        # retry / requeue
+        if step.latest_successful is not None:
+            return result("rejected", f"{key} already succeeded; resume continues its "
+                          "conversation instead")
+        if inflight is not None:
+            if req.action == "retry":
+                return result("rejected", f"{key} is running ({inflight.run_id}); cancel it "
+                              "first, or requeue")
+            if not self.runner.cancel(inflight.run_id, "requeued"):
+                return result("rejected", f"attempt {inflight.run_id} is not running on this "
+                              "engine")
+        elif not step.attempts:
+            r = step_readiness(batch, job, step, utcnow())
+            if r.status == "blocked":
+                return result("rejected", f"{key} is blocked: " + "; ".join(r.reasons))
+        self._arm(step, req)
+        return result("applied", f"{req.action} of {key} queued")
+
+    async def request(
+        self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,
+        *, run_id: str | None = None, runner_id: str | None = None, prompt: str | None = None,
+        reason: str | None = None, requested_by: str = "engine",
+    ) -> OverrideResult:
+        """The one operator-action entry point (TUI, API): recorded as a request file, applied
+        at once. Raises pydantic.ValidationError for malformed ids or actions."""
+        req = make_request(self.layout, action, batch_id, job_id=job_id, step_id=step_id,
+                           run_id=run_id, runner_id=runner_id, prompt=prompt, reason=reason,
+                           requested_by=requested_by)
+        self._process_overrides()
+        res = read_result(self.layout, req.nonce)
+        if res is None:  # taken by another engine (e.g. another runner's attempt)
+            return OverrideResult(
+                nonce=req.nonce, action=req.action, batch_id=batch_id, job_id=job_id,
+                step_id=step_id, outcome="applied", message="request queued for its engine",
+                applied_at=utcnow(), applied_by="pending")
+        return res
+
+    def request_threadsafe(self, action: str, batch_id: str, job_id: str | None = None,
+                           step_id: str | None = None, **kw: Any
+                           ) -> concurrent.futures.Future[OverrideResult]:
+        """For a UI thread: run `request` on the engine's loop."""
+        assert self._loop is not None, "engine not serving"
+        return asyncio.run_coroutine_threadsafe(
+            self.request(action, batch_id, job_id, step_id, **kw), self._loop)
+
+    # ------------------------------------------------------------ stuck
+    def _check_stuck(self) -> None:
+        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded."""
+        assert self.config is not None
+        rem = self.config.scoreboard.stuck_auto_remediation
+        if not rem.enabled:
+            return
+        now = utcnow()
+        for batch in self.index.batches.values():
+            stale = batch.meta.effective_defaults.heartbeat_stale_after_seconds
+            for job, step in batch.steps():
+                att = step.in_flight
+                if att is None or not is_stuck(att, now, stale):
+                    continue
+                if step.marks.remediations >= rem.max_per_step:
+                    continue
+                step.marks.remediations += 1
+                why = f"stuck: no heartbeat for over {stale:g}s (auto-remediation {rem.action})"
+                if rem.action == "resume":
+                    self.runner.cancel(att.run_id, "stuck") if self.runner else None
+                    req = make_request(self.layout, "resume", batch.batch_id, job_id=job.job_id,
+                                       step_id=step.step_id, run_id=att.run_id,
+                                       prompt=RECOVERY_PROMPT.format(reason="stuck"),
+                                       reason=why, requested_by="engine")
+                    self._handled.add(req.nonce)
+                    claim(self.layout, req.nonce)
+                    self._arm(step, req, att.run_id)
+                    write_result(self.layout, OverrideResult(
+                        nonce=req.nonce, action="resume", batch_id=batch.batch_id,
+                        job_id=job.job_id, step_id=step.step_id, outcome="applied",
+                        message=f"canceled stuck {att.run_id}; resume queued",
+                        applied_at=utcnow(), applied_by=f"engine:{self.runner_id}",
+                        run_id=att.run_id, reason=why))
+                else:
+                    make_request(self.layout, "requeue", batch.batch_id, job_id=job.job_id,
+                                 step_id=step.step_id, reason=why, requested_by="engine")
+        self._process_overrides()
 
     # ------------------------------------------------------------ side loops
     async def _health_loop(self) -> None:
@@ -396,6 +698,7 @@ class Engine:
             self._write_scoreboards(all_batches=ticks * interval >= 30)
             if ticks * interval >= 30:
                 ticks = 0
+                self._check_stuck()
 
     def _write_scoreboards(self, all_batches: bool = False) -> None:
         dirty = set(self.index.batches) if all_batches else self._dirty
@@ -422,10 +725,12 @@ class Engine:
         stop = asyncio.Event()
         while True:
             try:
-                async for _ in awatch(self.layout.runs, recursive=False, debounce=50,
-                                      step=20, stop_event=stop, rust_timeout=int(
-                                          RESCAN_INTERVAL * 1000), yield_on_timeout=True):
+                async for _ in awatch(self.layout.runs, overrides_dir(self.layout),
+                                      recursive=False, debounce=50, step=20, stop_event=stop,
+                                      rust_timeout=int(RESCAN_INTERVAL * 1000),
+                                      yield_on_timeout=True):
                     self._scan_batches()
+                    self._process_overrides()
             except (OSError, RuntimeError):
                 await asyncio.sleep(RESCAN_INTERVAL)
                 self._scan_batches()
@@ -437,6 +742,17 @@ class Engine:
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))
             self._poke()
+
+
+def _find_wrapper(path: Path) -> int | None:
+    """The pid of an attempt's sh wrapper, found by its exit-code argument (unique per
+    attempt); used when a crash hit between spawn and recording the pid."""
+    marker = str(path / EXIT_CODE)
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if len(cmd) > 3 and cmd[0] == "/bin/sh" and cmd[3] == marker:
+            return int(p.info["pid"])
+    return None
 
 
 def _alive(pid: int, started: float | None) -> bool:

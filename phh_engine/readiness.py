@@ -81,10 +81,16 @@ def resolve_resume_source(
 
 def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str | None) -> float:
     """Exponential backoff after the n-th failure (n >= 1), longer when rate limited."""
-    delay = policy.backoff_seconds * policy.backoff_factor ** max(failures - 1, 0)
+    cap = max(policy.backoff_max_seconds, policy.backoff_seconds)
+    if policy.backoff_seconds == 0:
+        return 0.0
+    try:
+        delay = policy.backoff_seconds * policy.backoff_factor ** max(failures - 1, 0)
+    except OverflowError:  # a large max_attempts must hit the cap, not crash the scheduler
+        return cap
     if failure_class == "rate_limited":
         delay *= RATE_LIMIT_BACKOFF_FACTOR
-    return min(delay, max(policy.backoff_max_seconds, policy.backoff_seconds))
+    return min(delay, cap)
 
 
 def _failure_class(attempt: AttemptView) -> str | None:
@@ -125,6 +131,11 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     """Status (SPEC §11) and whether the scheduler may start an attempt now (SPEC §7.1)."""
     if step.in_flight is not None:
         return Readiness("running")
+    if step.marks.resume_run_id is not None and not batch.closed:
+        target = step.find(step.marks.resume_run_id)
+        if target is not None and target.resume_base_ready:
+            return Readiness("ready", ["operator resume requested"], runnable=True,
+                             retry_of=target, trigger="operator_resume")
     if step.latest_successful is not None:
         return Readiness("succeeded")
     if step.marks.marked_failed:

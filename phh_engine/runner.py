@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .codex_cli import CodexInfo, build_command
+from .crash import crashpoint
 from .events import EventFacts, EventTail
 from .models import (
     AttemptMeta,
@@ -104,6 +105,7 @@ class AttemptPlan:
     resume: ResumeResolution | None = None
     resume_same_thread: bool = False
     extra_prompt: str | None = None
+    override_nonce: str | None = None
 
 
 @dataclass(slots=True)
@@ -237,6 +239,68 @@ def kill_tree(pid: int, sig: int) -> None:
             p.send_signal(sig)
 
 
+@dataclass(slots=True)
+class _Watch:
+    """What monitoring and finalisation need, whether we spawned the process or adopted it."""
+
+    events_path: Path
+    expected_thread: str | None
+    schema: dict[str, Any]
+    workdir: Path
+    timeout_seconds: float
+    capture_git: bool
+    artifacts_expected: list[str]
+
+
+class _Handle:
+    pid: int
+
+    async def wait(self) -> int | None:
+        raise NotImplementedError
+
+
+class _ChildHandle(_Handle):
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    async def wait(self) -> int | None:
+        return await self.proc.wait()
+
+
+class _AdoptedHandle(_Handle):
+    """A process we did not spawn (left by a previous engine): no waitpid, so watch a pidfd
+    (readable when it exits); fall back to polling where pidfds are unavailable."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._done: asyncio.Future[None] | None = None
+
+    async def wait(self) -> int | None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):
+            while _pid_running(self.pid):
+                await asyncio.sleep(0.5)
+            return None
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class LocalRunner:
     """Runs attempts as asyncio subprocesses on this host (no thread per run)."""
 
@@ -278,7 +342,7 @@ class LocalRunner:
                     status = st.status if st else "queued"
                     if status in ("queued", "running"):
                         return None
-                    if status == "succeeded" and plan.trigger != "operator_rerun":
+                    if status == "succeeded" and plan.trigger != "operator_resume":
                         return None
             now = utcnow()
             run_id = new_run_id()
@@ -286,6 +350,7 @@ class LocalRunner:
             path.mkdir(parents=True, exist_ok=False)
             (path / CODEX_HOME).mkdir()
             write_state(path / STATE, self._state(plan, run_id, "queued", now))
+        crashpoint("after_claim")
         return run_id, path
 
     def _state(self, plan: AttemptPlan, run_id: str, status: str, now: datetime,
@@ -346,15 +411,18 @@ class LocalRunner:
                                     path / CODEX_HOME)
         self._provision_home(path / CODEX_HOME)
 
-        if plan.resume_same_thread and plan.retry_of is not None:
-            reason = (plan.retry_of.state.failure_class if plan.retry_of.state else None) or "?"
-            prompt = RECOVERY_PROMPT.format(reason=reason)
+        if plan.trigger == "operator_resume" and plan.extra_prompt:
+            prompt = plan.extra_prompt  # a follow-up turn in the same conversation
         else:
-            prompt = resolve_placeholders(spec.prompt, job)
-            if spec.append_prompt:
-                prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
-        if plan.extra_prompt:
-            prompt += "\n\n" + plan.extra_prompt
+            if plan.resume_same_thread and plan.retry_of is not None:
+                st = plan.retry_of.state
+                prompt = RECOVERY_PROMPT.format(reason=(st.failure_class if st else None) or "?")
+            else:
+                prompt = resolve_placeholders(spec.prompt, job)
+                if spec.append_prompt:
+                    prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
+            if plan.extra_prompt:
+                prompt += "\n\n" + plan.extra_prompt
         write_once_bytes(path / PROMPT_FILE, prompt.encode())
 
         schema_path = self.default_schema
@@ -392,6 +460,7 @@ class LocalRunner:
             resume_base_copied_from=str(source.resume_base_dir) if source is not None else None,
             codex_thread_id=expected_thread,
             retry_of=plan.retry_of.run_id if plan.retry_of else None,
+            override_nonce=plan.override_nonce,
             prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
             prompt_ref=spec.prompt_ref,
             policy_snapshot=PolicySnapshot(execution_policy=policy,
@@ -406,12 +475,26 @@ class LocalRunner:
         )
         write_once_json(path / META, meta)
         view.meta = meta
+        crashpoint("after_meta")
 
-        # -- spawn
-        events_path = path / (EVENTS if policy.capture_events else STDOUT)
+        # -- spawn (unless canceled while it was being prepared: queued -> canceled)
+        watch = _Watch(
+            events_path=path / (EVENTS if policy.capture_events else STDOUT),
+            expected_thread=expected_thread, schema=schema_obj, workdir=workdir,
+            timeout_seconds=spec.timeout_seconds, capture_git=policy.capture_git_artifacts,
+            artifacts_expected=list(spec.artifacts_expected),
+        )
+        if live.cancel_requested.is_set():
+            now = utcnow()
+            state = state.model_copy(update={
+                "status": "canceled", "updated_at": now, "ended_at": now,
+                "termination_reason": "canceled", "failure_class": "canceled",
+                "errors": ["canceled before it started"],
+            })
+            return await asyncio.to_thread(self._finalize, plan, view, state)
         env = self._env(path / CODEX_HOME)
         try:
-            with open(path / PROMPT_FILE, "rb") as stdin, open(events_path, "ab") as out, \
+            with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
                 proc = await asyncio.create_subprocess_exec(
                     "/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv,
@@ -420,6 +503,7 @@ class LocalRunner:
                 )
         except OSError as exc:
             return await self._spawn_failed(plan, view, state, f"spawn failed: {exc}", meta)
+        crashpoint("after_spawn")
         live.pid = proc.pid
         started = utcnow()
         pid_started: float | None = None
@@ -433,17 +517,48 @@ class LocalRunner:
         write_state(path / STATE, state)
         view.state = state
         self._emit(plan, view)
+        crashpoint("while_running")
+        return await self._monitor(plan, view, live, state, _ChildHandle(proc), watch)
 
-        # -- watch it
+    async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
+                    ) -> AttemptView:
+        """Take over an attempt whose Codex outlived a previous engine: tail its files, keep
+        its heartbeat, and finalize it with its real exit code when it ends."""
+        assert view.meta is not None and view.state is not None and view.state.pid
+        meta, state = view.meta, view.state
+        live = LiveAttempt(plan=plan, run_id=view.run_id, path=view.path, pid=state.pid)
+        self.live[view.run_id] = live
+        custom = view.path / OUTPUT_SCHEMA
+        snap = meta.policy_snapshot
+        watch = _Watch(
+            events_path=view.path / (EVENTS if snap.execution_policy.capture_events else STDOUT),
+            expected_thread=meta.codex_thread_id if meta.invocation == "resume" else None,
+            schema=json.loads(custom.read_text()) if custom.exists() else
+            self._default_schema_obj,
+            workdir=Path(meta.environment_snapshot.working_directory),
+            timeout_seconds=snap.timeout_seconds, capture_git=snap.execution_policy.
+            capture_git_artifacts, artifacts_expected=spec_artifacts,
+        )
+        elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
+        try:
+            return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid), watch,
+                                       elapsed=elapsed)
+        finally:
+            self.live.pop(view.run_id, None)
+
+    async def _monitor(self, plan: AttemptPlan, view: AttemptView, live: LiveAttempt,
+                       state: AttemptState, proc: _Handle, watch: _Watch,
+                       elapsed: float = 0.0) -> AttemptView:
+        path = view.path
         facts = EventFacts()
-        tail = EventTail(events_path)
+        tail = EventTail(watch.events_path)
         timed_out = False
         thread_mismatch: str | None = None
         hb = self.config.codex.heartbeat_seconds
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        deadline = t0 + spec.timeout_seconds
-        next_beat = t0 + hb
+        deadline = t0 + watch.timeout_seconds - elapsed
+        next_beat = t0
         last_write = t0
         dirty = False
         poll = 0.1
@@ -467,10 +582,10 @@ class LocalRunner:
                 state = state.model_copy(update={"last_event_at": now})
             else:
                 poll = min(poll * 1.5, 1.0)
-            if (expected_thread and facts.thread_id and facts.thread_id != expected_thread
-                    and not thread_mismatch):
+            if (watch.expected_thread and facts.thread_id
+                    and facts.thread_id != watch.expected_thread and not thread_mismatch):
                 thread_mismatch = (f"resumed thread {facts.thread_id} is not the expected "
-                                   f"{expected_thread}")
+                                   f"{watch.expected_thread}")
                 live.cancel_reason = "thread_mismatch"
                 live.cancel_requested.set()
             if waiter.done():
@@ -480,7 +595,7 @@ class LocalRunner:
                 live.cancel_reason = "timeout"
                 live.cancel_requested.set()
             if live.cancel_requested.is_set() and killer is None:
-                killer = asyncio.ensure_future(self._stop_process(proc, live))
+                killer = asyncio.ensure_future(self._stop_process(proc))
             beat = now_t >= next_beat
             if beat or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
                 state = self._merge_facts(state, facts, now).model_copy(
@@ -498,15 +613,16 @@ class LocalRunner:
             await killer
         # Make sure nothing of this attempt outlives it (agent commands in their own session).
         kill_tree(proc.pid, signal.SIGKILL)
+        crashpoint("before_finalize")
 
         # -- finalize
-        exit_code = self._read_exit_code(path, proc.returncode)
+        exit_code = self._read_exit_code(path, waiter.result())
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
         final_text = ""
         with contextlib.suppress(OSError):
             final_text = (path / FINAL_TXT).read_text(encoding="utf-8", errors="replace")
-        report, obj, report_error = validate_report(final_text, schema_obj)
+        report, obj, report_error = validate_report(final_text, watch.schema)
         outcome = classify(
             exit_code=exit_code, facts=facts,
             report=report if (report or obj is None) else _custom_ok(obj),
@@ -514,26 +630,31 @@ class LocalRunner:
             thread_mismatch=thread_mismatch, stderr_tail=_tail_text(path / STDERR, 2000),
         )
         if obj is not None:
-            write_once_json(path / FINAL_JSON, obj)
+            with contextlib.suppress(FileExistsError):
+                write_once_json(path / FINAL_JSON, obj)
         errors = list(facts.errors)
         if report_error and outcome.termination_reason == "schema_invalid":
             errors.append(report_error)
         if thread_mismatch:
             errors.append(thread_mismatch)
         if timed_out:
-            errors.append(f"timed out after {spec.timeout_seconds:g}s")
-        if policy.capture_git_artifacts:
-            await self._git_artifacts(workdir, path, facts)
-        missing = [a for a in spec.artifacts_expected if not (workdir / a).exists()]
+            errors.append(f"timed out after {watch.timeout_seconds:g}s")
+        if canceled and live.cancel_reason != "canceled":
+            errors.append(f"canceled: {live.cancel_reason}")
+        if watch.capture_git:
+            with contextlib.suppress(FileExistsError):
+                await self._git_artifacts(watch.workdir, path, facts)
+        missing = [a for a in watch.artifacts_expected if not (watch.workdir / a).exists()]
         errors += [f"expected artifact missing: {a}" for a in missing]
         if outcome.status == "succeeded" and obj is not None:
-            write_once_json(path / HANDOFF, {
-                "schema_version": "1.0.0", "batch_id": plan.batch_id, "job_id": plan.job_id,
-                "step_id": plan.step_id, "run_id": run_id, "status": outcome.status,
-                "final_json_path": str(path / FINAL_JSON),
-                "summary": report.summary if report else None,
-                "codex_thread_id": facts.thread_id,
-            })
+            with contextlib.suppress(FileExistsError):
+                write_once_json(path / HANDOFF, {
+                    "schema_version": "1.0.0", "batch_id": plan.batch_id,
+                    "job_id": plan.job_id, "step_id": plan.step_id, "run_id": view.run_id,
+                    "status": outcome.status, "final_json_path": str(path / FINAL_JSON),
+                    "summary": report.summary if report else None,
+                    "codex_thread_id": facts.thread_id,
+                })
         ended = utcnow()
         state = self._merge_facts(state, facts, ended).model_copy(update={
             "status": outcome.status, "updated_at": ended, "ended_at": ended,
@@ -552,6 +673,7 @@ class LocalRunner:
                 write_state(view.path / STATE, state)
             except TerminalStateError:
                 state = read_model(view.path / STATE, AttemptState) or state
+            crashpoint("after_final_state")
             update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
         view.state = state
         view.resume_base_ready = (view.path / CODEX_HOME / "sessions").is_dir()
@@ -582,11 +704,12 @@ class LocalRunner:
             "errors": facts.errors[-20:],
         })
 
-    async def _stop_process(self, proc: asyncio.subprocess.Process, live: LiveAttempt) -> None:
+    async def _stop_process(self, proc: _Handle) -> None:
         """SIGINT first (Codex stops gracefully and ends its commands), SIGKILL after grace."""
         kill_tree(proc.pid, signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), self.config.codex.cancel_grace_seconds)
+            await asyncio.wait_for(asyncio.shield(proc.wait()),
+                                   self.config.codex.cancel_grace_seconds)
         except TimeoutError:
             kill_tree(proc.pid, signal.SIGKILL)
 

@@ -30,19 +30,39 @@ class Selection:
 @dataclass(slots=True)
 class Caps:
     free_slots: int
+    runner_id: str | None = None
     running_by_batch: dict[str, int] = field(default_factory=dict)
     running_by_workdir: dict[str, int] = field(default_factory=dict)
     per_workdir: int = 1
 
 
-def runnable_in(batch: BatchView, now: datetime) -> tuple[list[Candidate], datetime | None]:
+def runs_here(job: JobView, step: StepView, runner_id: str | None) -> bool:
+    """Runner affinity: a requeue target, a pinned runner, or the runner of another step."""
+    if runner_id is None:
+        return True
+    if step.marks.requeue_runner:
+        return step.marks.requeue_runner == runner_id
+    aff = step.spec.runner_affinity
+    if aff is None:
+        return True
+    if aff.runner_id:
+        return aff.runner_id == runner_id
+    if aff.same_runner_as:
+        other = job.steps.get(aff.same_runner_as)
+        src = (other.latest_successful or other.latest) if other else None
+        return src is None or src.runner_id in (None, runner_id)
+    return True
+
+
+def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None
+                ) -> tuple[list[Candidate], datetime | None]:
     """Every step of a batch that may start now, in job/step order, plus the next backoff."""
     out: list[Candidate] = []
     wake: datetime | None = None
     for job in batch.jobs.values():
         for step in job.steps.values():
             r = step_readiness(batch, job, step, now)
-            if r.status != "ready":
+            if r.status != "ready" or not runs_here(job, step, runner_id):
                 continue
             if r.runnable:
                 out.append(Candidate(batch, job, step, r))
@@ -58,7 +78,7 @@ def select(batches: Iterable[BatchView], now: datetime, caps: Caps) -> Selection
     sel = Selection()
     queues: list[tuple[BatchView, list[Candidate]]] = []
     for batch in batches:
-        cands, wake = runnable_in(batch, now)
+        cands, wake = runnable_in(batch, now, caps.runner_id)
         if wake is not None and (sel.next_wakeup is None or wake < sel.next_wakeup):
             sel.next_wakeup = wake
         if cands:

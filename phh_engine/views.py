@@ -75,7 +75,17 @@ class OperatorMarks:
     force_retry: bool = False
     retry_prompt: str | None = None
     requeue_runner: str | None = None
+    #: operator resume: continue this attempt's thread with `retry_prompt`
+    resume_run_id: str | None = None
+    #: the override request the next attempt fulfils (recorded in its meta.json)
+    pending_nonce: str | None = None
     remediations: int = 0
+
+    def clear_request(self) -> None:
+        self.force_retry = False
+        self.retry_prompt = None
+        self.resume_run_id = None
+        self.pending_nonce = None
 
 
 @dataclass(slots=True)
@@ -99,7 +109,9 @@ class StepView:
         for a in self.attempts:
             if a.status != "succeeded":
                 continue
-            if best is None or (a.ended_at or datetime.min) >= (best.ended_at or datetime.min):
+            # a missing ended_at ranks lowest; never compare it (naive min vs aware raises)
+            end, best_end = a.ended_at, best.ended_at if best else None
+            if best is None or best_end is None or (end is not None and end >= best_end):
                 best = a
         return best
 

@@ -49,6 +49,9 @@ class AttemptMeta(Record):
     resume_base_copied_from: str | None = None
     codex_thread_id: str | None = Field(default=None, description="expected thread (resume)")
     retry_of: Id | None = None
+    override_nonce: str | None = Field(
+        default=None, description="the operator request this attempt fulfils (retry/resume)"
+    )
     prompt_sha256: str
     prompt_ref: str | None = None
     policy_snapshot: PolicySnapshot
