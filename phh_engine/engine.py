@@ -99,6 +99,7 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._cancel_on_stop = False
+        self._detach = False
         self._dirty: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
@@ -116,17 +117,26 @@ class Engine:
         cap = spec.capacity if spec else self.config.runners[0].capacity
         return min(cap, self.config.limits.global_concurrency)
 
-    def stop(self, cancel_running: bool = False) -> None:
-        """Thread-safe: no new starts; running attempts finish (or are canceled)."""
+    def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
+        """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
+        left running for the next engine on this root to adopt."""
         loop = self._loop
         if loop is None:
             self._stopping = True
             return
-        loop.call_soon_threadsafe(self._stop_now, cancel_running)
+        loop.call_soon_threadsafe(self._stop_now, cancel_running, detach)
 
-    def _stop_now(self, cancel_running: bool) -> None:
+    def _stop_now(self, cancel_running: bool, detach: bool = False) -> None:
         first = not self._stopping
         self._stopping = True
+        if detach:
+            self._detach = True
+            self._emit(EngineEvent("stopping", utcnow(), detail=(
+                f"detaching: {len(self.tasks)} attempt(s) keep running for the next engine")))
+            for task in list(self.tasks.values()):
+                task.cancel()  # stops watching only; the Codex processes live on
+            self._poke()
+            return
         if cancel_running and self.runner is not None:
             self._cancel_on_stop = True
             for run_id in list(self.runner.live):
@@ -199,6 +209,10 @@ class Engine:
             await self._schedule_loop()
             if self.tasks:
                 await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in list(self.tasks.values()):
+                task.cancel()
+            raise
         finally:
             for t in aux:
                 t.cancel()
@@ -292,6 +306,9 @@ class Engine:
 
     def _task_done(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(run_id, None)
+        if task.cancelled():
+            self._poke()
+            return
         if not task.cancelled() and task.exception() is not None:
             log.error("attempt %s crashed", run_id, exc_info=task.exception())
         self._poke()

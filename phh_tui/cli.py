@@ -222,6 +222,64 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def engine_serving(layout: Layout) -> bool:
+    """Is any engine serving this root? (Each holds its runner's lock while it runs.)"""
+    from filelock import FileLock, Timeout
+
+    for lock_path in layout.runners.glob("*/.engine.lock"):
+        lock = FileLock(str(lock_path), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+    return False
+
+
+def cmd_override(args: argparse.Namespace) -> int:
+    """cancel | retry | resume | requeue | mark-failed | close: a request file the engine
+    applies exactly once; we wait for its result when an engine is running."""
+    import time
+
+    from pydantic import ValidationError
+
+    from phh_engine.overrides import make_request, read_result
+
+    layout = Layout(_root(args))
+    action = args.command.replace("-", "_")
+    if not layout.batch_meta(args.batch).exists():
+        _err(f"no batch {args.batch!r} under {layout.runs}")
+        return EXIT_FAIL
+    try:
+        req = make_request(
+            layout, action, args.batch, job_id=getattr(args, "job", None),
+            step_id=getattr(args, "step", None), run_id=getattr(args, "run", None),
+            runner_id=getattr(args, "runner", None), prompt=getattr(args, "prompt", None),
+            reason=getattr(args, "reason", None), requested_by="cli")
+    except ValidationError as exc:
+        _err("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return EXIT_INVALID
+    out: dict[str, Any] = {"nonce": req.nonce, "action": action}
+    if not engine_serving(layout):
+        out.update(status="queued",
+                   message="no engine running: request queued; it applies when one starts")
+    else:
+        deadline = time.monotonic() + args.wait
+        res = read_result(layout, req.nonce)
+        while res is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            res = read_result(layout, req.nonce)
+        if res is None:
+            out.update(status="pending", message=f"no result within {args.wait:g}s")
+        else:
+            out.update(status=res.outcome, message=res.message, run_id=res.run_id)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{action}: {out['status']}: {out['message']}")
+    return EXIT_FAIL if out["status"] == "rejected" else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from phh_tui.demo import run_demo
 
@@ -263,6 +321,31 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_reindex)
     add("config", "print the effective harness config", json_flag=False).set_defaults(
         func=cmd_config)
+    for name, help_ in (
+        ("cancel", "cancel a step's running attempt (SIGINT, then SIGKILL after a grace)"),
+        ("retry", "retry a step now, ignoring backoff and max_attempts"),
+        ("resume", "continue a finished attempt's conversation with a follow-up prompt"),
+        ("requeue", "cancel a step's attempt (if any) and run it again, optionally elsewhere"),
+        ("mark-failed", "mark a step failed for good; dependants stay blocked"),
+        ("close", "close a batch: no further attempts"),
+    ):
+        sp = add(name, help_)
+        sp.add_argument("batch")
+        if name != "close":
+            sp.add_argument("job")
+            sp.add_argument("step")
+        if name in ("cancel", "resume"):
+            sp.add_argument("--run", help="a specific run_id (default: the latest)")
+        if name in ("retry", "resume"):
+            sp.add_argument("--prompt", required=name == "resume",
+                            help="extra prompt for the new attempt")
+        if name == "requeue":
+            sp.add_argument("--runner", help="runner_id to run it on")
+        if name in ("mark-failed", "close", "cancel"):
+            sp.add_argument("--reason")
+        sp.add_argument("--wait", type=float, default=15.0,
+                        help="seconds to wait for a running engine's result")
+        sp.set_defaults(func=cmd_override)
     sp = add("demo", "a bundled demo batch against the offline model stand-in",
              json_flag=False)
     sp.add_argument("--no-ui", action="store_true")
