@@ -12,8 +12,8 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,8 +26,19 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .harness_config import load_config
+from .health import (
+    Resources,
+    all_health,
+    available,
+    drain_state,
+    is_stale,
+    resource_problems,
+    sample_resources,
+    system_notes,
+)
 from .index import StoreIndex
-from .models import AttemptState, HarnessConfig, RunnerHealth, utcnow
+from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, utcnow
+from .models.scoreboard import SystemNote
 from .overrides import (
     OverrideRequest,
     OverrideResult,
@@ -41,6 +52,7 @@ from .overrides import (
 )
 from .paths import EXIT_CODE, STATE, Layout
 from .pointers import update_current
+from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
 from .scheduler import Caps, select
@@ -51,7 +63,7 @@ from .views import AttemptView, BatchView, StepView
 
 log = logging.getLogger(__name__)
 
-HEALTH_INTERVAL = 5.0
+HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 RESCAN_INTERVAL = 30.0
 
 
@@ -64,6 +76,7 @@ class EngineEvent:
     """What headless logs and the dashboard hear about: one fact, already derived."""
 
     kind: str  # attempt_started | attempt_ended | batch_added | idle | recovered | stopping
+    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC)
     at: datetime
     batch_id: str | None = None
     job_id: str | None = None
@@ -106,6 +119,16 @@ class Engine:
         self._handled: set[str] = set()
         self._to_adopt: list[tuple[str, str, str, AttemptView]] = []
         self.completed = 0
+        self.queue: DropQueue | None = None  # the filesystem queue (SPEC §12), if enabled
+        # -- runner health, drain, admission (SPEC §6.7): see phh_engine/health.py
+        self._drain: tuple[bool, str | None] = (False, None)
+        self._resources = Resources()
+        self._resource_problems: list[str] = []
+        self._health_ok_at: float | None = None  # monotonic time of the last good write
+        self._health_error: str | None = None
+        self._peers: dict[str, RunnerHealth] = {}
+        self._notes: list[SystemNote] = []
+        self._admission_reported: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -187,9 +210,13 @@ class Engine:
             codex_config_toml=Path(cfg).expanduser().resolve() if cfg else None,
         )
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
+        self.queue = DropQueue.from_config(self.layout, self.config)
+        if self.queue is not None:
+            self.queue.ensure_dirs()
         self.index.load()
         self._replay_overrides()
         self._recover()
+        self._repair_pointers()
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -200,11 +227,15 @@ class Engine:
             self._adopt(batch_id, job_id, step_id, view)
         self._to_adopt.clear()
         self._process_overrides()
+        await self._scan_queue()
+        self._health_tick()  # drain / resources / health.json before anything starts
         aux = [
             asyncio.create_task(self._health_loop(), name="phh-health"),
             asyncio.create_task(self._scoreboard_loop(), name="phh-scoreboards"),
             asyncio.create_task(self._watch_loop(), name="phh-watch"),
         ]
+        if self.config is not None and self.config.gc.enabled:
+            aux.append(asyncio.create_task(self._gc_loop(), name="phh-gc"))
         try:
             await self._schedule_loop()
             if self.tasks:
@@ -218,7 +249,8 @@ class Engine:
                 t.cancel()
             await asyncio.gather(*aux, return_exceptions=True)
             self._write_scoreboards(all_batches=True)
-            self._write_health()
+            with contextlib.suppress(OSError):
+                self._write_health(stopped=True)
             if self._runner_lock is not None:
                 self._runner_lock.release()
 
@@ -260,11 +292,22 @@ class Engine:
             for job, step in batch.steps():
                 if step.in_flight is not None:
                     by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + 1
-                    by_dir[job.spec.working_directory] = (
-                        by_dir.get(job.spec.working_directory, 0) + 1)
+                    if job.spec.workspace_policy == "shared":  # isolated jobs use own checkout
+                        by_dir[job.spec.working_directory] = (
+                            by_dir.get(job.spec.working_directory, 0) + 1)
+        # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
+        free = 0 if self._admission_reasons() else self.capacity - len(self.tasks)
+        # global concurrency spans every live runner on this store (from their health.json)
+        now = utcnow()
+        stale_after = self.config.runner_health.stale_after_seconds
+        others = sum(h.running for rid, h in self._peers.items()
+                     if rid != self.runner_id and not is_stale(h, now, stale_after))
+        free = min(free, self.config.limits.global_concurrency - len(self.tasks) - others)
         return Caps(
             runner_id=self.runner_id,
-            free_slots=max(0, self.capacity - len(self.tasks)),
+            available_runners={rid for rid, h in self._peers.items()
+                               if available(h, now, stale_after)} | {self.runner_id},
+            free_slots=max(0, free),
             running_by_batch=by_batch, running_by_workdir=by_dir,
             per_workdir=self.config.limits.per_working_directory,
         )
@@ -365,18 +408,37 @@ class Engine:
                     if self._runner_is_served(owner):
                         continue
                     st = att.state
-                    if st and st.pid and _alive(st.pid, st.pid_started_at):
-                        if att.meta is not None:
-                            self._to_adopt.append((batch.batch_id, job.job_id, step.step_id, att))
+                    key = (batch.batch_id, job.job_id, step.step_id, att)
+                    if att.meta is None or st is None:
+                        self._finalize_lost(*key)  # never spawned: nothing can be running
                         continue
-                    if st is not None and st.status == "queued" and att.meta is not None:
+                    pid = st.pid if st.pid and _alive(st.pid, st.pid_started_at) else None
+                    if pid is None and st.status == "queued":
                         # crashed between spawn and the first 'running' write: find the wrapper
                         pid = _find_wrapper(att.path)
-                        if pid is not None:
+                    ended = (att.path / EXIT_CODE).exists()
+                    if pid is not None or ended:
+                        # alive: watch it to the end; ended with a recorded exit code: finalize
+                        # it normally from its files
+                        if st.status == "queued":
                             self._mark_running(att, pid)
-                            self._to_adopt.append((batch.batch_id, job.job_id, step.step_id, att))
-                            continue
-                    self._finalize_lost(batch.batch_id, job.job_id, step.step_id, att)
+                        self._to_adopt.append(key)
+                        continue
+                    self._finalize_lost(*key)
+
+    def _repair_pointers(self) -> None:
+        """A crash between a terminal state write and the current.json update leaves the
+        index file stale: compare it with the attempts and rebuild it where they differ."""
+        for batch in self.index.batches.values():
+            for job in batch.jobs.values():
+                want = {a.run_id: a.status for s in job.steps.values() for a in s.attempts}
+                if not want:
+                    continue
+                cur = read_model(self.layout.current(batch.batch_id, job.job_id), CurrentIndex)
+                have = ({rid: e.status for p in cur.steps.values()
+                         for rid, e in p.by_run_id.items()} if cur else {})
+                if have != want:
+                    update_current(self.layout, batch.batch_id, job.job_id)
 
     def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
         now = utcnow()
@@ -406,12 +468,12 @@ class Engine:
         self._emit(EngineEvent("recovered", now, batch_id, job_id, step_id, att.run_id,
                                final.status, detail="runner_lost"))
 
-    def _mark_running(self, att: AttemptView, pid: int) -> None:
+    def _mark_running(self, att: AttemptView, pid: int | None) -> None:
         assert att.state is not None
         now = utcnow()
         started = None
-        with contextlib.suppress(psutil.Error):
-            started = psutil.Process(pid).create_time()
+        with contextlib.suppress(psutil.Error, TypeError, ValueError):
+            started = psutil.Process(pid).create_time() if pid else None
         st = att.state.model_copy(update={
             "status": "running", "updated_at": now, "started_at": now, "last_heartbeat_at": now,
             "pid": pid, "pid_started_at": started})
@@ -679,29 +741,114 @@ class Engine:
         self._process_overrides()
 
     # ------------------------------------------------------------ side loops
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.to_thread(self._write_health)
-            await asyncio.sleep(HEALTH_INTERVAL)
+    # ------------------------------------------------------------ health / drain / GC
+    def _admission_reasons(self) -> list[str]:
+        """Why this runner starts nothing new right now (empty: it may start work)."""
+        assert self.config is not None
+        out: list[str] = []
+        draining, why = self._drain
+        if draining:
+            out.append(f"draining: {why}")
+        out.extend(self._resource_problems)
+        stale_after = self.config.runner_health.stale_after_seconds
+        if self._health_ok_at is not None and \
+                time.monotonic() - self._health_ok_at > stale_after:
+            out.append(f"health.json not written for over {stale_after:g}s"
+                       + (f" ({self._health_error})" if self._health_error else "")
+                       + ": other harnesses would take this runner for dead")
+        return out
 
-    def _write_health(self) -> None:
-        disk = mem = None
-        load = None
-        with contextlib.suppress(OSError):
-            disk = shutil.disk_usage(self.layout.root).free
-        with contextlib.suppress(Exception):
-            mem = psutil.virtual_memory().available
-        with contextlib.suppress(OSError):
-            load = os.getloadavg()[0]
+    def _sample(self) -> None:
+        """Blocking part of a health tick (disk, memory, drain file, peers): off the loop."""
+        assert self.config is not None
+        self._drain = drain_state(self.layout, self.config, self.runner_id)
+        self._resources = sample_resources(self.layout.root)
+        self._resource_problems = resource_problems(self._resources, self.config.limits)
+        try:
+            self._write_health()
+            self._health_ok_at = time.monotonic()
+            self._health_error = None
+        except OSError as exc:
+            self._health_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            log.warning("cannot write runner health: %s", self._health_error)
+        self._peers = all_health(self.layout)
+        self._notes = system_notes(self.layout, self.config)
+        if self._health_error:
+            self._notes.append(SystemNote(
+                kind="health_unwritable", runner_id=self.runner_id,
+                message=f"runner {self.runner_id} cannot write its health.json "
+                        f"({self._health_error})"))
+
+    def _after_sample(self) -> None:
+        """Loop side of a health tick: report admission changes, wake the scheduler."""
+        reasons = self._admission_reasons()
+        if reasons == self._admission_reported:
+            return
+        was_blocked = bool(self._admission_reported)
+        self._admission_reported = reasons
+        if reasons:
+            self._emit(EngineEvent(
+                "admission_blocked", utcnow(), status="paused",
+                detail=f"runner {self.runner_id} starts no new attempts: " + "; ".join(reasons),
+                data={"runner_id": self.runner_id, "reasons": reasons}))
+        elif was_blocked:
+            self._emit(EngineEvent("admission_resumed", utcnow(), status="accepting",
+                                   detail=f"runner {self.runner_id} accepts work again",
+                                   data={"runner_id": self.runner_id}))
+        self._dirty.update(self.index.batches)  # notes appear in every scoreboard
+        self._poke()
+
+    def _health_tick(self) -> None:
+        self._sample()
+        self._after_sample()
+
+    async def _health_loop(self) -> None:
+        assert self.config is not None
+        interval = self.config.runner_health.interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self._sample)
+            self._after_sample()
+
+    def _write_health(self, stopped: bool = False) -> None:
+        res = self._resources
+        draining, why = self._drain
+        if self._stopping and not draining:
+            draining, why = True, "engine stopping"
+        problems = list(self._resource_problems)
         health = RunnerHealth(
             runner_id=self.runner_id, host=socket.gethostname(), pid=os.getpid(),
             started_at=self.started_at, last_seen_at=utcnow(),
             capacity=self.capacity if self.config else 0, running=len(self.tasks),
-            draining=self._stopping, disk_free_bytes=disk, memory_available_bytes=mem,
-            load_1m=load, codex_cli_version=self.codex.version if self.codex else None,
-            phh_version=__version__,
+            draining=draining, disk_free_bytes=res.disk_free_bytes,
+            memory_available_bytes=res.memory_available_bytes,
+            load_1m=res.load_1m, codex_cli_version=self.codex.version if self.codex else None,
+            phh_version=__version__, drain_reason=why,
+            accepting_work=not (draining or problems or stopped), problems=problems,
+            interval_seconds=self.config.runner_health.interval_seconds if self.config else None,
+            stopped_at=utcnow() if stopped else None,
         )
         atomic_write_json(self.layout.runner_health(self.runner_id), health)
+
+    async def _gc_loop(self) -> None:
+        """Scheduled retention (harness config `gc`, off by default); `phh gc` is the same."""
+        from .gc import run_gc
+
+        assert self.config is not None
+        await asyncio.sleep(min(10.0, self.config.gc.interval_seconds))
+        while True:
+            try:
+                report = await asyncio.to_thread(run_gc, self.layout)
+            except Exception:
+                log.exception("scheduled GC failed")
+            else:
+                for bid, jid, sid, name in report.touched_attempts():
+                    self.index.refresh_attempt(bid, jid, sid, name)
+                if report.actions:
+                    self._emit(EngineEvent("gc", utcnow(), status="done",
+                                           detail=report.summary(),
+                                           data={"freed_bytes": report.freed_bytes}))
+            await asyncio.sleep(self.config.gc.interval_seconds)
 
     async def _scoreboard_loop(self) -> None:
         assert self.config is not None
@@ -726,12 +873,15 @@ class Engine:
         boards = {}
         for bid, batch in self.index.batches.items():
             sb = batch_scoreboard(batch, now)
+            if self._notes:
+                sb = sb.model_copy(update={"notes": list(self._notes)})
             boards[bid] = sb
             if bid in dirty:
                 atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
             self.layout.system_scoreboard,
-            system_scoreboard(self.index.batches.values(), now, boards),
+            system_scoreboard(self.index.batches.values(), now, boards).model_copy(
+                update={"notes": list(self._notes)}),
         )
 
     async def _watch_loop(self) -> None:
@@ -740,17 +890,37 @@ class Engine:
         from watchfiles import awatch
 
         stop = asyncio.Event()
+        paths = [self.layout.runs, overrides_dir(self.layout)]
+        if self.queue is not None:
+            paths.append(self.queue.incoming)
         while True:
             try:
-                async for _ in awatch(self.layout.runs, overrides_dir(self.layout),
+                async for _ in awatch(*paths,
                                       recursive=False, debounce=50, step=20, stop_event=stop,
                                       rust_timeout=int(RESCAN_INTERVAL * 1000),
                                       yield_on_timeout=True):
+                    await self._scan_queue()
                     self._scan_batches()
                     self._process_overrides()
             except (OSError, RuntimeError):
                 await asyncio.sleep(RESCAN_INTERVAL)
+                await self._scan_queue()
                 self._scan_batches()
+
+    async def _scan_queue(self) -> None:
+        """Ingest Launch Tables dropped into <queue_root>/incoming/ (see queue.py)."""
+        if self.queue is None:
+            return
+        try:
+            outcomes = await asyncio.to_thread(self.queue.scan)
+        except Exception:  # a queue problem must not stop the engine; the next scan retries
+            log.exception("filesystem queue scan failed")
+            return
+        for res in outcomes:
+            self._emit(EngineEvent("queue", utcnow(), res.batch_id, status=res.status,
+                                   detail=res.name, data=res.as_dict()))
+        if outcomes:
+            self._scan_batches()
 
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():

@@ -29,8 +29,11 @@ ARTIFACT_NAMES: tuple[str, ...] = (
 )
 
 
-def new_run_id() -> str:
-    return "r" + secrets.token_hex(6)
+def new_run_id(now: datetime | None = None) -> str:
+    """`r` + microseconds within the second + random: attempt directories that start in the
+    same second (the dir name's resolution) still sort by start time, and never collide."""
+    micros = now.microsecond if now is not None else 0
+    return f"r{micros:06d}{secrets.token_hex(4)}"
 
 
 def new_batch_id(now: datetime) -> str:

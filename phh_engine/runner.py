@@ -72,7 +72,7 @@ from .store import (
     write_state,
 )
 from .views import AttemptView, BatchView, JobView, StepView
-from .workspace import WorkspaceError, resolve_workspace
+from .workspace import WorkspaceError, copy_tree, resolve_workspace
 
 # `trap :` keeps the wrapper alive through SIGINT/SIGTERM (the child still gets them, as
 # caught handlers reset on exec) so it can record the exit code; only SIGKILL loses it.
@@ -229,6 +229,8 @@ def _tail_text(path: Path, limit: int = 4000) -> str:
 def kill_tree(pid: int, sig: int) -> None:
     """Signal a process group and every descendant found by walking the tree: agent commands
     can run in their own session, outside the group (CODEX_NOTES)."""
+    if pid <= 1:  # never signal our own group (killpg(0)) or init
+        return
     victims: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
         victims = psutil.Process(pid).children(recursive=True)
@@ -278,6 +280,8 @@ class _AdoptedHandle(_Handle):
 
     async def wait(self) -> int | None:
         loop = asyncio.get_running_loop()
+        if self.pid <= 0:
+            return None  # it already ended (its exit code is on disk)
         try:
             fd = os.pidfd_open(self.pid)
         except (OSError, AttributeError):
@@ -345,11 +349,13 @@ class LocalRunner:
                     if status == "succeeded" and plan.trigger != "operator_resume":
                         return None
             now = utcnow()
-            run_id = new_run_id()
+            run_id = new_run_id(now)
             path = attempts / run_dir_name(now, run_id)
             path.mkdir(parents=True, exist_ok=False)
             (path / CODEX_HOME).mkdir()
             write_state(path / STATE, self._state(plan, run_id, "queued", now))
+        # registered now, so a cancel between claim and spawn ends it queued -> canceled
+        self.live[run_id] = LiveAttempt(plan=plan, run_id=run_id, path=path)
         crashpoint("after_claim")
         return run_id, path
 
@@ -364,8 +370,7 @@ class LocalRunner:
     async def run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
                   claimed: tuple[str, Path]) -> AttemptView:
         run_id, path = claimed
-        live = LiveAttempt(plan=plan, run_id=run_id, path=path)
-        self.live[run_id] = live
+        live = self.live.setdefault(run_id, LiveAttempt(plan=plan, run_id=run_id, path=path))
         view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
         try:
             return await self._run(plan, batch, job, step, live, view)
@@ -524,7 +529,7 @@ class LocalRunner:
                     ) -> AttemptView:
         """Take over an attempt whose Codex outlived a previous engine: tail its files, keep
         its heartbeat, and finalize it with its real exit code when it ends."""
-        assert view.meta is not None and view.state is not None and view.state.pid
+        assert view.meta is not None and view.state is not None
         meta, state = view.meta, view.state
         live = LiveAttempt(plan=plan, run_id=view.run_id, path=view.path, pid=state.pid)
         self.live[view.run_id] = live
@@ -541,8 +546,8 @@ class LocalRunner:
         )
         elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
         try:
-            return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid), watch,
-                                       elapsed=elapsed)
+            return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid or 0),
+                                       watch, elapsed=elapsed)
         finally:
             self.live.pop(view.run_id, None)
 
@@ -726,7 +731,8 @@ class LocalRunner:
         home, so copying it would make the resume write into the source (CODEX_NOTES)."""
         src = src_home / "sessions"
         if src.is_dir():
-            shutil.copytree(src, dst_home / "sessions", dirs_exist_ok=False)
+            # reflink where the filesystem can, else copy_file_range; the source is only read
+            copy_tree(src, dst_home / "sessions")
 
     def _provision_home(self, home: Path) -> None:
         home.mkdir(exist_ok=True)

@@ -52,6 +52,7 @@ class Harness:
         self.settings.codex.cancel_grace_seconds = 2.0
         self.settings.runners[0].capacity = 4
         self.events: list[EngineEvent] = []
+        self._threads: list[tuple[Engine, Any, list[BaseException]]] = []
         self.write_settings()
 
     def write_settings(self) -> None:
@@ -83,13 +84,51 @@ class Harness:
         asyncio.run(asyncio.wait_for(eng.serve(), timeout))
         return eng
 
+    def start(self, **kw: Any) -> Engine:
+        """An engine serving in a background thread (stop it with `stop`)."""
+        import threading
+
+        eng = Engine(self.root, on_event=self.events.append, **kw)
+        eng.setup()
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                asyncio.run(eng.serve())
+            except BaseException as exc:  # surfaced by stop()
+                errors.append(exc)
+
+        t = threading.Thread(target=serve, name="phh-test-engine", daemon=True)
+        t.start()
+        wait_for(lambda: eng._loop is not None, 10, "engine loop")
+        self._threads.append((eng, t, errors))
+        return eng
+
+    def stop(self, eng: Engine, cancel_running: bool = True, timeout: float = 60) -> None:
+        for e, t, errors in self._threads:
+            if e is eng:
+                eng.stop(cancel_running=cancel_running)
+                t.join(timeout)
+                assert not t.is_alive(), "engine did not stop"
+                if errors:
+                    raise errors[0]
+
+    def call(self, eng: Engine, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on a serving engine's loop and return its result."""
+        assert eng._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, eng._loop).result(timeout)
+
     def attempts(self, batch_id: str, job_id: str, step_id: str) -> list[Path]:
         d = self.layout.attempts_dir(batch_id, job_id, step_id)
         return sorted(p for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
 
     @staticmethod
     def state(attempt: Path) -> dict[str, Any]:
-        return json.loads((attempt / "state.json").read_text())
+        """Like every reader: a missing state.json (attempt just created) means queued."""
+        try:
+            return json.loads((attempt / "state.json").read_text())
+        except FileNotFoundError:
+            return {"status": "queued"}
 
     @staticmethod
     def meta(attempt: Path) -> dict[str, Any]:
@@ -97,9 +136,14 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, standin: StandIn, codex_bin: str) -> Harness:
+def harness(tmp_path: Path, standin: StandIn, codex_bin: str) -> Iterator[Harness]:
     # Codex refuses an -o path under a symlink: use the resolved tmp path (CODEX_NOTES)
-    return Harness(tmp_path.resolve(), standin)
+    h = Harness(tmp_path.resolve(), standin)
+    yield h
+    for eng, t, _ in h._threads:  # never leave an engine (or its Codex) behind
+        if t.is_alive():
+            eng.stop(cancel_running=True)
+            t.join(60)
 
 
 def step(step_id: str, *actions: dict[str, Any], prompt: str = "Do the task.",
