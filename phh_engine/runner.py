@@ -522,6 +522,8 @@ class LocalRunner:
         write_state(path / STATE, state)
         view.state = state
         self._emit(plan, view)
+        # current.json points at the live attempt from its start (SPEC 5.4: optional, useful)
+        await asyncio.to_thread(update_current, self.layout, plan.batch_id, plan.job_id)
         crashpoint("while_running")
         return await self._monitor(plan, view, live, state, _ChildHandle(proc), watch)
 
