@@ -34,10 +34,17 @@ class Caps:
     running_by_batch: dict[str, int] = field(default_factory=dict)
     running_by_workdir: dict[str, int] = field(default_factory=dict)
     per_workdir: int = 1
+    #: runners with fresh health that accept work; None = unknown (affinity is then strict)
+    available_runners: set[str] | None = None
 
 
-def runs_here(job: JobView, step: StepView, runner_id: str | None) -> bool:
-    """Runner affinity: a requeue target, a pinned runner, or the runner of another step."""
+def runs_here(job: JobView, step: StepView, runner_id: str | None,
+              available_runners: set[str] | None = None) -> bool:
+    """Runner affinity: a requeue target, a pinned runner, or the runner of another step.
+
+    `same_runner_as` is a preference (the store is shared): when that runner is stale, stopped
+    or draining (not in `available_runners`), any runner may take the step. An explicit
+    `runner_id` or a requeue target stays pinned."""
     if runner_id is None:
         return True
     if step.marks.requeue_runner:
@@ -50,11 +57,14 @@ def runs_here(job: JobView, step: StepView, runner_id: str | None) -> bool:
     if aff.same_runner_as:
         other = job.steps.get(aff.same_runner_as)
         src = (other.latest_successful or other.latest) if other else None
-        return src is None or src.runner_id in (None, runner_id)
+        if src is None or src.runner_id in (None, runner_id):
+            return True
+        return available_runners is not None and src.runner_id not in available_runners
     return True
 
 
-def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None
+def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None,
+                available_runners: set[str] | None = None
                 ) -> tuple[list[Candidate], datetime | None]:
     """Every step of a batch that may start now, in job/step order, plus the next backoff."""
     out: list[Candidate] = []
@@ -62,7 +72,7 @@ def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None
     for job in batch.jobs.values():
         for step in job.steps.values():
             r = step_readiness(batch, job, step, now)
-            if r.status != "ready" or not runs_here(job, step, runner_id):
+            if r.status != "ready" or not runs_here(job, step, runner_id, available_runners):
                 continue
             if r.runnable:
                 out.append(Candidate(batch, job, step, r))
@@ -78,7 +88,7 @@ def select(batches: Iterable[BatchView], now: datetime, caps: Caps) -> Selection
     sel = Selection()
     queues: list[tuple[BatchView, list[Candidate]]] = []
     for batch in batches:
-        cands, wake = runnable_in(batch, now, caps.runner_id)
+        cands, wake = runnable_in(batch, now, caps.runner_id, caps.available_runners)
         if wake is not None and (sel.next_wakeup is None or wake < sel.next_wakeup):
             sel.next_wakeup = wake
         if cands:

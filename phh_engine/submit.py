@@ -266,7 +266,14 @@ class _Checker:
         limits = self.config.limits
         if len(jobs) > limits.max_jobs_per_batch:
             self.add("jobs", f"{len(jobs)} jobs exceed limits.max_jobs_per_batch = "
-                             f"{limits.max_jobs_per_batch}")
+                             f"{limits.max_jobs_per_batch} (split the batch, or raise the "
+                             "limit in the harness config)")
+        conc = self.raw.get("concurrency")
+        if isinstance(conc, int) and not isinstance(conc, bool) and \
+                conc > limits.global_concurrency:
+            self.add("concurrency", f"{conc} exceeds limits.global_concurrency = "
+                                    f"{limits.global_concurrency} (no batch can run more "
+                                    "attempts at once than the whole harness)")
         self.job_ids(jobs)
         for ji, job in enumerate(jobs):
             if isinstance(job, dict):
@@ -295,6 +302,9 @@ class _Checker:
             self.issues.extend(_override_issues(
                 job.get("workspace_policy"), ["workspace_policy"],
                 f"{jpath}.workspace_policy", allowed))
+            self.issues.extend(_override_issues(
+                job.get("retention_policy"), ["retention_policy"],
+                f"{jpath}.retention_policy", allowed))
             for si, step in enumerate(_as_list(job.get("steps"))):
                 if not isinstance(step, dict):
                     continue
@@ -339,7 +349,8 @@ class _Checker:
         limit = self.config.limits.max_steps_per_job
         if len(steps) > limit:
             self.add(f"{jpath}.steps",
-                     f"{len(steps)} steps exceed limits.max_steps_per_job = {limit}")
+                     f"{len(steps)} steps exceed limits.max_steps_per_job = {limit} (split "
+                     "the job, or raise the limit in the harness config)")
         ids: dict[str, int] = {}
         for si, step in enumerate(steps):
             if isinstance(step, dict) and isinstance(step.get("step_id"), str):
@@ -592,6 +603,8 @@ def _normalize_job(
         labels=job.labels,
         working_directory=str(_resolve(working_root, job.working_directory)),
         workspace_policy=job.workspace_policy or effective.workspace_policy,
+        retention_policy=(_merge(effective.retention_policy, job.retention_policy)
+                          if job.retention_policy is not None else None),
         steps=[
             _normalize_step(step, checker.prompts[(ji, si)], checker.schemas.get((ji, si)),
                             effective, base)

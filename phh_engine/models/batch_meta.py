@@ -47,6 +47,9 @@ class NormalizedJob(Record):
     labels: list[str] = Field(default_factory=list)
     working_directory: str = Field(description="absolute path resolved from working_root")
     workspace_policy: WorkspacePolicy
+    retention_policy: RetentionPolicy | None = Field(
+        default=None, description="job override of effective_defaults.retention_policy (merged)"
+    )
     steps: list[NormalizedStep]
 
 

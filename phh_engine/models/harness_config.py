@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import Id, Strict
 from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
@@ -66,7 +66,38 @@ class ScoreboardDefaults(Strict):
 class RunnerSpec(Strict):
     runner_id: Id = "local"
     capacity: int = Field(default=4, ge=0)
-    draining: bool = False
+    draining: bool = Field(
+        default=False,
+        description="static drain in the pool config; the runtime toggle is "
+        "runners/<runner_id>/drain.json (`phh runner drain|undrain`)",
+    )
+
+
+class RunnerHealthSettings(Strict):
+    """runners/<id>/health.json cadence, and when a runner counts as gone (SPEC §6.7)."""
+
+    interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    stale_after_seconds: float = Field(
+        default=30.0, gt=0,
+        description="a runner whose health.json is older than this takes no work and is "
+        "skipped by schedulers; must exceed interval_seconds",
+    )
+
+    @model_validator(mode="after")
+    def _stale_after_interval(self) -> RunnerHealthSettings:
+        if self.stale_after_seconds <= self.interval_seconds:
+            raise ValueError(
+                f"stale_after_seconds ({self.stale_after_seconds:g}) must exceed "
+                f"interval_seconds ({self.interval_seconds:g}), or every runner looks gone"
+            )
+        return self
+
+
+class GcSettings(Strict):
+    """Scheduled retention/GC inside the engine (SPEC §9); `phh gc` works regardless."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=3600.0, ge=60)
 
 
 class Limits(Strict):
@@ -98,6 +129,8 @@ class HarnessSettings(Strict):
     scoreboard: ScoreboardDefaults = Field(default_factory=ScoreboardDefaults)
     runners: list[RunnerSpec] = Field(default_factory=lambda: [RunnerSpec()])
     limits: Limits = Field(default_factory=Limits)
+    runner_health: RunnerHealthSettings = Field(default_factory=RunnerHealthSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
     allowed_overrides: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_OVERRIDES))
     codex: CodexSettings = Field(default_factory=CodexSettings)
 

@@ -1,8 +1,10 @@
-"""runners/<runner_id>/health.json (SPEC §6.7)."""
+"""runners/<runner_id>/health.json (SPEC §6.7) and runners/<runner_id>/drain.json."""
 
 from __future__ import annotations
 
 from datetime import datetime
+
+from pydantic import Field
 
 from .common import Id, Record
 
@@ -21,3 +23,28 @@ class RunnerHealth(Record):
     load_1m: float | None = None
     codex_cli_version: str | None = None
     phh_version: str
+    drain_reason: str | None = Field(default=None, description="why it is draining, if it is")
+    accepting_work: bool = Field(
+        default=True,
+        description="false while draining, stopping, or low on disk/memory: starts nothing new",
+    )
+    problems: list[str] = Field(
+        default_factory=list,
+        description="why it takes no new work besides draining (e.g. low disk), one line each",
+    )
+    interval_seconds: float | None = Field(default=None, description="how often it is written")
+    stopped_at: datetime | None = Field(
+        default=None, description="set by the last write of an engine that stopped cleanly"
+    )
+
+
+class DrainRequest(Record):
+    """runners/<runner_id>/drain.json: written by any process (`phh runner drain`), read by the
+    runner's engine on every health tick and on change. Absent (or draining=false) = accepting.
+    """
+
+    runner_id: Id
+    draining: bool
+    reason: str | None = None
+    requested_at: datetime
+    requested_by: str = "cli"

@@ -63,6 +63,7 @@ class JobSpec(Strict):
     labels: list[str] = Field(default_factory=list)
     working_directory: str = "."
     workspace_policy: WorkspacePolicy | None = None
+    retention_policy: RetentionPolicyOverride | None = None
     steps: list[StepSpec] = Field(min_length=1)
 
 

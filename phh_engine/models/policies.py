@@ -83,6 +83,12 @@ class RetentionPolicy(Strict):
     git_artifacts_days: float | None = 30
     resume_bases_days: float | None = 30
     delete_successful_finals: bool = False
+    workspaces_days: float | None = Field(
+        default=0,
+        description="remove a closed batch's isolated workspaces N days after the job's last "
+        "attempt ended (git worktree: uncommitted work is committed onto the job's branch, "
+        "which is kept; plain copy: deleted). None keeps them",
+    )
 
 
 class RetentionPolicyOverride(Strict):
@@ -92,3 +98,4 @@ class RetentionPolicyOverride(Strict):
     git_artifacts_days: float | None = None
     resume_bases_days: float | None = None
     delete_successful_finals: bool | None = None
+    workspaces_days: float | None = None

@@ -88,6 +88,16 @@ class FailureRow(Record):
     errors: list[str] = Field(default_factory=list)
 
 
+class SystemNote(Record):
+    """A system-level attention item that belongs to no step: a runner that takes no new work
+    (draining, low disk/memory, health stale). Derived from runners/*/health.json."""
+
+    kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable")
+    runner_id: Id | None = None
+    message: str
+    since: datetime | None = None
+
+
 class BatchScoreboard(Record):
     batch_id: Id
     submitted_at: datetime
@@ -104,6 +114,9 @@ class BatchScoreboard(Record):
     blocked: list[BlockedRow] = Field(default_factory=list)
     failures: list[FailureRow] = Field(default_factory=list)
     steps: list[StepRow] = Field(default_factory=list)
+    notes: list[SystemNote] = Field(
+        default_factory=list, description="system-level attention (runners), same as system view"
+    )
 
 
 class SystemRow(Record):
@@ -121,3 +134,6 @@ class SystemRow(Record):
 class SystemScoreboard(Record):
     computed_at: datetime
     batches: list[SystemRow] = Field(default_factory=list)
+    notes: list[SystemNote] = Field(
+        default_factory=list, description="system-level attention: runners taking no new work"
+    )
