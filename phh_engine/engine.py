@@ -38,7 +38,7 @@ from .health import (
 )
 from .index import StoreIndex
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, utcnow
-from .models.scoreboard import SystemNote
+from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
     OverrideResult,
@@ -117,9 +117,11 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
+        self._boards: dict[str, BatchScoreboard] = {}
         self._to_adopt: list[tuple[str, str, str, AttemptView]] = []
         self.completed = 0
         self.queue: DropQueue | None = None  # the filesystem queue (SPEC §12), if enabled
+        self._queue_catch_up: asyncio.Task[None] | None = None
         # -- runner health, drain, admission (SPEC §6.7): see phh_engine/health.py
         self._drain: tuple[bool, str | None] = (False, None)
         self._resources = Resources()
@@ -835,7 +837,7 @@ class Engine:
         from .gc import run_gc
 
         assert self.config is not None
-        await asyncio.sleep(min(10.0, self.config.gc.interval_seconds))
+        await asyncio.sleep(2.0)  # first pass soon after start, then every interval
         while True:
             try:
                 report = await asyncio.to_thread(run_gc, self.layout)
@@ -870,17 +872,20 @@ class Engine:
         if not dirty and not all_batches:
             return
         now = utcnow()
-        boards = {}
-        for bid, batch in self.index.batches.items():
+        # O(changed batches): unchanged batches reuse their last board (all are recomputed
+        # every 30 s, when heartbeat ages move)
+        for bid in dirty:
+            batch = self.index.batches.get(bid)
+            if batch is None:
+                continue
             sb = batch_scoreboard(batch, now)
             if self._notes:
                 sb = sb.model_copy(update={"notes": list(self._notes)})
-            boards[bid] = sb
-            if bid in dirty:
-                atomic_write_json(self.layout.batch_scoreboard(bid), sb)
+            self._boards[bid] = sb
+            atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
             self.layout.system_scoreboard,
-            system_scoreboard(self.index.batches.values(), now, boards).model_copy(
+            system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
                 update={"notes": list(self._notes)}),
         )
 
@@ -894,6 +899,9 @@ class Engine:
         if self.queue is not None:
             paths.append(self.queue.incoming)
         while True:
+            # awatch registers its watches before it first waits, so this scan (which runs
+            # once we wait) catches drops made before the watch began
+            self._queue_catch_up = asyncio.create_task(self._scan_queue())
             try:
                 async for _ in awatch(*paths,
                                       recursive=False, debounce=50, step=20, stop_event=stop,

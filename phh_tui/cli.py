@@ -115,7 +115,8 @@ class HeadlessLog:
             why = f" [{ev.detail}]" if ev.status != "succeeded" and ev.detail else ""
             print(f"{ts} end    {where} run={ev.run_id} {ev.status}{why}{dur}", flush=True)
             self.summary(ev.at)
-        elif ev.kind in ("batch_added", "recovered", "stopping", "idle"):
+        elif ev.kind in ("batch_added", "recovered", "stopping", "idle", "admission_blocked",
+                         "admission_resumed", "gc", "queue"):
             print(f"{ts} {ev.kind} {where} {ev.status or ''} {ev.detail or ''}".rstrip(),
                   flush=True)
             if ev.kind == "idle":
@@ -151,6 +152,21 @@ async def run_headless(engine: Engine) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from phh_tui.cli_automation import api_enabled, start_api_for_run
+
+    api = None
+    if args.api or api_enabled(_root(args)):
+        api = start_api_for_run(_root(args))
+        if api is None:
+            return EXIT_INVALID
+    try:
+        return _run(args)
+    finally:
+        if api is not None:
+            api.stop()
+
+
+def _run(args: argparse.Namespace) -> int:
     if not args.no_ui:
         try:
             from phh_tui.app import run_app
@@ -224,59 +240,32 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def engine_serving(layout: Layout) -> bool:
     """Is any engine serving this root? (Each holds its runner's lock while it runs.)"""
-    from filelock import FileLock, Timeout
+    from phh_engine.api_ops import engine_serving as serving
 
-    for lock_path in layout.runners.glob("*/.engine.lock"):
-        lock = FileLock(str(lock_path), timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-    return False
+    return serving(layout)
 
 
 def cmd_override(args: argparse.Namespace) -> int:
     """cancel | retry | resume | requeue | mark-failed | close: a request file the engine
-    applies exactly once; we wait for its result when an engine is running."""
-    import time
-
-    from pydantic import ValidationError
-
-    from phh_engine.overrides import make_request, read_result
+    applies exactly once; we wait for its result when an engine is running (the same
+    operation the HTTP API offers: phh_engine.api_ops.request_action)."""
+    from phh_engine.api_ops import request_action
+    from phh_engine.artifacts import LookupFailed
 
     layout = Layout(_root(args))
-    action = args.command.replace("-", "_")
-    if not layout.batch_meta(args.batch).exists():
-        _err(f"no batch {args.batch!r} under {layout.runs}")
-        return EXIT_FAIL
     try:
-        req = make_request(
-            layout, action, args.batch, job_id=getattr(args, "job", None),
-            step_id=getattr(args, "step", None), run_id=getattr(args, "run", None),
+        out = request_action(
+            layout, args.command, args.batch, getattr(args, "job", None),
+            getattr(args, "step", None), run_id=getattr(args, "run", None),
             runner_id=getattr(args, "runner", None), prompt=getattr(args, "prompt", None),
-            reason=getattr(args, "reason", None), requested_by="cli")
-    except ValidationError as exc:
-        _err("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-        return EXIT_INVALID
-    out: dict[str, Any] = {"nonce": req.nonce, "action": action}
-    if not engine_serving(layout):
-        out.update(status="queued",
-                   message="no engine running: request queued; it applies when one starts")
-    else:
-        deadline = time.monotonic() + args.wait
-        res = read_result(layout, req.nonce)
-        while res is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            res = read_result(layout, req.nonce)
-        if res is None:
-            out.update(status="pending", message=f"no result within {args.wait:g}s")
-        else:
-            out.update(status=res.outcome, message=res.message, run_id=res.run_id)
+            reason=getattr(args, "reason", None), requested_by="cli", wait=args.wait)
+    except LookupFailed as exc:
+        _err(exc.message)
+        return EXIT_INVALID if exc.status in (400, 422) else EXIT_FAIL
     if args.json:
         _print_json(out)
     else:
-        print(f"{action}: {out['status']}: {out['message']}")
+        print(f"{out['action']}: {out['status']}: {out['message']}")
     return EXIT_FAIL if out["status"] == "rejected" else EXIT_OK
 
 
@@ -313,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, help="max attempts this engine runs at once")
     sp.add_argument("--runner-id", default="local", help="this engine's runner id")
     sp.add_argument("--json-log", action="store_true", help="one JSON object per line")
+    sp.add_argument("--api", action="store_true",
+                    help="also serve the HTTP API (as `phh serve`, settings from the harness "
+                    "config; on by default when interfaces.api_mode.enabled is true)")
     sp.set_defaults(func=cmd_run)
     sp = add("scoreboard", "system view, or one batch's view")
     sp.add_argument("--batch")
@@ -346,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--wait", type=float, default=15.0,
                         help="seconds to wait for a running engine's result")
         sp.set_defaults(func=cmd_override)
+    from phh_tui.cli_upkeep import add_commands as add_upkeep_commands
+
+    add_upkeep_commands(add)  # gc, runner list|drain|undrain
+    from phh_tui.cli_automation import add_commands
+
+    add_commands(add)
     sp = add("demo", "a bundled demo batch against the offline model stand-in",
              json_flag=False)
     sp.add_argument("--no-ui", action="store_true")

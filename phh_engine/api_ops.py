@@ -1,0 +1,183 @@
+"""The operations every automation interface offers (SPEC §12), once, for the CLI and the API.
+
+Each returns plain JSON-able data (the same dict the CLI prints with `--json` and the API
+answers) or raises `LookupFailed` with the HTTP status that fits (400 malformed, 404 unknown,
+409 conflict, 422 invalid Launch Table). Operator actions are request files the engine
+serving the root applies exactly once (`overrides.py`); without an engine they stay queued.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
+from .index import StoreIndex
+from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
+from .overrides import make_request, read_result
+from .paths import Layout
+from .pointers import build_current
+from .scoreboards import batch_scoreboard, system_scoreboard
+from .store import read_model
+from .submit import SubmitError, submit
+
+#: CLI action names (and API path segments) -> override action
+ACTIONS: dict[str, str] = {
+    "cancel": "cancel", "retry": "retry", "resume": "resume", "requeue": "requeue",
+    "mark-failed": "mark_failed", "close": "close",
+}
+
+
+class InvalidLaunchTable(LookupFailed):
+    """Submit refused the Launch Table: every problem, nothing written (HTTP 422)."""
+
+    def __init__(self, exc: SubmitError) -> None:
+        super().__init__(422, "Launch Table rejected, nothing was written")
+        self.errors = [{"path": i.path, "message": i.message} for i in exc.issues]
+
+
+def engine_serving(layout: Layout) -> bool:
+    """Is any engine serving this root? (Each holds its runner's lock while it runs.)"""
+    for lock_path in layout.runners.glob("*/.engine.lock"):
+        lock = FileLock(str(lock_path), timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+    return False
+
+
+# ----------------------------------------------------------------------------- submit
+def submit_table(layout: Layout, source: Path | dict[str, Any], *,
+                 dedupe: bool = False) -> dict[str, Any]:
+    """`{batch_id, accepted_job_ids, existing}`; InvalidLaunchTable lists every error."""
+    try:
+        res = submit(layout, source, dedupe=dedupe)
+    except SubmitError as exc:
+        raise InvalidLaunchTable(exc) from None
+    return res.as_dict()
+
+
+# ----------------------------------------------------------------------------- views
+def load_meta(layout: Layout, batch_id: str) -> BatchMeta:
+    valid_id(batch_id, "batch_id")
+    meta = read_model(layout.batch_meta(batch_id), BatchMeta)
+    if meta is None:
+        raise missing(f"no batch {batch_id!r}")
+    return meta
+
+
+def check_step(layout: Layout, batch_id: str, job_id: str, step_id: str | None) -> BatchMeta:
+    """404 unless the job (and step) exist in the batch's Launch Table."""
+    valid_id(job_id, "job_id")
+    if step_id is not None:
+        valid_id(step_id, "step_id")
+    meta = load_meta(layout, batch_id)
+    job = next((j for j in meta.jobs if j.job_id == job_id), None)
+    if job is None:
+        raise missing(f"no job {job_id!r} in batch {batch_id}")
+    if step_id is not None and all(s.step_id != step_id for s in job.steps):
+        raise missing(f"no step {step_id!r} in {batch_id}/{job_id}")
+    return meta
+
+
+def system_view(layout: Layout) -> SystemScoreboard:
+    index = StoreIndex(layout)
+    index.load()
+    return system_scoreboard(index.batches.values(), utcnow())
+
+
+def batch_view(layout: Layout, batch_id: str) -> BatchScoreboard:
+    load_meta(layout, batch_id)
+    batch = StoreIndex(layout).load_batch(batch_id)
+    if batch is None:
+        raise missing(f"no batch {batch_id!r}")
+    return batch_scoreboard(batch, utcnow())
+
+
+def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:
+    """Jobs of a batch with each step's derived status (the scoreboard's step rows)."""
+    sb = batch_view(layout, batch_id)
+    meta = load_meta(layout, batch_id)
+    rows: dict[tuple[str, str], dict[str, Any]] = {
+        (r.job_id, r.step_id): r.model_dump(mode="json", exclude_none=True) for r in sb.steps}
+    jobs = []
+    for job in meta.jobs:
+        steps = []
+        for s in job.steps:
+            row = rows.get((job.job_id, s.step_id), {"status": "blocked"})
+            row.pop("job_id", None)
+            row["step_id"] = s.step_id
+            row["depends_on"] = list(s.depends_on)
+            steps.append(row)
+        jobs.append({"job_id": job.job_id, "working_directory": job.working_directory,
+                     "workspace_policy": job.workspace_policy, "steps": steps})
+    return {"batch_id": batch_id, "closed": sb.closed, "jobs": jobs}
+
+
+def current_index(layout: Layout, batch_id: str, job_id: str) -> dict[str, Any]:
+    """`current.json` as on disk; before the job's first attempt, the (empty) index that
+    `phh reindex` would build."""
+    check_step(layout, batch_id, job_id, None)
+    cur = read_model(layout.current(batch_id, job_id), CurrentIndex)
+    if cur is None:
+        cur = build_current(layout, batch_id, job_id, utcnow())
+    return cur.model_dump(mode="json", exclude_none=True)
+
+
+def list_attempts(layout: Layout, batch_id: str, job_id: str, step_id: str) -> dict[str, Any]:
+    check_step(layout, batch_id, job_id, step_id)
+    return {"batch_id": batch_id, "job_id": job_id, "step_id": step_id,
+            "attempts": [attempt_summary(p) for p in
+                         list_attempt_dirs(layout, batch_id, job_id, step_id)]}
+
+
+# ----------------------------------------------------------------------------- actions
+def request_action(
+    layout: Layout, action: str, batch_id: str, job_id: str | None = None,
+    step_id: str | None = None, *, run_id: str | None = None, runner_id: str | None = None,
+    prompt: str | None = None, reason: str | None = None, requested_by: str = "cli",
+    wait: float = 15.0,
+) -> dict[str, Any]:
+    """Write one operator request and wait (up to `wait` s) for a serving engine's result.
+
+    `status`: applied | rejected (the engine said no: a conflict) | queued (no engine runs;
+    applies when one starts) | pending (no result within `wait`)."""
+    op = ACTIONS.get(action, action)
+    if op not in ACTIONS.values():
+        raise LookupFailed(400, f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
+    if op == "close":
+        load_meta(layout, batch_id)
+    else:
+        if job_id is None or step_id is None:
+            raise LookupFailed(400, f"{action} needs a job_id and a step_id")
+        check_step(layout, batch_id, job_id, step_id)
+    if op == "resume" and not prompt:
+        raise LookupFailed(400, "resume needs a prompt (the follow-up turn)")
+    try:
+        req = make_request(layout, op, batch_id, job_id=job_id, step_id=step_id, run_id=run_id,
+                           runner_id=runner_id, prompt=prompt, reason=reason,
+                           requested_by=requested_by)
+    except ValidationError as exc:
+        raise LookupFailed(400, "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    out: dict[str, Any] = {"nonce": req.nonce, "action": op}
+    if not engine_serving(layout):
+        out.update(status="queued",
+                   message="no engine running: request queued; it applies when one starts")
+        return out
+    deadline = time.monotonic() + max(0.0, wait)
+    res = read_result(layout, req.nonce)
+    while res is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        res = read_result(layout, req.nonce)
+    if res is None:
+        out.update(status="pending", message=f"no result within {wait:g}s")
+    else:
+        out.update(status=res.outcome, message=res.message, run_id=res.run_id)
+    return out
