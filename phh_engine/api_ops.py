@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
@@ -22,7 +21,7 @@ from .overrides import make_request, read_result
 from .paths import Layout
 from .pointers import build_current
 from .scoreboards import batch_scoreboard, system_scoreboard
-from .store import read_model
+from .store import lock_held, read_model
 from .submit import SubmitError, submit
 
 #: CLI action names (and API path segments) -> override action
@@ -42,14 +41,7 @@ class InvalidLaunchTable(LookupFailed):
 
 def engine_serving(layout: Layout) -> bool:
     """Is any engine serving this root? (Each holds its runner's lock while it runs.)"""
-    for lock_path in layout.runners.glob("*/.engine.lock"):
-        lock = FileLock(str(lock_path), timeout=0, thread_local=False)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-    return False
+    return any(lock_held(p) for p in layout.runners.glob("*/.engine.lock"))
 
 
 # ----------------------------------------------------------------------------- submit

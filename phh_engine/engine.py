@@ -58,7 +58,14 @@ from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
 from .scheduler import Caps, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
-from .store import TerminalStateError, atomic_write_json, job_lock, read_model, write_state
+from .store import (
+    TerminalStateError,
+    atomic_write_json,
+    job_lock,
+    lock_held,
+    read_model,
+    write_state,
+)
 from .views import AttemptView, BatchView, StepView
 
 log = logging.getLogger(__name__)
@@ -389,14 +396,7 @@ class Engine:
     def _runner_is_served(self, runner_id: str) -> bool:
         if runner_id == self.runner_id:
             return False  # we hold it: anything non-terminal of ours is an orphan
-        lock = FileLock(str(self.layout.runners / runner_id / ".engine.lock"), timeout=0,
-                        thread_local=False)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-        return False
+        return lock_held(self.layout.runners / runner_id / ".engine.lock")
 
     def _recover(self) -> None:
         """SPEC §7.4: attempts left queued/running by a dead engine end as runner_lost (or

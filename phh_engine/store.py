@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any, TypeVar
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from .models import TERMINAL_STATUSES, AttemptState
@@ -124,6 +124,17 @@ def job_lock(lock_path: Path, timeout: float = 60.0) -> FileLock:
     """Cross-process lock for one job: claims, finalisation and current.json updates."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(lock_path), timeout=timeout, thread_local=False)
+
+
+def lock_held(lock_path: Path) -> bool:
+    """Does another process hold this lock? (Probe: acquire without waiting, release.)"""
+    lock = FileLock(str(lock_path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def append_line(path: Path, line: str) -> None:

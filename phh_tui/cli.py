@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from phh_engine.engine import Engine, EngineError, EngineEvent
 from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
@@ -22,22 +20,10 @@ from phh_engine.pointers import reindex
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
 from phh_engine.store import atomic_write_json
 from phh_engine.submit import SubmitError, submit
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_INVALID = 2
-
-
-def _root(args: argparse.Namespace) -> Path:
-    return Path(args.root or os.environ.get("PHH_ROOT") or ".").resolve()
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"phh: {msg}\n")
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import err as _err
+from phh_tui.cli_common import print_json as _print_json
+from phh_tui.cli_common import root_of as _root
 
 
 # ---------------------------------------------------------------- commands

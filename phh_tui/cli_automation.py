@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,24 +34,12 @@ from phh_engine.artifacts import (
 )
 from phh_engine.harness_config import ConfigError, load_config
 from phh_engine.paths import ARTIFACT_NAMES, Layout
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_INVALID = 2
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import err as _err
+from phh_tui.cli_common import print_json as _print_json
+from phh_tui.cli_common import root_of as _root
 
 AddFn = Callable[..., argparse.ArgumentParser]
-
-
-def _root(args: argparse.Namespace) -> Path:
-    return Path(args.root or os.environ.get("PHH_ROOT") or ".").resolve()
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"phh: {msg}\n")
 
 
 def fail(exc: LookupFailed, as_json: bool) -> int:

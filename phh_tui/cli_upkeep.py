@@ -7,9 +7,6 @@ failed, unknown runner, no confirmation in time); 2 invalid input or harness con
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,23 +15,12 @@ from typing import Any
 from phh_engine.harness_config import ConfigError, load_config
 from phh_engine.models import utcnow
 from phh_engine.paths import Layout
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import err as _err
+from phh_tui.cli_common import print_json as _print_json
+from phh_tui.cli_common import root_of as _root
 
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_INVALID = 2
 AddFn = Callable[..., argparse.ArgumentParser]
-
-
-def _root(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "root", None) or os.environ.get("PHH_ROOT") or ".").resolve()
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _err(msg: str) -> None:
-    sys.stderr.write(f"phh: {msg}\n")
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

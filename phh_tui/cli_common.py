@@ -1,0 +1,27 @@
+"""What every `phh` subcommand module shares: exit codes, the root, and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_INVALID = 2
+
+
+def root_of(args: argparse.Namespace) -> Path:
+    """--root, else $PHH_ROOT, else the current directory."""
+    return Path(getattr(args, "root", None) or os.environ.get("PHH_ROOT") or ".").resolve()
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(f"phh: {msg}\n")
