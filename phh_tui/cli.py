@@ -159,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             _err("the dashboard is not available in this build; use --no-ui")
             return EXIT_FAIL
-        return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id)
+        return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
+                       alerts=args.alerts)
     engine = Engine(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                     until_idle=args.until_idle)
     engine.on_event = HeadlessLog(engine, json_log=args.json_log)
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, help="max attempts this engine runs at once")
     sp.add_argument("--runner-id", default="local", help="this engine's runner id")
     sp.add_argument("--json-log", action="store_true", help="one JSON object per line")
+    sp.add_argument("--alerts", choices=("bell", "notify", "off"), default="bell",
+                    help="dashboard: bell and/or notification when a step needs attention "
+                    "or a batch finishes")
     sp.add_argument("--api", action="store_true",
                     help="also serve the HTTP API (as `phh serve`, settings from the harness "
                     "config; on by default when interfaces.api_mode.enabled is true)")

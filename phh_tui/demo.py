@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ def prepare_demo_root(root: Path, standin: StandIn) -> str:
     layout = Layout(root)
     (root / "workspace").mkdir(parents=True, exist_ok=True)
     (root / "workspace" / "README.md").write_text("A tiny project for the demo agents.\n")
+    _git_init(root / "workspace")
     cfg_toml = standin.write_config(root / "codex_config.toml")
     settings = HarnessSettings()
     settings.codex.config_toml = str(cfg_toml)
@@ -34,6 +36,18 @@ def prepare_demo_root(root: Path, standin: StandIn) -> str:
     table = root / "demo.json"
     shutil.copyfile(DEMO_BATCH, table)
     return submit(layout, table).batch_id
+
+
+def _git_init(workspace: Path) -> None:
+    """A git workspace, so each attempt's git diff shows what its agent changed."""
+    git = shutil.which("git")
+    if git is None:
+        return
+    ident = ["-c", "user.name=phh demo", "-c", "user.email=demo@phh.invalid",
+             "-c", "commit.gpgsign=false"]
+    for argv in (["init", "-q"], ["add", "README.md"], [*ident, "commit", "-q", "-m", "demo"]):
+        if subprocess.run([git, "-C", str(workspace), *argv], capture_output=True).returncode:
+            return
 
 
 def run_demo(root: Path | None = None, no_ui: bool = False) -> int:
@@ -49,7 +63,8 @@ def run_demo(root: Path | None = None, no_ui: bool = False) -> int:
             except ImportError:
                 no_ui = True
             else:
-                return run_app(base)
+                # the stand-in lives in this process: attempts cannot outlive it
+                return run_app(base, allow_detach=False)
         from phh_tui.cli import HeadlessLog, run_headless
 
         engine = Engine(base, until_idle=True)

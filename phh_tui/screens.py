@@ -1,0 +1,1029 @@
+"""The three screens (system → batch → step) and what they share: crumbs, the filter bar,
+j/k/g/G on the main table, and the operator actions (c r R m space l d s)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from rich.console import Group, RenderableType
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane
+
+from phh_engine.models import BatchScoreboard, StatusCounts
+from phh_engine.models.scoreboard import ResumeView, StepRow
+from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
+from phh_engine.scoreboards import goal_preview
+from phh_engine.views import AttemptView, StepView
+from phh_tui.board import Board, Progress, live_runners
+from phh_tui.dialogs import ConfirmScreen, PromptScreen
+from phh_tui.eventlines import EventLog, Line, shell_command
+from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
+from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
+
+if TYPE_CHECKING:
+    from phh_tui.app import PhhApp
+
+MAX_CELL = 120
+MAX_DIFF_LINES = 5000
+TAIL_POLL_SECONDS = 0.25
+MAX_LOG_LINES = 20000
+
+
+def clip(text: str | None, limit: int = MAX_CELL) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def styled(text: str, status: str) -> Text:
+    return Text(text, style=STATUS_STYLES.get(status, ""))
+
+
+def resume_label(view: ResumeView | None) -> str:
+    if view is None:
+        return ""
+    return f"⟲ {view.step_id}:{view.selected_run_id or '(' + view.selector + ')'}"
+
+
+def doing(item: str | None, limit: int = 60) -> str:
+    """The current item, without the shell wrapper Codex puts around commands."""
+    if item and item.startswith("$ "):
+        item = "$ " + shell_command(item[2:])
+    return clip(item, limit)
+
+
+def step_key(job_id: str, step_id: str) -> str:
+    return f"{job_id}/{step_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    job, _, step = key.partition("/")
+    return job, step
+
+
+def tokens(inp: int, cached: int, out: int) -> str:
+    if not (inp or out):
+        return "-"
+    return f"{inp:,} in ({cached:,} cached) · {out:,} out"
+
+
+def _since(seconds: float | None, sb: BatchScoreboard, now: datetime | None) -> float | None:
+    """An age computed at `sb.computed_at`, carried forward to `now`."""
+    if seconds is None or now is None:
+        return seconds
+    return seconds + (now - sb.computed_at).total_seconds()
+
+
+def progress_text(p: Progress, width: int = 30, later: float = 0.0) -> Text:
+    frac = p.done / p.total if p.total else 0.0
+    full = int(frac * width)
+    bar = Text()
+    bar.append("█" * full, style="green")
+    bar.append("░" * (width - full), style="dim")
+    out = Text()
+    out.append(f"{p.done}/{p.total} done ", style="bold")
+    out.append_text(bar)
+    out.append(f" {frac:4.0%}")
+    if p.finished:
+        out.append(" · finished", style="bold green")
+    elif p.eta_seconds is not None:
+        out.append(f" · ETA {duration(max(p.eta_seconds - later, 0))}")
+    else:
+        out.append(" · ETA -", style="dim")
+    if p.elapsed_seconds is not None:
+        out.append(f" · took {duration(p.elapsed_seconds)}" if p.finished else
+                   f" · running for {duration(p.elapsed_seconds + later)}", style="dim")
+    return out
+
+
+class PhhScreen(Screen[None]):
+    """Crumbs on top, the screen's body, a filter bar (hidden), the footer."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "top", "Top", show=False),
+        Binding("G", "bottom", "Bottom", show=False),
+        Binding("enter", "open", "Open"),
+        Binding("escape", "back", "Back"),
+        Binding("slash", "filter", "Filter"),
+    ]
+    batch_id: str | None = None
+
+    @property
+    def phh(self) -> PhhApp:
+        return cast("PhhApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Crumbs(id="crumbs")
+        yield from self.body()
+        yield Input(placeholder="filter: type to narrow the rows · enter keeps · esc clears",
+                    id="filter")
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    def crumbs(self) -> list[str]:
+        return []
+
+    def on_mount(self) -> None:
+        self.refresh_crumbs()
+        if self.phh.board is not None:
+            self.show(self.phh.board)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_crumbs()
+        if self.phh.board is not None:
+            self.show(self.phh.board)
+
+    def refresh_crumbs(self) -> None:
+        self.query_one(Crumbs).show(self.crumbs(), self.phh.status_line())
+
+    def show(self, board: Board) -> None:
+        """Draw the newest board (called at most ~10 times a second)."""
+
+    def tick(self, now: datetime) -> None:
+        """Once a second: redraw what only time changes (ages, durations), from the rows
+        already computed, without recomputing any scoreboard."""
+
+    # ------------------------------------------------------------ tables & movement
+    def table(self) -> KeyedTable | None:
+        focused = self.focused
+        if isinstance(focused, KeyedTable):
+            return focused
+        tables = [t for t in self.query(KeyedTable) if t.display and t.region.height]
+        return tables[0] if tables else None
+
+    def action_cursor_down(self) -> None:
+        if t := self.table():
+            t.action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        if t := self.table():
+            t.action_cursor_up()
+
+    def action_top(self) -> None:
+        if t := self.table():
+            t.action_scroll_top()
+
+    def action_bottom(self) -> None:
+        if t := self.table():
+            t.action_scroll_bottom()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        """Drill down from the row under the cursor."""
+
+    # ------------------------------------------------------------ filter
+    @property
+    def filter_input(self) -> Input:
+        return self.query_one("#filter", Input)
+
+    def action_filter(self) -> None:
+        self.add_class("filtering")
+        self.filter_input.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "filter":
+            return
+        for t in self.query(KeyedTable):
+            t.set_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "filter":
+            return
+        event.stop()
+        if not event.value:
+            self.remove_class("filtering")
+        if t := self.table():
+            t.focus()
+
+    def action_back(self) -> None:
+        if self.has_class("filtering"):
+            self.filter_input.value = ""
+            self.remove_class("filtering")
+            if t := self.table():
+                t.focus()
+            return
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    # ------------------------------------------------------------ operator actions
+    def action_targets(self) -> list[tuple[str, str]]:
+        """(job_id, step_id) pairs the next action applies to."""
+        return []
+
+    def _confirm_then(self, action: str, title: str, detail: str, **kw: Any) -> None:
+        targets = self.action_targets()
+        if not targets or self.batch_id is None:
+            self.notify("no step selected", severity="warning")
+            return
+        bid = self.batch_id
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.phh.act(action, bid, targets, **kw)
+                self.after_action()
+
+        names = ", ".join(f"{j}.{s}" for j, s in targets[:5])
+        more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
+        self.app.push_screen(ConfirmScreen(title.format(n=len(targets), names=names + more),
+                                           detail), done)
+
+    def action_cancel_step(self) -> None:
+        self._confirm_then(
+            "cancel", "Cancel the running attempt of {names}?",
+            "The Codex process group gets SIGTERM, then SIGKILL after the grace period; the "
+            "attempt ends canceled and keeps its partial logs.", reason="canceled from the TUI")
+
+    def action_mark_failed(self) -> None:
+        self._confirm_then(
+            "mark_failed", "Mark {names} failed for good?",
+            "A running attempt is canceled; steps that depend on it stay blocked. `r` undoes "
+            "it.", reason="marked failed from the TUI")
+
+    def action_retry(self) -> None:
+        targets = self.action_targets()
+        if not targets or self.batch_id is None:
+            self.notify("no step selected", severity="warning")
+            return
+        self.phh.act("retry", self.batch_id, targets)
+        self.after_action()
+
+    def resume_run_id(self) -> str | None:
+        return None
+
+    def action_resume(self) -> None:
+        targets = self.action_targets()
+        if not targets or self.batch_id is None:
+            self.notify("no step selected", severity="warning")
+            return
+        bid, run_id = self.batch_id, self.resume_run_id()
+        names = ", ".join(f"{j}.{s}" for j, s in targets[:5])
+
+        def done(prompt: str | None) -> None:
+            if prompt:
+                kw: dict[str, Any] = {"prompt": prompt}
+                if run_id:
+                    kw["run_id"] = run_id
+                self.phh.act("resume", bid, targets, **kw)
+                self.after_action()
+
+        self.app.push_screen(PromptScreen(
+            f"Resume {names}" + (f" from {run_id}" if run_id else ""),
+            "A new attempt continues the conversation (codex exec resume) with this prompt.",
+            placeholder="e.g. the tests still fail on CI; fix that too"), done)
+
+    def after_action(self) -> None:
+        """Bulk actions clear the marks."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # nothing to go back to on the first screen: hide `esc` from the footer
+        return not (action == "back" and len(self.app.screen_stack) <= 1
+                    and not self.has_class("filtering"))
+
+
+# ====================================================================== system
+SYSTEM_COLUMNS = (
+    Column("batch", "batch"), Column("submitted", "submitted"), Column("state", "state"),
+    Column("jobs", "jobs"), Column("steps", "steps"), Column("done", "done"),
+    Column("running", "running"), Column("ready", "ready"), Column("blocked", "blocked"),
+    Column("attention", "attention"), Column("goal", "goal", 90),
+)
+
+
+class SystemScreen(PhhScreen):
+    """One row per batch (SPEC §11 system view): attention first, then running, newest."""
+
+    def body(self) -> ComposeResult:
+        yield Static(id="totals")
+        yield KeyedTable(SYSTEM_COLUMNS, self._render_batch_row, id="batches")
+
+    def on_mount(self) -> None:  # (Textual also runs PhhScreen.on_mount, after this)
+        self.query_one("#batches", KeyedTable).focus()
+
+    def show(self, board: Board) -> None:
+        sysb = board.system
+        if sysb is None:
+            return
+        rows = []
+        for r in sysb.batches:
+            prog = board.progress.get(r.batch_id)
+            state = ("running" if r.running_steps else
+                     "finished" if prog and prog.finished else
+                     "closed" if r.closed else "waiting")
+            c = r.counts
+            sig = (r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state, r.jobs_total,
+                   r.steps_total, c.succeeded, c.running, c.ready, c.blocked, r.attention_steps,
+                   r.batch_goal_summary_preview)
+            rows.append(Row(r.batch_id, sig, f"{r.batch_id} {state} "
+                                             f"{r.batch_goal_summary_preview}"))
+        self.query_one("#batches", KeyedTable).sync(rows)
+        self.query_one("#totals", Static).update(self._totals(board))
+        self.refresh_crumbs()
+
+    def _totals(self, board: Board) -> Text:
+        assert board.system is not None
+        rows = board.system.batches
+        steps = sum(r.steps_total for r in rows)
+        out = Text()
+        out.append(f"{len(rows)} batch{'es' if len(rows) != 1 else ''}", style="bold")
+        out.append(f" · {steps:,} steps · ")
+        agg: dict[str, int] = {}
+        for r in rows:
+            for k, v in r.counts.model_dump().items():
+                agg[k] = agg.get(k, 0) + v
+        out.append_text(counts_text(StatusCounts(**agg), steps) if rows else
+                        Text("no batches yet: `phh submit FILE` adds one", style="yellow"))
+        attention = sum(r.attention_steps for r in rows)
+        out.append(" · ")
+        out.append(f"{attention} attention", style="bold red" if attention else "dim")
+        out.append(f" · {board.steps_per_minute:.1f} steps/min", style="dim")
+        live = live_runners(board.runners, board.computed_at)
+        out.append(" · runners: ", style="dim")
+        if not live:
+            out.append("none serving", style="yellow")
+        for i, r in enumerate(live):
+            out.append(", " if i else "", style="dim")
+            out.append(f"{r.runner_id} {r.running}/{r.capacity}"
+                       + (" draining" if r.draining else ""),
+                       style="yellow" if r.draining else "")
+        return out
+
+    @staticmethod
+    def _render_batch_row(key: str, sig: Hashable) -> Sequence[Cell]:
+        (bid, submitted, state, jobs, steps, done, running, ready, blocked, attention,
+         goal) = cast("tuple[Any, ...]", sig)
+        state_style = {"running": STATUS_STYLES["running"], "finished": "green",
+                       "closed": "dim", "waiting": "cyan"}[state]
+
+        def num(n: int, status: str) -> Text:
+            return Text(str(n), style=STATUS_STYLES[status] if n else "dim")
+
+        return (
+            Text(bid, style="bold"), submitted, Text(state, style=state_style), str(jobs),
+            str(steps), Text(f"{done}/{steps}", style="green" if done == steps else ""),
+            num(running, "running"), num(ready, "ready"), num(blocked, "blocked"),
+            Text(str(attention), style="bold red" if attention else "dim"), clip(goal, 70),
+        )
+
+    def action_open(self) -> None:
+        key = self.query_one("#batches", KeyedTable).current_key
+        if key:
+            self.app.push_screen(self.phh.batch_screen(key))
+
+
+# ====================================================================== batch
+TABS = ("attention", "running", "blocked", "failures", "steps")
+TAB_TITLES = {"attention": "Attention", "running": "Running", "blocked": "Blocked",
+              "failures": "Failures", "steps": "All steps"}
+TAB_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "attention": (Column("step", "step"), Column("kind", "kind"), Column("run", "run"),
+                  Column("silent", "silent"), Column("detail", "detail", 100)),
+    "running": (Column("step", "step"), Column("status", "status"), Column("run", "run"),
+                Column("runner", "runner"), Column("for", "for"),
+                Column("heartbeat", "heartbeat"), Column("doing", "doing"),
+                Column("resume", "resume from")),
+    "blocked": (Column("step", "step"), Column("reasons", "reasons", 100),
+                Column("resume", "resume from")),
+    "failures": (Column("step", "step"), Column("run", "run"), Column("state", "state"),
+                 Column("exit", "exit"), Column("why", "why"), Column("agent", "agent"),
+                 Column("summary", "summary / errors", 100)),
+    "steps": (Column("step", "step"), Column("status", "status"), Column("attempts", "#"),
+              Column("run", "run"), Column("detail", "reasons / resume from", 100)),
+}
+
+
+def _rows_attention(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
+    out = []
+    for a in sb.attention:
+        silent = (duration(_since(a.seconds_since_last_heartbeat, sb, now))
+                  if a.seconds_since_last_heartbeat is not None else "")
+        sig = (f"{a.job_id}.{a.step_id}", a.kind, a.run_id or "-", silent, clip(a.detail))
+        out.append(Row(step_key(a.job_id, a.step_id), sig, " ".join(map(str, sig))))
+    return out
+
+
+def _rows_running(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
+    out = []
+    for r in sb.running:
+        status = "stuck" if r.stuck else r.state_status
+        sig = (f"{r.job_id}.{r.step_id}", status, r.run_id, r.runner_id or "-",
+               duration(_since(r.run_duration_seconds, sb, now)),
+               duration(_since(r.seconds_since_last_heartbeat, sb, now)),
+               doing(r.current_item), resume_label(r.resume_from))
+        out.append(Row(step_key(r.job_id, r.step_id), sig, " ".join(map(str, sig))))
+    return out
+
+
+def _rows_blocked(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
+    out = []
+    for b in sb.blocked:
+        sig = (f"{b.job_id}.{b.step_id}", clip("; ".join(b.reasons), 160),
+               resume_label(b.resume_from))
+        out.append(Row(step_key(b.job_id, b.step_id), sig, " ".join(sig)))
+    return out
+
+
+def _rows_failures(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
+    out = []
+    for f in sb.failures:
+        sig = (f"{f.job_id}.{f.step_id}", f.run_id, f.state_status,
+               "-" if f.exit_code is None else str(f.exit_code),
+               f.failure_class or f.termination_reason or "", f.final_status or "-",
+               clip(f.final_summary or "; ".join(f.errors)))
+        out.append(Row(step_key(f.job_id, f.step_id), sig, " ".join(sig)))
+    return out
+
+
+def _rows_steps(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
+    out = []
+    for s in sb.steps:
+        detail = "; ".join(s.reasons)
+        if s.resume_from is not None:
+            detail = (detail + "  " if detail else "") + resume_label(s.resume_from)
+        sig = (f"{s.job_id}.{s.step_id}", "stuck" if s.stuck else s.status, s.attempts,
+               s.run_id or "-", clip(detail))
+        out.append(Row(step_key(s.job_id, s.step_id), sig, f"{sig[0]} {sig[1]} {sig[3]} "
+                                                           f"{sig[4]}"))
+    return out
+
+
+RowBuilder = Callable[[BatchScoreboard, "datetime | None"], list[Row]]
+ROW_BUILDERS: dict[str, RowBuilder] = {"attention": _rows_attention, "running": _rows_running,
+                "blocked": _rows_blocked, "failures": _rows_failures, "steps": _rows_steps}
+TAB_COUNTS = {"attention": lambda sb: len(sb.attention), "running": lambda sb: len(sb.running),
+              "blocked": lambda sb: len(sb.blocked), "failures": lambda sb: len(sb.failures),
+              "steps": lambda sb: sb.steps_total}
+
+
+def _render_tab(tab: str) -> Any:
+    def render(key: str, sig: Hashable) -> Sequence[Cell]:
+        v = list(cast("tuple[Any, ...]", sig))
+        if tab == "attention":
+            v[1] = styled(v[1], v[1])
+        elif tab == "running":
+            v[1] = styled(v[1], v[1])
+            v[5] = Text(v[5], style=STATUS_STYLES["stuck"]) if sig[1] == "stuck" else v[5]
+        elif tab == "failures":
+            v[2] = styled(v[2], v[2])
+        elif tab == "steps":
+            v[1] = styled(v[1], v[1])
+            v[2] = str(v[2])
+        return v
+    return render
+
+
+class BatchScreen(PhhScreen):
+    """Header (goal, counts, tokens, progress with ETA) and the five lists."""
+
+    BINDINGS = [
+        Binding("c", "cancel_step", "Cancel"),
+        Binding("r", "retry", "Retry"),
+        Binding("R", "resume", "Resume"),
+        Binding("m", "mark_failed", "Mark failed"),
+        Binding("space", "mark", "Mark"),
+        Binding("l", "logs", "Logs"),
+        Binding("d", "diff", "Diff"),
+        *[Binding(str(i + 1), f"tab('{t}')", TAB_TITLES[t], show=False)
+          for i, t in enumerate(TABS)],
+    ]
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+        self.sb: BatchScoreboard | None = None
+        self.prog: Progress | None = None
+
+    def crumbs(self) -> list[str]:
+        return [self.batch_id or ""]
+
+    def body(self) -> ComposeResult:
+        yield Static(id="batch-head")
+        yield Static(id="progress")
+        with Tabs(initial=self.initial_tab, id="tabs"):
+            for tab in TABS:
+                with TabPane(TAB_TITLES[tab], id=tab):
+                    yield KeyedTable(TAB_COLUMNS[tab], _render_tab(tab), markable=True,
+                                     id=f"t-{tab}")
+
+    @property
+    def initial_tab(self) -> str:
+        """Attention when anything needs it, else Running, else All steps."""
+        board = self.phh.board
+        sb = board.batches.get(self.batch_id or "") if board else None
+        if sb is None or sb.attention:
+            return "attention"
+        return "running" if sb.running else "steps"
+
+    def on_mount(self) -> None:
+        # focus the initial tab's own table: focusing another pane's widget would switch tabs
+        tab = self.query_one(TabbedContent).active or self.initial_tab
+        self.query_one(f"#t-{tab}", KeyedTable).focus()
+
+    def active_tab(self) -> str:
+        return self.query_one(TabbedContent).active or "attention"
+
+    def active_table(self) -> KeyedTable:
+        return self.query_one(f"#t-{self.active_tab()}", KeyedTable)
+
+    def table(self) -> KeyedTable | None:
+        return self.active_table()
+
+    def show(self, board: Board) -> None:
+        assert self.batch_id is not None
+        sb = board.batches.get(self.batch_id)
+        if sb is None:
+            self.query_one("#batch-head", Static).update(
+                Text(f"batch {self.batch_id} is not in the runs store", style="bold red"))
+            return
+        self.sb = sb
+        self.query_one("#batch-head", Static).update(self._head(sb))
+        self.prog = board.progress.get(self.batch_id)
+        if self.prog is not None:
+            self.query_one("#progress", Static).update(progress_text(self.prog))
+        tabs = self.query_one(TabbedContent)
+        for tab in TABS:
+            n = TAB_COUNTS[tab](sb)
+            label = Text(f"{TAB_TITLES[tab]} {n}")
+            if tab == "attention" and n:
+                label.stylize("bold red", len(TAB_TITLES[tab]) + 1)
+            tabs.get_tab(tab).label = label
+        self._sync(self.active_tab())
+        self.refresh_crumbs()
+
+    def _sync(self, tab: str, now: datetime | None = None) -> None:
+        if self.sb is not None:
+            self.query_one(f"#t-{tab}", KeyedTable).sync(ROW_BUILDERS[tab](self.sb, now))
+
+    def tick(self, now: datetime) -> None:
+        if self.sb is None:
+            return
+        tab = self.active_tab()
+        if tab in ("attention", "running"):
+            self._sync(tab, now)
+        if self.prog is not None and not self.prog.finished:
+            later = (now - self.sb.computed_at).total_seconds()
+            self.query_one("#progress", Static).update(progress_text(self.prog, later=later))
+
+    def _head(self, sb: BatchScoreboard) -> Group:
+        head = Text()
+        head.append(sb.batch_id, style="bold")
+        if sb.closed:
+            head.append(" [closed]", style="dim italic")
+        head.append(f"  submitted {timestamp(sb.submitted_at)} · {sb.jobs_total} jobs · "
+                    f"{sb.steps_total} steps", style="dim")
+        u = sb.usage
+        usage = Text("tokens: " + tokens(u.input_tokens, u.cached_input_tokens,
+                                         u.output_tokens), style="dim")
+        return Group(head, Text(goal_preview(sb.batch_goal_summary, 300), style="italic"),
+                     counts_text(sb.counts, sb.steps_total), usage)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        tab = event.pane.id or "attention"
+        self._sync(tab)
+        self.query_one(f"#t-{tab}", KeyedTable).focus()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_targets(self) -> list[tuple[str, str]]:
+        return [split_key(k) for k in self.active_table().targets()]
+
+    def action_mark(self) -> None:
+        self.active_table().toggle_mark()
+
+    def after_action(self) -> None:
+        for t in self.query(KeyedTable):
+            t.clear_marks()
+
+    def _open_step(self, tab: str) -> None:
+        key = self.active_table().current_key
+        if key and self.batch_id:
+            job, step = split_key(key)
+            self.app.push_screen(StepScreen(self.batch_id, job, step, tab=tab))
+
+    def action_open(self) -> None:
+        self._open_step("events")
+
+    def action_logs(self) -> None:
+        self._open_step("events")
+
+    def action_diff(self) -> None:
+        self._open_step("diff")
+
+
+# ====================================================================== step
+ATTEMPT_COLUMNS = (
+    Column("n", "#"), Column("run", "run"), Column("status", "status"),
+    Column("how", "how"), Column("started", "started"), Column("took", "took"),
+    Column("exit", "exit"), Column("why", "why"), Column("tokens", "tokens"),
+    Column("link", "link", 60),
+)
+STEP_TABS = ("events", "report", "state", "diff")
+
+
+def _attempt_link(a: AttemptView) -> str:
+    m = a.meta
+    if m is None:
+        return ""
+    if m.resume_from is not None and m.parent_run_id:
+        return f"⟲ resume of {m.resume_from.step_id}:{m.parent_run_id}"
+    if m.retry_of:
+        return f"↻ retry of {m.retry_of}"
+    return ""
+
+
+class StepScreen(PhhScreen):
+    """Attempt history (retries/resumes linked), the selected attempt's event tail, report,
+    state/meta and git diff."""
+
+    BINDINGS = [
+        Binding("c", "cancel_step", "Cancel"),
+        Binding("r", "retry", "Retry"),
+        Binding("R", "resume", "Resume"),
+        Binding("m", "mark_failed", "Mark failed"),
+        Binding("l", "logs", "Logs"),
+        Binding("s", "autoscroll", "Autoscroll"),
+        Binding("d", "diff", "Diff"),
+    ]
+
+    def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: str = "events",
+                 run_id: str | None = None) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+        self.job_id = job_id
+        self.step_id = step_id
+        self.initial_tab = tab
+        self.run_id = run_id  # the attempt shown below the history; None: the latest
+        self._tail: EventLog | None = None
+        self._tail_run: str | None = None
+        self._tail_done = False
+        self._shown: tuple[str | None, int, int] = (None, 0, 0)
+        self._diff_for: str | None = None
+        self.autoscroll = True
+        self.log_lines = 0
+        self.diff_text = ""
+        self._newest: str | None = None
+
+    def crumbs(self) -> list[str]:
+        return [self.batch_id or "", f"{self.job_id}.{self.step_id}"]
+
+    def body(self) -> ComposeResult:
+        yield Static(id="step-head")
+        yield KeyedTable(ATTEMPT_COLUMNS, self._render_attempt, id="attempts")
+        with Tabs(initial=self.initial_tab, id="step-tabs"):
+            with TabPane("Events", id="events"):
+                yield RichLog(id="log", max_lines=MAX_LOG_LINES, wrap=False, markup=False,
+                              highlight=False, auto_scroll=True)
+            with TabPane("Report", id="report"), VerticalScroll():
+                yield Static(id="report-body")
+            with TabPane("State", id="state"), VerticalScroll():
+                yield Static(id="state-body")
+            with TabPane("Diff", id="diff"), VerticalScroll(id="diff-scroll"):
+                yield Static(id="diff-body")
+
+    def on_mount(self) -> None:
+        self.query_one("#attempts", KeyedTable).focus()
+        self.set_interval(TAIL_POLL_SECONDS, self.poll_tail)
+
+    def step_view(self) -> StepView | None:
+        batch = self.phh.backend.index.batches.get(self.batch_id or "")
+        job = batch.jobs.get(self.job_id) if batch else None
+        return job.steps.get(self.step_id) if job else None
+
+    def attempt(self) -> AttemptView | None:
+        step = self.step_view()
+        if step is None or not step.attempts:
+            return None
+        if self.run_id:
+            found = step.find(self.run_id)
+            if found is not None:
+                return found
+        return step.latest
+
+    # ------------------------------------------------------------ drawing
+    def tick(self, now: datetime) -> None:
+        board = self.phh.board
+        a = self.attempt()
+        if board is not None and a is not None and not a.terminal:
+            self.show(board, now)
+
+    def show(self, board: Board, now: datetime | None = None) -> None:
+        step = self.step_view()
+        sb = board.batches.get(self.batch_id or "")
+        row = next((r for r in sb.steps if r.job_id == self.job_id
+                    and r.step_id == self.step_id), None) if sb else None
+        head = self.query_one("#step-head", Static)
+        if step is None or row is None:
+            head.update(Text(f"step {self.job_id}.{self.step_id} is not in batch "
+                             f"{self.batch_id}", style="bold red"))
+            return
+        head.update(self._head(step, row))
+        rows = []
+        for i, a in enumerate(step.attempts, 1):
+            st = a.state
+            took = None
+            if a.started_at is not None:
+                took = ((a.ended_at or now or board.computed_at) - a.started_at
+                        ).total_seconds()
+            how = (a.meta.trigger if a.meta else "?") + (
+                " · resume" if a.meta and a.meta.invocation == "resume" else "")
+            u = st.usage if st else None
+            sig = (str(a.meta.attempt_number if a.meta else i), a.run_id, a.status, how,
+                   a.started_at.strftime("%H:%M:%S") if a.started_at else "-", duration(took),
+                   "-" if not st or st.exit_code is None else str(st.exit_code),
+                   (st.failure_class or st.termination_reason or "") if st else "",
+                   f"{u.input_tokens:,}/{u.output_tokens:,}" if u and u.input_tokens else "-",
+                   _attempt_link(a))
+            rows.append(Row(a.run_id, sig, " ".join(sig)))
+        rows.reverse()  # newest first
+        table = self.query_one("#attempts", KeyedTable)
+        # following the newest attempt (run_id None, cursor on the newest row): keep following
+        # it when a new one starts; a cursor moved elsewhere is the user's choice
+        following = self.run_id is None and table.current_key in (None, self._newest)
+        table.sync(rows)
+        if rows and following and table.current_key != rows[0].key:
+            table.select_key(rows[0].key)
+        self._newest = rows[0].key if rows else None
+        self._show_attempt(self.attempt())
+        self.refresh_crumbs()
+
+    @staticmethod
+    def _render_attempt(key: str, sig: Hashable) -> Sequence[Cell]:
+        v: list[Cell] = list(cast("tuple[str, ...]", sig))
+        v[2] = styled(str(v[2]), str(v[2]))
+        return v
+
+    def _head(self, step: StepView, row: StepRow) -> Group:
+        status = "stuck" if row.stuck else row.status
+        line = Text()
+        line.append(f"{self.job_id}.{self.step_id}", style="bold")
+        line.append("  ")
+        line.append(status, style=STATUS_STYLES.get(status, ""))
+        line.append(f"  · {len(step.attempts)} attempt{'s' if len(step.attempts) != 1 else ''}",
+                    style="dim")
+        parts: list[RenderableType] = [line]
+        spec = step.spec
+        facts = Text(style="dim")
+        if spec.depends_on:
+            facts.append("depends on: " + ", ".join(spec.depends_on) + "  ")
+        if row.resume_from is not None:
+            facts.append("resume from: " + resume_label(row.resume_from) + "  ")
+        inp = cached = out = 0
+        for a in step.attempts:
+            if a.state is not None:
+                inp += a.state.usage.input_tokens
+                cached += a.state.usage.cached_input_tokens
+                out += a.state.usage.output_tokens
+        facts.append("tokens: " + tokens(inp, cached, out))
+        parts.append(facts)
+        if row.reasons:
+            parts.append(Text("; ".join(row.reasons), style=STATUS_STYLES.get(status, "")))
+        return Group(*parts)
+
+    def _show_attempt(self, a: AttemptView | None) -> None:
+        """Re-render the panes of the selected attempt when it changed."""
+        key = (a.run_id if a else None, id(a.state) if a else 0, id(a.report) if a else 0)
+        if key == self._shown:
+            return
+        self._shown = key
+        report = self.query_one("#report-body", Static)
+        state = self.query_one("#state-body", Static)
+        if a is None:
+            report.update(Text("no attempt yet", style="dim"))
+            state.update(Text("no attempt yet", style="dim"))
+            self._set_tail(None)
+            self.query_one("#diff-body", Static).update(Text("no attempt yet", style="dim"))
+            return
+        report.update(self._report(a))
+        state.update(self._state(a))
+        if self._tail_run != a.run_id:
+            self._set_tail(a)
+        if self._diff_for != a.run_id or (a.terminal and self._diff_for == a.run_id + "?"):
+            self._show_diff(a)
+
+    def _rel(self, path: str | Path | None) -> str:
+        if path is None:
+            return "-"
+        try:
+            return str(Path(path).relative_to(self.phh.backend.root))
+        except ValueError:
+            return str(path)
+
+    def _report(self, a: AttemptView) -> RenderableType:
+        parts: list[RenderableType] = []
+        rep = a.report
+        if rep is not None:
+            t = Table.grid(padding=(0, 2))
+            t.add_column(style="bold")
+            t.add_column()
+            t.add_row("status", styled(rep.status, {"ok": "succeeded"}.get(rep.status,
+                                                                          rep.status)))
+            t.add_row("summary", rep.summary)
+            t.add_row("files read", ", ".join(rep.files_read) or "-")
+            t.add_row("files written", ", ".join(rep.files_written) or "-")
+            for art in rep.artifacts:
+                t.add_row("artifact", f"{art.path} ({art.kind}): {art.description}")
+            parts.append(Text("Run Report (final.json)", style="bold underline"))
+            parts.append(t)
+        final_txt = a.path / FINAL_TXT
+        if rep is None and final_txt.exists():
+            try:
+                raw = final_txt.read_text(errors="replace")[:4000]
+            except OSError:
+                raw = ""
+            parts.append(Text("final.txt (not a valid Run Report)" if a.terminal else
+                              "final.txt", style="bold underline"))
+            parts.append(Text(raw))
+        if not parts:
+            parts.append(Text("no Run Report yet" if not a.terminal else
+                              "this attempt left no Run Report", style="dim"))
+        if a.state and a.state.errors:
+            parts.append(Text("\nerrors", style="bold red underline"))
+            for e in a.state.errors:
+                parts.append(Text("• " + e, style="red"))
+        return Group(*parts)
+
+    def _state(self, a: AttemptView) -> RenderableType:
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column()
+        st, m = a.state, a.meta
+        t.add_row("attempt dir", self._rel(a.path))
+        if st is not None:
+            t.add_row("status", styled(st.status, st.status))
+            t.add_row("runner", st.runner_id)
+            t.add_row("started", timestamp(st.started_at))
+            t.add_row("ended", timestamp(st.ended_at))
+            t.add_row("heartbeat", timestamp(st.last_heartbeat_at))
+            t.add_row("doing", doing(st.current_item, 400) or "-")
+            t.add_row("exit", "-" if st.exit_code is None else str(st.exit_code))
+            t.add_row("reason", " · ".join(x for x in (st.termination_reason, st.failure_class)
+                                           if x) or "-")
+            t.add_row("thread", st.codex_thread_id or "-")
+            u = st.usage
+            t.add_row("tokens", tokens(u.input_tokens, u.cached_input_tokens, u.output_tokens)
+                      + (f" · {u.reasoning_output_tokens:,} reasoning"
+                         if u.reasoning_output_tokens else ""))
+        if m is not None:
+            t.add_row("", "")
+            t.add_row("attempt #", str(m.attempt_number))
+            t.add_row("trigger", m.trigger)
+            t.add_row("invocation", m.invocation)
+            if m.retry_of:
+                t.add_row("retry of", m.retry_of)
+            if m.resume_from is not None:
+                t.add_row("resume from", f"{m.resume_from.step_id} ({m.resume_from.selector}) "
+                          f"→ {m.resume_from.selected_run_id}")
+                t.add_row("resume base", self._rel(m.resume_base_copied_from))
+            env = m.environment_snapshot
+            t.add_row("workspace", f"{self._rel(env.working_directory)} "
+                      f"({env.workspace_policy})")
+            t.add_row("codex", env.codex_cli_version or "-")
+            ps = m.policy_snapshot
+            t.add_row("sandbox", ps.execution_policy.sandbox)
+            t.add_row("timeout", f"{ps.timeout_seconds:g}s")
+            t.add_row("retries", f"max {ps.retry_policy.max_attempts} · "
+                      f"{ps.retry_policy.mode}")
+            t.add_row("command", " ".join(self._rel(c) if c.startswith("/") else c
+                                          for c in m.command))
+        return t
+
+    def _show_diff(self, a: AttemptView) -> None:
+        body = self.query_one("#diff-body", Static)
+        path = a.path / GIT_DIFF
+        self._diff_for = a.run_id if a.terminal else a.run_id + "?"
+        if not path.exists():
+            body.update(Text("the git diff is captured when the attempt ends" if not a.terminal
+                             else "no git diff (the workspace is not a git repository, or "
+                             "capture_git_artifacts is off)", style="dim"))
+            return
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            body.update(Text(f"cannot read {GIT_DIFF}: {exc}", style="red"))
+            return
+        if not lines:
+            body.update(Text("no changes in the workspace", style="dim"))
+            return
+        self.diff_text = "\n".join(lines[:MAX_DIFF_LINES])
+        note = ""
+        if len(lines) > MAX_DIFF_LINES:
+            note = f"\n… {len(lines) - MAX_DIFF_LINES} more lines in {self._rel(path)}"
+            lines = lines[:MAX_DIFF_LINES]
+        body.update(Group(Syntax("\n".join(lines), "diff", theme="ansi_dark",
+                                 word_wrap=False, background_color="default"),
+                          Text(note, style="dim")))
+
+    # ------------------------------------------------------------ event tail
+    def _set_tail(self, a: AttemptView | None) -> None:
+        log = self.query_one("#log", RichLog)
+        log.clear()
+        self.log_lines = 0
+        self._tail_done = False
+        self._tail_run = a.run_id if a else None
+        self._tail = None
+        if a is None:
+            log.write(Text("no attempt yet", style="dim"))
+            return
+        path = a.path / EVENTS
+        if not path.exists() and (a.path / STDOUT).exists():
+            path = a.path / STDOUT
+        self._tail = EventLog(path)
+        self.poll_tail()
+
+    def poll_tail(self) -> None:
+        if self._tail is None or self._tail_done:
+            return
+        a = self.attempt()
+        final = a is not None and a.terminal and a.run_id == self._tail_run
+        lines = self._tail.read_new(final=final)
+        if final:
+            self._tail_done = True
+            stderr = self._stderr_tail(a) if a is not None else []
+            if a is not None and a.status != "succeeded" and stderr:
+                lines += [Line("stderr (last lines):", "bold red"), *stderr]
+        if lines:
+            self._write(lines)
+
+    def _stderr_tail(self, a: AttemptView) -> list[Line]:
+        try:
+            text = (a.path / STDERR).read_text(errors="replace")
+        except OSError:
+            return []
+        return [Line("  " + ln, "red") for ln in text.splitlines()[-8:] if ln.strip()]
+
+    def _write(self, lines: list[Line]) -> None:
+        text = Text()
+        for i, ln in enumerate(lines):
+            if i:
+                text.append("\n")
+            text.append(ln.text, style=ln.style)
+        log = self.query_one("#log", RichLog)
+        log.write(text, scroll_end=self.autoscroll)
+        self.log_lines += len(lines)
+
+    # ------------------------------------------------------------ keys
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id != "attempts" or event.row_key.value is None:
+            return
+        step = self.step_view()
+        newest = step.latest.run_id if step and step.latest else None
+        # following the newest attempt (None) keeps following it as new attempts start
+        self.run_id = None if event.row_key.value == newest else event.row_key.value
+        self._show_attempt(self.attempt())
+
+    def action_open(self) -> None:
+        """Follow the selected attempt's link: a resume opens its source step, a retry moves
+        to the attempt it retried."""
+        a = self.attempt()
+        if a is None or a.meta is None:
+            return
+        m = a.meta
+        if m.resume_from is not None and m.parent_run_id and self.batch_id:
+            self.app.push_screen(StepScreen(self.batch_id, self.job_id, m.resume_from.step_id,
+                                            run_id=m.parent_run_id))
+        elif m.retry_of:
+            self.query_one("#attempts", KeyedTable).select_key(m.retry_of)
+
+    def action_targets(self) -> list[tuple[str, str]]:
+        return [(self.job_id, self.step_id)]
+
+    def resume_run_id(self) -> str | None:
+        a = self.attempt()
+        return a.run_id if a is not None and self.run_id and a.terminal else None
+
+    def action_logs(self) -> None:
+        self.query_one("#step-tabs", TabbedContent).active = "events"
+
+    def action_diff(self) -> None:
+        self.query_one("#step-tabs", TabbedContent).active = "diff"
+
+    def action_autoscroll(self) -> None:
+        self.autoscroll = not self.autoscroll
+        log = self.query_one("#log", RichLog)
+        log.auto_scroll = self.autoscroll
+        if self.autoscroll:
+            log.scroll_end(animate=False)
+        tab = self.query_one("#step-tabs", TabbedContent).get_tab("events")
+        tab.label = Text("Events" if self.autoscroll else "Events (paused)")
+        self.notify(f"autoscroll {'on' if self.autoscroll else 'off'}", timeout=2)
+
+    def table(self) -> KeyedTable | None:
+        return self.query_one("#attempts", KeyedTable)
+
