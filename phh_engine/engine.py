@@ -881,6 +881,7 @@ class Engine:
             sb = batch_scoreboard(batch, now)
             if self._notes:
                 sb = sb.model_copy(update={"notes": list(self._notes)})
+            self._announce(self._boards.get(bid), sb)
             self._boards[bid] = sb
             atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
@@ -888,6 +889,26 @@ class Engine:
             system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
                 update={"notes": list(self._notes)}),
         )
+
+    def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:
+        """Attention you cannot miss: a step newly stuck / needs_attention / failed, and a
+        batch that has nothing left to run (headless log lines, dashboard alerts)."""
+        if old is None:
+            return  # first sight of a batch (engine start): old news is not announced
+        seen = {(a.job_id, a.step_id, a.kind) for a in old.attention}
+        for a in new.attention:
+            if (a.job_id, a.step_id, a.kind) not in seen:
+                self._emit(EngineEvent("attention", new.computed_at, new.batch_id, a.job_id,
+                                       a.step_id, a.run_id, a.kind, detail=a.detail))
+        c = new.counts
+        finished = c.running == 0 and c.ready == 0 and new.steps_total > 0
+        was = old.counts.running == 0 and old.counts.ready == 0
+        if finished and not was:
+            self._emit(EngineEvent(
+                "batch_finished", new.computed_at, new.batch_id, status="finished",
+                detail=f"{c.succeeded}/{new.steps_total} succeeded, {c.failed} failed, "
+                f"{c.needs_attention} needs_attention, {c.canceled} canceled, "
+                f"{c.blocked} blocked"))
 
     async def _watch_loop(self) -> None:
         """New batches from `phh submit` in another process: watch runs/ (not recursive) and

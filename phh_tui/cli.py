@@ -74,6 +74,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SUMMARY_EVERY = 30.0
+
+
 class HeadlessLog:
     """One line per fact, and a progress summary at most every `every` seconds."""
 
@@ -101,8 +104,13 @@ class HeadlessLog:
             why = f" [{ev.detail}]" if ev.status != "succeeded" and ev.detail else ""
             print(f"{ts} end    {where} run={ev.run_id} {ev.status}{why}{dur}", flush=True)
             self.summary(ev.at)
+        elif ev.kind == "attention":
+            print(f"{ts} ATTENTION {where} {ev.status}: {ev.detail or ''}".rstrip(),
+                  flush=True)
+        elif ev.kind == "batch_finished":
+            print(f"{ts} finished {where}: {ev.detail}", flush=True)
         elif ev.kind in ("batch_added", "recovered", "stopping", "idle", "admission_blocked",
-                         "admission_resumed", "gc", "queue"):
+                         "admission_resumed", "gc", "queue", "adopted", "override"):
             print(f"{ts} {ev.kind} {where} {ev.status or ''} {ev.detail or ''}".rstrip(),
                   flush=True)
             if ev.kind == "idle":
@@ -134,7 +142,20 @@ async def run_headless(engine: Engine) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await engine.serve()
+    log = engine.on_event
+    ticker = None
+    if isinstance(log, HeadlessLog) and not log.json_log:
+        async def tick() -> None:  # the periodic progress summary, also while nothing ends
+            while True:
+                await asyncio.sleep(SUMMARY_EVERY)
+                log.summary(utcnow(), force=True)
+
+        ticker = asyncio.create_task(tick())
+    try:
+        await engine.serve()
+    finally:
+        if ticker is not None:
+            ticker.cancel()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -143,3 +143,27 @@ def test_sigint_drains_then_second_sigint_cancels(harness: Harness) -> None:
     assert len(started) == 2, "no new attempt may start after the first SIGINT"
     assert {harness.state(a)["status"] for a in started} == {"canceled"}
     assert os.path.exists(harness.layout.runner_health("local"))
+
+
+@pytest.mark.codex
+def test_headless_log_shows_attention_and_batch_finished(harness: Harness) -> None:
+    """The same facts the dashboard alerts on reach the --no-ui log (and --json-log)."""
+    bid = harness.submit([
+        {"job_id": "ok", "steps": [step("s1", final("fine"), prompt="headless ok")]},
+        {"job_id": "bad", "steps": [step("s1", {"final_text": "not a report"},
+                                         prompt="headless bad")]},
+        {"job_id": "down", "steps": [step("s1", {"http_error": 500}, prompt="headless 500")]},
+    ], retries={"max_attempts": 1})
+    out = phh(harness.root, "run", "--no-ui", "--until-idle", "--json-log")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(ln) for ln in out.stdout.splitlines()]
+    attention = {(e["job_id"], e["status"]) for e in events if e["event"] == "attention"}
+    assert attention == {("bad", "needs_attention"), ("down", "failed")}
+    finished = [e for e in events if e["event"] == "batch_finished"]
+    assert len(finished) == 1 and finished[0]["batch_id"] == bid
+    assert "1/3 succeeded" in finished[0]["detail"]
+    ends = {e["job_id"]: e["status"] for e in events if e["event"] == "attempt_ended"}
+    assert ends == {"ok": "succeeded", "bad": "needs_attention", "down": "failed"}
+    human = phh(harness.root, "run", "--no-ui", "--until-idle")
+    assert human.returncode == 0  # nothing new to run: idle at once, with a summary
+    assert "1/3 succeeded" in human.stdout
