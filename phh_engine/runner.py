@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -170,6 +171,21 @@ def classify(
     return Outcome("succeeded", "exit")
 
 
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A checked validator per distinct schema: `jsonschema.validate` re-checks the schema
+    itself on every call, which was the largest single cost of finalising an attempt."""
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        v = _VALIDATORS[key] = cls(schema)
+    return v
+
+
 def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None, dict | None,
                                                                   str | None]:
     """(report for the default schema, raw object, error). Custom schemas yield no RunReport."""
@@ -180,7 +196,7 @@ def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None
     except ValueError as exc:
         return None, None, f"final message is not JSON: {exc}"
     try:
-        jsonschema.validate(obj, schema)
+        _validator(schema).validate(obj)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "$"
         return None, None, f"final message does not match the schema at {where}: {exc.message}"
@@ -262,12 +278,34 @@ class _Handle:
 
 
 class _ChildHandle(_Handle):
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    """Our own child, waited on through a pidfd on the loop: Python 3.11's default asyncio
+    child watcher costs a thread per child, which dominated the engine's CPU per attempt."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self._rc: int | None = None
+        self._done: asyncio.Future[int | None] | None = None
 
     async def wait(self) -> int | None:
-        return await self.proc.wait()
+        if self._done is None:
+            self._done = asyncio.ensure_future(self._wait())
+        return await asyncio.shield(self._done)
+
+    async def _wait(self) -> int | None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):  # no pidfds: wait in a worker thread
+            return await asyncio.to_thread(self.proc.wait)
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return self.proc.wait()  # exited: reaps at once
 
 
 class _AdoptedHandle(_Handle):
@@ -496,13 +534,13 @@ class LocalRunner:
                 "termination_reason": "canceled", "failure_class": "canceled",
                 "errors": ["canceled before it started"],
             })
-            return await asyncio.to_thread(self._finalize, plan, view, state)
+            return await self._finalize(plan, view, state)
         env = self._env(path / CODEX_HOME)
         try:
             with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
-                proc = await asyncio.create_subprocess_exec(
-                    "/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv,
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv],
                     stdin=stdin, stdout=out, stderr=err, cwd=str(workdir), env=env,
                     start_new_session=True,
                 )
@@ -670,22 +708,30 @@ class LocalRunner:
             "artifacts": sorted(p.name for p in path.iterdir() if not p.name.startswith(".")),
         })
         view.report = report
-        return await asyncio.to_thread(self._finalize, plan, view, state)
+        return await self._finalize(plan, view, state)
 
     # --------------------------------------------------------------- helpers
-    def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState) -> AttemptView:
+    async def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState
+                        ) -> AttemptView:
+        """Disk work in a worker thread; the view and listeners are touched only on the
+        loop (the index is not thread-safe)."""
+        state, ready = await asyncio.to_thread(self._finalize_files, plan, view.path, state)
+        view.state = state
+        view.resume_base_ready = ready
+        self._emit(plan, view)
+        return view
+
+    def _finalize_files(self, plan: AttemptPlan, path: Path, state: AttemptState
+                        ) -> tuple[AttemptState, bool]:
         """Terminal state and current.json under the job lock: one terminal status, ever."""
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
             try:
-                write_state(view.path / STATE, state)
+                write_state(path / STATE, state)
             except TerminalStateError:
-                state = read_model(view.path / STATE, AttemptState) or state
+                state = read_model(path / STATE, AttemptState) or state
             crashpoint("after_final_state")
             update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
-        view.state = state
-        view.resume_base_ready = (view.path / CODEX_HOME / "sessions").is_dir()
-        self._emit(plan, view)
-        return view
+        return state, (path / CODEX_HOME / "sessions").is_dir()
 
     async def _spawn_failed(self, plan: AttemptPlan, view: AttemptView, state: AttemptState,
                             message: str, meta: AttemptMeta | None = None) -> AttemptView:
@@ -698,7 +744,7 @@ class LocalRunner:
             "status": "failed", "ended_at": now, "termination_reason": "spawn_failed",
             "failure_class": "spawn_failed", "errors": [message],
         })
-        return await asyncio.to_thread(self._finalize, plan, view, final)
+        return await self._finalize(plan, view, final)
 
     @staticmethod
     def _merge_facts(state: AttemptState, facts: EventFacts, now: datetime) -> AttemptState:
