@@ -1,0 +1,471 @@
+"""Scoreboard latency on a synthetic 1000-job store (2 steps each, every attempt terminal).
+
+    .venv/bin/python bench/scoreboard.py [--jobs 1000] [--repeat 5] [--profile] [--keep]
+
+The store is made by `phh init` + `phh submit` (through the CLI entry point) and then a
+synthetic writer that lays out attempt directories exactly as the runner does (meta.json,
+state.json, final.json, handoff.json, events, a codex_home/sessions rollout, current.json),
+built from phh's own models and serialised with `phh_engine.store.to_bytes`, but without the
+per-file fsync (that only matters for crash safety, not for what a reader sees). A few jobs
+retried, failed or need attention, so every scoreboard section has rows.
+
+Timed: `phh scoreboard --json` and `phh scoreboard --batch ID --json` as subprocesses (wall
+time; median of --repeat after one warm-up run), interpreter start and `import phh_tui.cli`
+alone (what every CLI call pays before any work), and in-process StoreIndex.load() and the
+scoreboard derivations. Prints figures, asserts nothing (DESIGN §4).
+
+`--whatif` also times prototypes of the suggested fixes, each a small subprocess that does
+what `phh scoreboard --json` does with one more change monkeypatched in (see PROTOTYPE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+if str(REPO) not in sys.path:  # `python bench/scoreboard.py` from a checkout without install
+    sys.path.insert(0, str(REPO))
+
+from phh_engine.index import StoreIndex  # noqa: E402
+from phh_engine.models import (  # noqa: E402
+    AttemptMeta,
+    AttemptState,
+    BatchMeta,
+    EnvironmentSnapshot,
+    PolicySnapshot,
+    ResumeSource,
+    RunReport,
+    Usage,
+)
+from phh_engine.paths import (  # noqa: E402
+    CODEX_HOME,
+    EVENTS,
+    FINAL_JSON,
+    FINAL_TXT,
+    HANDOFF,
+    META,
+    STATE,
+    Layout,
+    run_dir_name,
+)
+from phh_engine.pointers import build_current  # noqa: E402
+from phh_engine.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
+from phh_engine.store import read_model, to_bytes  # noqa: E402
+from phh_tui import cli  # noqa: E402
+
+TARGET_S = 0.3
+PROMPT = "Synthetic step: inspect the module assigned to this job and report what you found.\n"
+GOAL = (
+    "This synthetic batch exists only to measure how fast phh can derive and print its "
+    "scoreboards from a large runs store: one thousand jobs with two steps each, where the "
+    "second step resumes the conversation of the first, and where a few jobs retried, failed "
+    "or need an operator's attention so that every section of the scoreboard has rows. "
+) * 4
+
+
+# A stand-in for `phh scoreboard [--batch ID] --json` with suggested fixes applied:
+#   argv: ROOT BATCH_ID|- FLAGS  where FLAGS is a comma list of
+#   json  read_model -> Model.model_validate_json(bytes) (no json.loads + validate_python)
+#   gc    gc.disable() while the index loads (it allocates ~10 objects per file read)
+#   state index reads state.json only; meta.json and final.json would be loaded lazily
+# It imports only what a scoreboard needs (no engine, runner, asyncio, jsonschema, submit).
+PROTOTYPE = r"""
+import gc, sys
+from phh_engine import index as ix
+from phh_engine.paths import Layout
+from phh_engine.models import utcnow
+from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
+root, batch_id, flags = sys.argv[1], sys.argv[2], set(sys.argv[3].split(","))
+orig = ix.read_model
+def read_model(path, model):
+    if "state" in flags and path.name in ("meta.json", "final.json"):
+        return None
+    if "json" not in flags:
+        return orig(path, model)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return model.model_validate_json(data)
+    except (OSError, ValueError):
+        return None
+ix.read_model = read_model
+if "gc" in flags:
+    gc.disable()
+index = ix.StoreIndex(Layout(root))
+if batch_id != "-":
+    out = batch_scoreboard(index.load_batch(batch_id), utcnow())
+else:
+    index.load()
+    out = system_scoreboard(index.batches.values(), utcnow())
+gc.enable()
+sys.stdout.write(out.model_dump_json(indent=2) + "\n")
+"""
+
+
+# ---------------------------------------------------------------- synthetic store
+def _cli(*argv: str) -> Any:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main(list(argv))
+    if rc != 0:
+        raise SystemExit(f"phh {' '.join(argv)} exited {rc}:\n{buf.getvalue()}")
+    return json.loads(buf.getvalue())
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+class StoreWriter:
+    """Attempt directories as the runner leaves them, without spawning anything."""
+
+    def __init__(self, layout: Layout, meta: BatchMeta) -> None:
+        self.layout = layout
+        self.batch = meta
+        self.seq = 0
+        self.clock = meta.submitted_at
+
+    def attempt(self, job_index: int, step_index: int, status: str, *,
+                failure_class: str | None = None, report_status: str | None = "ok",
+                parent: tuple[str, str, str] | None = None,
+                retry_of: str | None = None, number: int = 1) -> tuple[str, str, str]:
+        """Write one terminal attempt; returns (run_id, dir path, thread id)."""
+        bm = self.batch
+        job = bm.jobs[job_index]
+        step = job.steps[step_index]
+        self.seq += 1
+        run_id = f"r{self.seq:012x}"
+        thread = parent[2] if parent else f"0199aaaa-0000-7000-8000-{self.seq:012x}"
+        started = self.clock = self.clock + timedelta(milliseconds=250)
+        ended = started + timedelta(seconds=42)
+        path = self.layout.attempts_dir(bm.batch_id, job.job_id, step.step_id) / run_dir_name(
+            started, run_id)
+        sessions = path / CODEX_HOME / "sessions" / "2026" / "01" / "01"
+        sessions.mkdir(parents=True)
+        _write(sessions / f"rollout-x-{thread}.jsonl",
+               b'{"type":"session_meta","payload":{"id":"' + thread.encode() + b'"}}\n')
+        policy = bm.effective_defaults.execution_policy
+        argv = ["codex", "exec", "--json", "--color", "never", "-C", job.working_directory,
+                "--sandbox", policy.sandbox, "--skip-git-repo-check", "-c",
+                'approval_policy="never"', "-o", str(path / FINAL_TXT)]
+        if parent:
+            argv += ["resume", thread]
+        meta = AttemptMeta(
+            batch_id=bm.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
+            runner_id="local", run_dir_name=path.name, created_at=started,
+            attempt_number=number, trigger="retry" if retry_of else "scheduled",
+            invocation="resume" if parent else "exec",
+            parent_run_id=parent[0] if parent else None,
+            resume_from=ResumeSource(step_id=bm.jobs[job_index].steps[0].step_id,
+                                     selector="latest_successful",
+                                     selected_run_id=parent[0]) if parent else None,
+            resume_base_copied_from=str(Path(parent[1]) / CODEX_HOME) if parent else None,
+            codex_thread_id=thread if parent else None, retry_of=retry_of,
+            prompt_sha256=step.prompt_sha256,
+            policy_snapshot=PolicySnapshot(execution_policy=policy,
+                                           timeout_seconds=step.timeout_seconds,
+                                           retry_policy=step.retry_policy),
+            command=[*argv, "-"],
+            environment_snapshot=EnvironmentSnapshot(
+                codex_cli_version="0.169.0-fake", phh_version="bench", host="bench-host",
+                working_directory=job.working_directory, workspace_policy=job.workspace_policy,
+                workspace_root=job.working_directory),
+        )
+        report: RunReport | None = None
+        if report_status is not None:
+            report = RunReport(schema_version="1.0.0", status=report_status,  # type: ignore[arg-type]
+                               summary=f"{job.job_id}/{step.step_id}: synthetic {status}",
+                               files_read=["README.md"], files_written=[], artifacts=[])
+        errors = [f"synthetic {failure_class}"] if failure_class else []
+        state = AttemptState(
+            batch_id=bm.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
+            runner_id="local", status=status,  # type: ignore[arg-type]
+            updated_at=ended, started_at=started, ended_at=ended, last_heartbeat_at=ended,
+            last_event_at=ended, current_item="message: synthetic report", pid=4242,
+            exit_code=0 if status != "failed" else 1,
+            termination_reason=(
+                "agent_reported_needs_attention" if status == "needs_attention" else "exit"),
+            failure_class=failure_class, codex_thread_id=thread, turn_completed=True,  # type: ignore[arg-type]
+            usage=Usage(input_tokens=12000, cached_input_tokens=8000, output_tokens=900),
+            artifacts=[EVENTS, FINAL_JSON, FINAL_TXT, META, STATE], errors=errors,
+        )
+        _write(path / META, to_bytes(meta))
+        _write(path / "prompt.txt", PROMPT.encode())
+        _write(path / EVENTS, b'{"type":"thread.started","thread_id":"' + thread.encode()
+               + b'"}\n{"type":"turn.started"}\n{"type":"turn.completed","usage":{}}\n')
+        if report is not None:
+            text = report.model_dump_json().encode()
+            _write(path / FINAL_TXT, text + b"\n")
+            _write(path / FINAL_JSON, to_bytes(report.model_dump(mode="json")))
+            if status == "succeeded":
+                _write(path / HANDOFF, to_bytes({
+                    "schema_version": "1.0.0", "batch_id": bm.batch_id, "job_id": job.job_id,
+                    "step_id": step.step_id, "run_id": run_id, "status": status,
+                    "final_json_path": str(path / FINAL_JSON), "summary": report.summary,
+                    "codex_thread_id": thread}))
+        _write(path / STATE, to_bytes(state))
+        return run_id, str(path), thread
+
+
+def build_store(tmp: Path, jobs: int) -> tuple[Path, str, dict[str, int]]:
+    root = tmp / "store"
+    (root / "work").mkdir(parents=True)
+    _cli("--root", str(root), "init", "--json")
+    table = {
+        "spec_version": "1.0.0",
+        "batch_goal_summary": GOAL,
+        "working_root": "work",
+        "allow_shared_directory_concurrency": True,
+        "jobs": [
+            {"job_id": f"job_{i:05d}", "steps": [
+                {"step_id": "step1", "prompt": PROMPT},
+                {"step_id": "step2", "prompt": PROMPT, "resume_from": {"step_id": "step1"}},
+            ]}
+            for i in range(jobs)
+        ],
+    }
+    src = root / "launch_table.json"
+    src.write_text(json.dumps(table))
+    batch_id = _cli("--root", str(root), "submit", str(src), "--json")["batch_id"]
+    layout = Layout(root)
+    meta = read_model(layout.batch_meta(batch_id), BatchMeta)
+    assert meta is not None
+    w = StoreWriter(layout, meta)
+    shape = {"jobs": jobs, "attempts": 0, "retried": 0, "failed": 0, "needs_attention": 0}
+    for i in range(jobs):
+        if i % 100 == 3:  # step1 fails twice (budget spent): step2 stays blocked
+            first = w.attempt(i, 0, "failed", failure_class="model_error", report_status=None)
+            w.attempt(i, 0, "failed", failure_class="model_error", report_status=None,
+                      retry_of=first[0], number=2)
+            shape["failed"] += 1
+            continue
+        s1 = None
+        if i % 20 == 0:  # one retry, then success
+            first = w.attempt(i, 0, "failed", failure_class="nonzero_exit", report_status=None)
+            s1 = w.attempt(i, 0, "succeeded", retry_of=first[0], number=2)
+            shape["retried"] += 1
+        else:
+            s1 = w.attempt(i, 0, "succeeded")
+        if i % 50 == 7:
+            w.attempt(i, 1, "needs_attention", failure_class="agent_reported_failure",
+                      report_status="needs_attention", parent=s1)
+            shape["needs_attention"] += 1
+        else:
+            w.attempt(i, 1, "succeeded", parent=s1)
+    now = datetime.now(UTC)
+    for job in meta.jobs:
+        _write(layout.current(batch_id, job.job_id),
+               to_bytes(build_current(layout, batch_id, job.job_id, now)))
+    shape["attempts"] = w.seq
+    return root, batch_id, shape
+
+
+# ---------------------------------------------------------------- timing
+def _phh_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("phh")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "phh_tui.cli"]
+
+
+Env = dict[str, str]
+
+
+def _time_rounds(cmds: list[tuple[list[str], Env]], repeat: int
+                 ) -> tuple[list[list[float]], list[int]]:
+    """Wall times per command: one warm-up each, then `repeat` rounds of one run each."""
+    times: list[list[float]] = [[] for _ in cmds]
+    sizes = [0] * len(cmds)
+    for k in range(repeat + 1):
+        for i, (argv, env) in enumerate(cmds):
+            t0 = time.perf_counter()
+            out = subprocess.run(argv, capture_output=True, check=True, env=env)
+            if k:
+                times[i].append(time.perf_counter() - t0)
+            sizes[i] = len(out.stdout)
+    return times, sizes
+
+
+def _time_fn(fn: Callable[[], object], repeat: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _row(label: str, times: list[float], note: str = "") -> str:
+    med = statistics.median(times)
+    flag = ""
+    if note == "target":
+        flag = "  OK (< 0.3 s)" if med < TARGET_S else "  MISSED (target < 0.3 s)"
+        note = ""
+    return (f"  {label:44s} median {med * 1000:8.1f} ms   min {min(times) * 1000:8.1f}   "
+            f"max {max(times) * 1000:8.1f}{flag}{'  ' + note if note else ''}")
+
+
+def _importtime(argv: list[str], env: Env, top: int = 15) -> list[str]:
+    """`python -X importtime`: the slowest imports (cumulative) of one CLI call."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "phh_tui.cli", *argv],
+                         capture_output=True, text=True, check=True, env=env)
+    rows: list[tuple[int, int, str]] = []
+    for line in out.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if not line.startswith("import time:") or len(parts) != 3:
+            continue
+        try:
+            self_us, cum_us = int(parts[0]), int(parts[1])
+        except ValueError:  # the header line
+            continue
+        rows.append((cum_us, self_us, parts[2].strip()))
+    rows.sort(reverse=True)
+    total = max((r[0] for r in rows), default=0)
+    lines = [f"  {'cumulative ms':>13s} {'self ms':>8s}  module"]
+    lines += [f"  {c / 1000:13.1f} {s / 1000:8.1f}  {n}" for c, s, n in rows[:top]]
+    lines.append(f"  (largest top-level import: {total / 1000:.1f} ms)")
+    return lines
+
+
+def _profile(fn: Callable[[], object], top: int = 25) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    buf = io.StringIO()
+    st = pstats.Stats(prof, stream=buf).strip_dirs()
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="phh scoreboard latency on a synthetic store")
+    ap.add_argument("--jobs", type=int, default=1000, help="jobs (x 2 steps); default 1000")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per figure; default 5")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print -X importtime and cProfile of the in-process work")
+    ap.add_argument("--whatif", action="store_true",
+                    help="also time prototypes of the suggested fixes (see PROTOTYPE)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp directory")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the temp dir
+
+    tmp = Path(tempfile.mkdtemp(prefix="phh-bench-sb-"))
+    try:
+        t0 = time.perf_counter()
+        root, batch_id, shape = build_store(tmp, args.jobs)
+        built = time.perf_counter() - t0
+        files = sum(len(f) for _, _, f in os.walk(root / "runs"))
+        os.sync()  # no writeback of the fresh store while timing
+        print(f"phh scoreboard: synthetic store of {shape['jobs']} jobs x 2 steps, "
+              f"{shape['attempts']} terminal attempts ({shape['retried']} retried, "
+              f"{shape['failed']} failed, {shape['needs_attention']} needs_attention), "
+              f"{files} files, built in {built:.1f} s")
+        print(f"root {root}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+
+        phh = [*_phh_cmd(), "--root", str(root)]
+        r = args.repeat
+        # Commands run round-robin (one of each per round), so a burst of other work on a
+        # shared machine spreads over all of them instead of skewing one figure.
+        # Bytecode as an installed package has it: this machine may set PYTHONDONTWRITEBYTECODE
+        # and the editable install has no __pycache__, so every call would compile phh's
+        # sources. A private PYTHONPYCACHEPREFIX (filled by the warm-up) keeps the repo clean.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        py = sys.executable
+        cmds: list[tuple[str, list[str], Env, bool]] = [
+            ("phh scoreboard --json", [*phh, "scoreboard", "--json"], env, True),
+            ("phh scoreboard --batch ID --json",
+             [*phh, "scoreboard", "--batch", batch_id, "--json"], env, True),
+            ("python -c pass (interpreter start)", [py, "-c", "pass"], env, False),
+            ("python -c 'import phh_tui.cli'", [py, "-c", "import phh_tui.cli"], env, False),
+        ]
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            cmds.append(("phh scoreboard --json, inherited env (no .pyc)",
+                         [*phh, "scoreboard", "--json"], dict(os.environ), True))
+        if args.whatif:
+            cmds.append(("what-if: imports a scoreboard needs only", [
+                py, "-c", "import phh_engine.index, phh_engine.scoreboards"], env, False))
+            for flags, what in (("-", "lazy CLI imports"),
+                                ("json,gc", "+ validate_json + gc off"),
+                                ("json,gc,state", "+ state.json only")):
+                for bid, view in (("-", "system"), (batch_id, "--batch")):
+                    cmds.append((f"what-if {view:7s}: {what}",
+                                 [py, "-c", PROTOTYPE, str(root), bid, flags], env, True))
+        times, sizes = _time_rounds([(c[1], c[2]) for c in cmds], r)
+        print(f"subprocess wall time ({r} rounds after a warm-up; target {TARGET_S} s; "
+              "bytecode cached):")
+        for (label, _, _, target), t, size in zip(cmds, times, sizes, strict=True):
+            out = f"   ({size / 1024:.0f} KiB out)" if target else ""
+            print(_row(label, t, "target" if target else "") + out)
+        if args.whatif:
+            print("  (what-if rows: PROTOTYPE, i.e. `phh scoreboard` importing only what it "
+                  "needs, then each fix added)")
+
+        layout = Layout(root)
+        now = datetime.now(UTC)
+
+        def load() -> StoreIndex:
+            idx = StoreIndex(layout)
+            idx.load()
+            return idx
+
+        index = load()
+        batch = index.batches[batch_id]
+        boards = {batch_id: batch_scoreboard(batch, now)}
+        print("\nin-process (median of the same runs):")
+        print(_row("StoreIndex.load()", _time_fn(load, r)))
+        print(_row("batch_scoreboard(batch)", _time_fn(lambda: batch_scoreboard(batch, now), r)))
+        print(_row("system_scoreboard(batches) (recomputes)",
+                   _time_fn(lambda: system_scoreboard(index.batches.values(), now), r)))
+        print(_row("system_scoreboard(.., per_batch cache)",
+                   _time_fn(lambda: system_scoreboard(index.batches.values(), now, boards), r)))
+        print(_row("BatchScoreboard.model_dump_json(indent=2)",
+                   _time_fn(lambda: boards[batch_id].model_dump_json(indent=2), r)))
+        print(_row("cli.cmd_scoreboard --json (no interpreter start)", _time_fn(
+            lambda: _quiet(["--root", str(root), "scoreboard", "--json"]), r)))
+        print(_row("cli.cmd_scoreboard --batch ID --json (same)", _time_fn(
+            lambda: _quiet(["--root", str(root), "scoreboard", "--batch", batch_id, "--json"]),
+            r)))
+
+        if args.profile:
+            print("\n-X importtime of `phh scoreboard --json` (slowest imports):")
+            print("\n".join(_importtime(["--root", str(root), "scoreboard", "--json"], env)))
+            print("\ncProfile of StoreIndex.load():")
+            print(_profile(load))
+            print("cProfile of batch_scoreboard(batch):")
+            print(_profile(lambda: batch_scoreboard(batch, now)))
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _quiet(argv: list[str]) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
