@@ -205,8 +205,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no such route: {self.path}"}})
             return
         step, action, parsed = choose_action(body)
-        action = self.server.standin._limit(step, action, parsed)
         record = {"method": "POST", **summarize(self.path, body)}
+        prompts = record.get("prompts") or [""]
+        action = self.server.standin._limit(step, action, parsed, str(prompts[-1]))
         record.update(step=step, action=action, script=parsed, time=time.time())
         self.server.standin._record(record)
         try:
@@ -477,13 +478,15 @@ class StandIn:
         self._thread: threading.Thread | None = None
 
     def _limit(
-        self, step: int, action: dict[str, Any], parsed: dict[str, Any] | None
+        self, step: int, action: dict[str, Any], parsed: dict[str, Any] | None,
+        prompt: str = "",
     ) -> dict[str, Any]:
-        """`{"times": N, "otherwise": {...}}` on an action: only the first N requests of the
-        same script at the same step perform it (e.g. fail once, then succeed on retry)."""
+        """`{"times": N, "otherwise": {...}}` on an action: only the first N requests with
+        the same prompt at the same step perform it (e.g. fail once, then succeed on retry).
+        Keyed by the whole prompt, so tests sharing one server never share a counter."""
         if "times" not in action:
             return action
-        key = (json.dumps(parsed, sort_keys=True), step)
+        key = (prompt or json.dumps(parsed, sort_keys=True), step)
         with self._lock:
             seen = self._counters.get(key, 0)
             self._counters[key] = seen + 1
