@@ -42,6 +42,7 @@ from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
     OverrideResult,
+    apply_marks,
     claim,
     is_claimed,
     list_results,
@@ -504,21 +505,9 @@ class Engine:
                      if a.meta is not None and a.meta.override_nonce}
         for res in list_results(self.layout):
             self._handled.add(res.nonce)
-            batch = self.index.batches.get(res.batch_id)
-            if res.outcome != "applied" or batch is None:
-                continue
-            if res.action == "close":
-                batch.closed = True
-                continue
-            job = batch.jobs.get(res.job_id or "")
-            step = job.steps.get(res.step_id or "") if job else None
-            if step is None:
-                continue
-            if res.action == "mark_failed":
-                step.marks.marked_failed = res.reason or "marked failed by operator"
-            elif res.action == "retry" and res.nonce in fulfilled:
-                step.marks.marked_failed = None
-            elif res.action in ("retry", "requeue", "resume") and res.nonce not in fulfilled:
+            step = apply_marks(self.index.batches, res)
+            if (step is not None and res.action in ("retry", "requeue", "resume")
+                    and res.nonce not in fulfilled):
                 req = self._read_request(res.nonce)
                 if req is not None and step.in_flight is None:
                     self._arm(step, req, res.run_id)

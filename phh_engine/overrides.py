@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ from .models import utcnow
 from .models.common import Id, Record
 from .paths import Layout
 from .store import atomic_write_json, read_model, write_once_json
+from .views import BatchView, StepView
 
 Action = Literal["cancel", "retry", "resume", "requeue", "mark_failed", "close"]
 ACTIONS: tuple[str, ...] = ("cancel", "retry", "resume", "requeue", "mark_failed", "close")
@@ -122,6 +124,27 @@ def list_results(layout: Layout) -> list[OverrideResult]:
         return []
     return [r for p in sorted(d.glob("*.result.json"))
             if (r := read_model(p, OverrideResult)) is not None]
+
+
+def apply_marks(batches: Mapping[str, BatchView], res: OverrideResult) -> StepView | None:
+    """Put the durable part of an applied result on the views: close, mark-failed, and a
+    retry/requeue lifting a mark. Returns the step it names (None for close or unknown).
+    Shared by the engine's replay and the dashboard's observer mode."""
+    batch = batches.get(res.batch_id)
+    if res.outcome != "applied" or batch is None:
+        return None
+    if res.action == "close":
+        batch.closed = True
+        return None
+    job = batch.jobs.get(res.job_id or "")
+    step = job.steps.get(res.step_id or "") if job else None
+    if step is None:
+        return None
+    if res.action == "mark_failed":
+        step.marks.marked_failed = res.reason or "marked failed by operator"
+    elif res.action in ("retry", "requeue"):
+        step.marks.marked_failed = None
+    return step
 
 
 def is_claimed(layout: Layout, nonce: str) -> bool:

@@ -26,7 +26,13 @@ from typing import Any
 from phh_engine.api_ops import engine_serving
 from phh_engine.engine import Engine, EngineEvent
 from phh_engine.index import CLOSED_MARKER, StoreIndex
-from phh_engine.overrides import OverrideResult, list_results, make_request, read_result
+from phh_engine.overrides import (
+    OverrideResult,
+    apply_marks,
+    list_results,
+    make_request,
+    read_result,
+)
 from phh_engine.paths import FINAL_JSON, META, STATE, Layout, run_id_of
 from phh_engine.views import BatchView
 
@@ -62,22 +68,7 @@ def _interesting(_change: Any, path: str) -> bool:
 def apply_result(index: StoreIndex, res: OverrideResult) -> None:
     """Mirror what an engine's applied override left on the views (observer mode only: an
     in-process engine does this itself)."""
-    if res.outcome != "applied":
-        return
-    batch = index.batches.get(res.batch_id)
-    if batch is None:
-        return
-    if res.action == "close":
-        batch.closed = True
-        return
-    job = batch.jobs.get(res.job_id or "")
-    step = job.steps.get(res.step_id or "") if job else None
-    if step is None:
-        return
-    if res.action == "mark_failed":
-        step.marks.marked_failed = res.reason or "marked failed by operator"
-    elif res.action in ("retry", "requeue"):
-        step.marks.marked_failed = None
+    apply_marks(index.batches, res)
 
 
 class RunsWatcher:
