@@ -56,7 +56,7 @@ from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
-from .scheduler import Caps, select
+from .scheduler import Caps, ReadySet, Selection, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
 from .store import (
@@ -70,6 +70,7 @@ from .store import (
 from .views import AttemptView, BatchView, StepView
 
 log = logging.getLogger(__name__)
+_CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
 
 HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 RESCAN_INTERVAL = 30.0
@@ -111,7 +112,7 @@ class Engine:
         self.runner_id = runner_id
         self.until_idle = until_idle
         self.on_event = on_event or (lambda e: None)
-        self.index = StoreIndex(self.layout)
+        self.index = _TrackedIndex(self.layout)
         self.config: HarnessConfig | None = None
         self.codex: CodexInfo | None = None
         self.runner: LocalRunner | None = None
@@ -122,6 +123,9 @@ class Engine:
         self._cancel_on_stop = False
         self._detach = False
         self._dirty: set[str] = set()
+        #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
+        self._ready = ReadySet()
+        self.index.ready = self._ready
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
@@ -276,7 +280,10 @@ class Engine:
                 await self._wake.wait()
                 continue
             now = utcnow()
-            sel = select(self.index.batches.values(), now, self._caps())
+            caps = self._caps(now)
+            sel = self._ready.select(self.index.batches, caps)
+            if _CHECK_SCHEDULER:
+                self._check_selection(sel, caps, now)
             for cand in sel.start:
                 self._start(cand.batch, cand)
             if not sel.start and not self.tasks and sel.next_wakeup is None:
@@ -294,33 +301,54 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _caps(self) -> Caps:
+    def _caps(self, now: datetime | None = None) -> Caps:
+        """Free slots and running counts; brings the ReadySet up to date first."""
         assert self.config is not None
+        now = now or utcnow()
+        stale_after = self.config.runner_health.stale_after_seconds
+        avail = {rid for rid, h in self._peers.items()
+                 if available(h, now, stale_after)} | {self.runner_id}
+        self._ready.refresh(self.index.batches, now, self.runner_id, avail)
+        # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
+        free = 0 if self._admission_reasons() else self.capacity - len(self.tasks)
+        # global concurrency spans every live runner on this store (from their health.json)
+        others = sum(h.running for rid, h in self._peers.items()
+                     if rid != self.runner_id and not is_stale(h, now, stale_after))
+        free = min(free, self.config.limits.global_concurrency - len(self.tasks) - others)
+        return Caps(
+            runner_id=self.runner_id, available_runners=avail, free_slots=max(0, free),
+            running_by_batch=dict(self._ready.running_by_batch),
+            running_by_workdir=dict(self._ready.running_by_workdir),
+            per_workdir=self.config.limits.per_working_directory,
+        )
+
+    def _check_selection(self, sel: Selection, caps: Caps, now: datetime) -> None:
+        """PHH_CHECK_SCHEDULER=1 (the test suite): the incremental answer must equal a full
+        pass; a missed `touch` would otherwise show up as a step that silently never starts."""
         by_batch: dict[str, int] = {}
         by_dir: dict[str, int] = {}
         for batch in self.index.batches.values():
             for job, step in batch.steps():
                 if step.in_flight is not None:
                     by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + 1
-                    if job.spec.workspace_policy == "shared":  # isolated jobs use own checkout
-                        by_dir[job.spec.working_directory] = (
-                            by_dir.get(job.spec.working_directory, 0) + 1)
-        # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
-        free = 0 if self._admission_reasons() else self.capacity - len(self.tasks)
-        # global concurrency spans every live runner on this store (from their health.json)
-        now = utcnow()
-        stale_after = self.config.runner_health.stale_after_seconds
-        others = sum(h.running for rid, h in self._peers.items()
-                     if rid != self.runner_id and not is_stale(h, now, stale_after))
-        free = min(free, self.config.limits.global_concurrency - len(self.tasks) - others)
-        return Caps(
-            runner_id=self.runner_id,
-            available_runners={rid for rid, h in self._peers.items()
-                               if available(h, now, stale_after)} | {self.runner_id},
-            free_slots=max(0, free),
-            running_by_batch=by_batch, running_by_workdir=by_dir,
-            per_workdir=self.config.limits.per_working_directory,
-        )
+                    if job.spec.workspace_policy == "shared":
+                        wd = job.spec.working_directory
+                        by_dir[wd] = by_dir.get(wd, 0) + 1
+        full = select(self.index.batches.values(), now, Caps(
+            free_slots=caps.free_slots, runner_id=caps.runner_id,
+            available_runners=caps.available_runners, per_workdir=caps.per_workdir,
+            running_by_batch=by_batch, running_by_workdir=by_dir))
+
+        def key(s: Selection) -> list[tuple[str, str, str, str]]:
+            return [(c.batch.batch_id, c.job.job_id, c.step.step_id, c.readiness.trigger)
+                    for c in s.start]
+
+        got = ({k: v for k, v in caps.running_by_batch.items() if v},
+               {k: v for k, v in caps.running_by_workdir.items() if v}, key(sel), sel.next_wakeup)
+        want = (by_batch, by_dir, key(full), full.next_wakeup)
+        if got != want:
+            raise AssertionError(f"incremental scheduler disagrees with a full pass:\n"
+                                 f"  incremental {got}\n  full        {want}")
 
     def _start(self, batch: BatchView, cand: Any) -> None:
         assert self.runner is not None
@@ -370,6 +398,7 @@ class Engine:
         batch = self.index.batches.get(batch_id)
         if batch is None:
             return
+        self._ready.touch(batch_id, job_id)
         adir = self.layout.attempts_dir(batch_id, job_id, step_id)
         with contextlib.suppress(FileNotFoundError):
             for d in sorted(adir.iterdir()):
@@ -553,6 +582,7 @@ class Engine:
             res = self._apply(req)
             write_result(self.layout, res)
             self._dirty.add(req.batch_id)
+            self._ready.touch_all()  # marks, closed batches: rare, so a full pass is fine
             self._emit(EngineEvent(
                 "override", utcnow(), req.batch_id, req.job_id, req.step_id, res.run_id,
                 res.outcome, detail=f"{req.action}: {res.message}"))
@@ -943,10 +973,23 @@ class Engine:
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():
             self._dirty.add(bid)
+            self._ready.touch_batch(bid)
             batch = self.index.batches[bid]
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))
             self._poke()
+
+
+class _TrackedIndex(StoreIndex):
+    """The engine's index tells its ReadySet which job changed, whoever changed it (own
+    attempts, the dashboard's watcher in the same process, GC refreshes)."""
+
+    ready: ReadySet | None = None
+
+    def put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
+        super().put_attempt(batch_id, job_id, step_id, view)
+        if self.ready is not None:
+            self.ready.touch(batch_id, job_id)
 
 
 def _find_wrapper(path: Path) -> int | None:

@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 
+# every engine under test checks its incremental scheduler against a full pass on each wake
+# (inherited by engines the tests start as subprocesses)
+os.environ["PHH_CHECK_SCHEDULER"] = "1"
+
 from phh_engine.codex_cli import CodexNotFound, locate_codex
 from phh_engine.engine import Engine, EngineEvent
 from phh_engine.harness_config import materialize
