@@ -258,6 +258,17 @@ def kill_tree(pid: int, sig: int) -> None:
 
 
 @dataclass(slots=True)
+class _Prepared:
+    """What the worker-thread half of a start hands back to the loop."""
+
+    state: AttemptState
+    meta: AttemptMeta | None = None
+    watch: _Watch | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
 class _Watch:
     """What monitoring and finalisation need, whether we spawned the process or adopted it."""
 
@@ -428,18 +439,42 @@ class LocalRunner:
 
     async def _run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
                    live: LiveAttempt, view: AttemptView) -> AttemptView:
+        state = self._state(plan, live.run_id, "queued", utcnow())
+        view.state = state
+        self._emit(plan, view)
+        number = len(step.attempts) + (0 if step.find(live.run_id) else 1)
+        # every file and the spawn in one worker-thread call: the loop stays free for events
+        prep = await asyncio.to_thread(self._prepare, plan, batch, job, step, live, state,
+                                       number)
+        if prep.meta is not None:
+            view.meta = prep.meta
+        if prep.error is not None:
+            return await self._spawn_failed(plan, view, state, prep.error, prep.meta)
+        if prep.proc is None or prep.watch is None:  # canceled while it was being prepared
+            now = utcnow()
+            state = state.model_copy(update={
+                "status": "canceled", "updated_at": now, "ended_at": now,
+                "termination_reason": "canceled", "failure_class": "canceled",
+                "errors": ["canceled before it started"],
+            })
+            return await self._finalize(plan, view, state)
+        view.state = prep.state
+        self._emit(plan, view)
+        return await self._monitor(plan, view, live, prep.state, _ChildHandle(prep.proc),
+                                   prep.watch)
+
+    def _prepare(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
+                 live: LiveAttempt, state: AttemptState, number: int) -> _Prepared:
+        """Workspace, resume base, prompt, meta.json, spawn, 'running' state, current.json.
+        Runs in a worker thread; touches no view."""
         path, run_id = live.path, live.run_id
         spec = step.spec
         policy = batch.meta.effective_defaults.execution_policy
-        state = self._state(plan, run_id, "queued", utcnow())
-        view.state = state
-        self._emit(plan, view)
-
         # -- where it runs, what it continues, what it is told
         try:
-            ws_policy, workdir = await asyncio.to_thread(resolve_workspace, self.layout, batch, job)
+            ws_policy, workdir = resolve_workspace(self.layout, batch, job)
         except WorkspaceError as exc:
-            return await self._spawn_failed(plan, view, state, str(exc))
+            return _Prepared(state, error=str(exc))
         source = plan.resume.source if plan.resume else None
         expected_thread: str | None = None
         if plan.resume_same_thread and plan.retry_of is not None:
@@ -450,8 +485,7 @@ class LocalRunner:
                 if spec.resume_from and spec.resume_from.codex_thread_id and not
                 plan.resume_same_thread else source.thread_id
             )
-            await asyncio.to_thread(self._copy_resume_base, source.resume_base_dir,
-                                    path / CODEX_HOME)
+            self._copy_resume_base(source.resume_base_dir, path / CODEX_HOME)
         self._provision_home(path / CODEX_HOME)
 
         if plan.trigger == "operator_resume" and plan.extra_prompt:
@@ -495,7 +529,7 @@ class LocalRunner:
         meta = AttemptMeta(
             batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
             runner_id=self.runner_id, run_dir_name=path.name, created_at=utcnow(),
-            attempt_number=len(step.attempts) + (0 if step.find(run_id) else 1),
+            attempt_number=number,
             trigger=plan.trigger,  # type: ignore[arg-type]
             invocation="resume" if source is not None else "exec",
             parent_run_id=source.run_id if source is not None else None,
@@ -517,7 +551,6 @@ class LocalRunner:
             ),
         )
         write_once_json(path / META, meta)
-        view.meta = meta
         crashpoint("after_meta")
 
         # -- spawn (unless canceled while it was being prepared: queued -> canceled)
@@ -528,24 +561,17 @@ class LocalRunner:
             artifacts_expected=list(spec.artifacts_expected),
         )
         if live.cancel_requested.is_set():
-            now = utcnow()
-            state = state.model_copy(update={
-                "status": "canceled", "updated_at": now, "ended_at": now,
-                "termination_reason": "canceled", "failure_class": "canceled",
-                "errors": ["canceled before it started"],
-            })
-            return await self._finalize(plan, view, state)
-        env = self._env(path / CODEX_HOME)
+            return _Prepared(state, meta=meta)
         try:
             with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv],
-                    stdin=stdin, stdout=out, stderr=err, cwd=str(workdir), env=env,
-                    start_new_session=True,
+                    stdin=stdin, stdout=out, stderr=err, cwd=str(workdir),
+                    env=self._env(path / CODEX_HOME), start_new_session=True,
                 )
         except OSError as exc:
-            return await self._spawn_failed(plan, view, state, f"spawn failed: {exc}", meta)
+            return _Prepared(state, meta=meta, error=f"spawn failed: {exc}")
         crashpoint("after_spawn")
         live.pid = proc.pid
         started = utcnow()
@@ -558,12 +584,10 @@ class LocalRunner:
             "codex_thread_id": None,
         })
         write_state(path / STATE, state)
-        view.state = state
-        self._emit(plan, view)
         # current.json points at the live attempt from its start (SPEC 5.4: optional, useful)
-        await asyncio.to_thread(update_current, self.layout, plan.batch_id, plan.job_id)
+        update_current(self.layout, plan.batch_id, plan.job_id)
         crashpoint("while_running")
-        return await self._monitor(plan, view, live, state, _ChildHandle(proc), watch)
+        return _Prepared(state, meta=meta, watch=watch, proc=proc)
 
     async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
                     ) -> AttemptView:
@@ -660,10 +684,22 @@ class LocalRunner:
         kill_tree(proc.pid, signal.SIGKILL)
         crashpoint("before_finalize")
 
-        # -- finalize
-        exit_code = self._read_exit_code(path, waiter.result())
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
+        state, report, ready = await asyncio.to_thread(
+            self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
+            canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
+            cancel_reason=live.cancel_reason)
+        view.state, view.report, view.resume_base_ready = state, report, ready
+        self._emit(plan, view)
+        return view
+
+    def _conclude(self, plan: AttemptPlan, path: Path, run_id: str, state: AttemptState,
+                  facts: EventFacts, watch: _Watch, returncode: int | None, *, canceled: bool,
+                  timed_out: bool, thread_mismatch: str | None, cancel_reason: str | None
+                  ) -> tuple[AttemptState, RunReport | None, bool]:
+        """Classify the ended process and write its results (worker thread; no views)."""
+        exit_code = self._read_exit_code(path, returncode)
         final_text = ""
         with contextlib.suppress(OSError):
             final_text = (path / FINAL_TXT).read_text(encoding="utf-8", errors="replace")
@@ -684,18 +720,18 @@ class LocalRunner:
             errors.append(thread_mismatch)
         if timed_out:
             errors.append(f"timed out after {watch.timeout_seconds:g}s")
-        if canceled and live.cancel_reason != "canceled":
-            errors.append(f"canceled: {live.cancel_reason}")
+        if canceled and cancel_reason != "canceled":
+            errors.append(f"canceled: {cancel_reason}")
         if watch.capture_git:
             with contextlib.suppress(FileExistsError):
-                await self._git_artifacts(watch.workdir, path, facts)
+                _write_git_artifacts(watch.workdir, path, facts.files_changed)
         missing = [a for a in watch.artifacts_expected if not (watch.workdir / a).exists()]
         errors += [f"expected artifact missing: {a}" for a in missing]
         if outcome.status == "succeeded" and obj is not None:
             with contextlib.suppress(FileExistsError):
                 write_once_json(path / HANDOFF, {
                     "schema_version": "1.0.0", "batch_id": plan.batch_id,
-                    "job_id": plan.job_id, "step_id": plan.step_id, "run_id": view.run_id,
+                    "job_id": plan.job_id, "step_id": plan.step_id, "run_id": run_id,
                     "status": outcome.status, "final_json_path": str(path / FINAL_JSON),
                     "summary": report.summary if report else None,
                     "codex_thread_id": facts.thread_id,
@@ -705,10 +741,10 @@ class LocalRunner:
             "status": outcome.status, "updated_at": ended, "ended_at": ended,
             "exit_code": exit_code, "termination_reason": outcome.termination_reason,
             "failure_class": outcome.failure_class, "errors": errors[-20:],
-            "artifacts": sorted(p.name for p in path.iterdir() if not p.name.startswith(".")),
+            "artifacts": sorted(n for n in os.listdir(path) if not n.startswith(".")),
         })
-        view.report = report
-        return await self._finalize(plan, view, state)
+        state, ready = self._finalize_files(plan, path, state)
+        return state, report, ready
 
     # --------------------------------------------------------------- helpers
     async def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState
@@ -800,42 +836,64 @@ class LocalRunner:
         env["CODEX_HOME"] = str(home)
         return env
 
-    async def _git_artifacts(self, workdir: Path, path: Path, facts: EventFacts) -> None:
-        async def git(*args: str) -> tuple[int, bytes]:
-            try:
-                p = await asyncio.create_subprocess_exec(
-                    "git", "-C", str(workdir), *args, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                out, _ = await p.communicate()
-                return p.returncode or 0, out
-            except OSError:
-                return 1, b""
 
-        rc, head = await git("rev-parse", "HEAD")
-        if rc != 0:
-            inside, _ = await git("rev-parse", "--is-inside-work-tree")
-            if inside != 0:
-                return
-            head = b"(no commits)\n"
-        _, status = await git("status", "--porcelain=v1", "--untracked-files=all", ".")
-        _, diff = await git("diff", "--binary", "HEAD", "--", ".") if rc == 0 else (0, b"")
-        untracked = [ln[3:] for ln in status.decode(errors="replace").splitlines()
-                     if ln.startswith("?? ")]
-        for rel in untracked[:200]:
-            f = workdir / rel
-            with contextlib.suppress(OSError):
-                if f.is_file() and f.stat().st_size <= 1_000_000:
-                    _, d = await git("diff", "--no-index", "--binary", "--", "/dev/null", rel)
-                    diff += d
-        write_once_bytes(path / GIT_HEAD, head)
-        write_once_bytes(path / GIT_STATUS, status)
-        write_once_bytes(path / GIT_DIFF, diff)
-        touched = sorted({ln[3:] for ln in status.decode(errors="replace").splitlines()
-                          if len(ln) > 3})
-        write_once_json(path / FILES_TOUCHED, {
-            "from_git_status": touched, "from_events": facts.files_changed,
-        })
+def in_git_work_tree(workdir: Path) -> bool:
+    """Cheap pre-check before spawning git: is there a `.git` here or in a parent? Most
+    scratch directories are not repositories, and two git spawns per attempt cost more
+    than the rest of finishing it. GIT_DIR in the environment defers to git itself."""
+    if os.environ.get("GIT_DIR"):
+        return True
+    d = workdir.resolve()
+    return any(_looks_like_git(os.path.join(p, ".git")) for p in (d, *d.parents))
+
+
+def _looks_like_git(dot_git: str) -> bool:
+    """What git's discovery accepts, roughly: a dir with HEAD, or a `gitdir:` file."""
+    if os.path.isdir(dot_git):
+        return os.path.exists(os.path.join(dot_git, "HEAD"))
+    try:
+        with open(dot_git, "rb") as f:
+            return f.read(8) == b"gitdir: "
+    except OSError:
+        return False
+
+
+def _git(workdir: Path, *args: str) -> tuple[int, bytes]:
+    try:
+        p = subprocess.run(["git", "-C", str(workdir), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=False)
+    except OSError:
+        return 1, b""
+    return p.returncode, p.stdout
+
+
+def _write_git_artifacts(workdir: Path, path: Path, files_from_events: list[str]) -> None:
+    if not in_git_work_tree(workdir):
+        return
+    rc, head = _git(workdir, "rev-parse", "HEAD")
+    if rc != 0:
+        inside, _ = _git(workdir, "rev-parse", "--is-inside-work-tree")
+        if inside != 0:
+            return
+        head = b"(no commits)\n"
+    _, status = _git(workdir, "status", "--porcelain=v1", "--untracked-files=all", ".")
+    _, diff = _git(workdir, "diff", "--binary", "HEAD", "--", ".") if rc == 0 else (0, b"")
+    untracked = [ln[3:] for ln in status.decode(errors="replace").splitlines()
+                 if ln.startswith("?? ")]
+    for rel in untracked[:200]:
+        f = workdir / rel
+        with contextlib.suppress(OSError):
+            if f.is_file() and f.stat().st_size <= 1_000_000:
+                _, d = _git(workdir, "diff", "--no-index", "--binary", "--", "/dev/null", rel)
+                diff += d
+    write_once_bytes(path / GIT_HEAD, head)
+    write_once_bytes(path / GIT_STATUS, status)
+    write_once_bytes(path / GIT_DIFF, diff)
+    touched = sorted({ln[3:] for ln in status.decode(errors="replace").splitlines()
+                      if len(ln) > 3})
+    write_once_json(path / FILES_TOUCHED, {
+        "from_git_status": touched, "from_events": files_from_events,
+    })
 
 
 def _custom_ok(obj: dict[str, Any]) -> RunReport:

@@ -7,9 +7,13 @@ fails instead of overwriting.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +49,11 @@ def to_bytes(obj: BaseModel | dict[str, Any] | list[Any]) -> bytes:
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     tmp = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileNotFoundError:  # first file of its directory: make it (rare, so not up front)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -57,7 +65,6 @@ def _write_temp(directory: Path, name: str, data: bytes) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_temp(path.parent, path.name, data)
     try:
         os.replace(tmp, path)
@@ -72,7 +79,6 @@ def atomic_write_json(path: Path, obj: BaseModel | dict[str, Any] | list[Any]) -
 
 def write_once_bytes(path: Path, data: bytes) -> None:
     """Publish a complete file that must never be replaced; FileExistsError if it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_temp(path.parent, path.name, data)
     try:
         os.link(tmp, path)
@@ -120,10 +126,34 @@ def write_state(path: Path, state: AttemptState) -> None:
     atomic_write_json(path, state)
 
 
-def job_lock(lock_path: Path, timeout: float = 60.0) -> FileLock:
-    """Cross-process lock for one job: claims, finalisation and current.json updates."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lock_path), timeout=timeout, thread_local=False)
+@contextlib.contextmanager
+def job_lock(lock_path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Cross-process lock for one job: claims, finalisation and current.json updates.
+
+    A bare flock on a fresh descriptor (so threads of one process exclude each other too):
+    taken several times per attempt, where FileLock's realpath and bookkeeping cost more than
+    the lock. Uncontended is one open + one flock; contended waits with a short backoff and
+    raises filelock.Timeout after `timeout` seconds."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Timeout(str(lock_path)) from None
+                time.sleep(delay)  # held for a few file writes by another thread/process
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def lock_held(lock_path: Path) -> bool:

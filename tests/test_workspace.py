@@ -358,3 +358,25 @@ def test_reflink_used_where_the_filesystem_supports_it(tmp_path: Path) -> None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_git_probe_is_skipped_only_outside_repositories(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cheap `.git` walk must never skip a real work tree (worktrees have a .git file)."""
+    from phh_engine.runner import in_git_work_tree
+
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    plain = tmp_path / "plain" / "deep"
+    plain.mkdir(parents=True)
+    (tmp_path / "plain" / ".git").mkdir()  # an empty .git is not a repository to git either
+    assert not in_git_work_tree(plain)
+    repo = tmp_path / "repo"
+    (repo / "sub" / "dir").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert in_git_work_tree(repo) and in_git_work_tree(repo / "sub" / "dir")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".git").write_text(f"gitdir: {repo / '.git'}\n")
+    assert in_git_work_tree(linked)
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    assert in_git_work_tree(plain)  # git decides when GIT_DIR is set
