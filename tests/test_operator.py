@@ -193,8 +193,9 @@ def test_close_batch_starts_nothing(harness: Harness) -> None:
 def test_rejections_are_clear(harness: Harness) -> None:
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("x"))]}])
     eng = harness.start()
-    wait_for(lambda: harness.attempts(bid, "j1", "s1")
-             and harness.state(harness.attempts(bid, "j1", "s1")[0]).get("ended_at"), 30, "run")
+    # the engine's own end event, not state.json: the file is final a moment before the
+    # engine has taken the attempt off its live list
+    wait_for(lambda: any(e.kind == "attempt_ended" for e in harness.events), 30, "run")
     res = harness.call(eng, eng.request("cancel", bid, "j1", "s1"))
     assert res.outcome == "rejected" and "no attempt in flight" in res.message
     res = harness.call(eng, eng.request("cancel", bid, "j1", "nosuch"))
