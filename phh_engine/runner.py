@@ -584,8 +584,7 @@ class LocalRunner:
             "codex_thread_id": None,
         })
         write_state(path / STATE, state)
-        # current.json points at the live attempt from its start (SPEC 5.4: optional, useful)
-        update_current(self.layout, plan.batch_id, plan.job_id)
+        # current.json follows once the thread id is known (_monitor), and at the end
         crashpoint("while_running")
         return _Prepared(state, meta=meta, watch=watch, proc=proc)
 
@@ -634,6 +633,9 @@ class LocalRunner:
         waiter = asyncio.ensure_future(proc.wait())
         canceller = asyncio.ensure_future(live.cancel_requested.wait())
         killer: asyncio.Future[None] | None = None
+        # current.json gets the live attempt and its thread id as soon as Codex names it
+        # (SPEC 5.4/6.5); an attempt that is already over gets only the final update
+        pointer: asyncio.Future[None] | None = None
         while True:
             now_t = loop.time()
             timeout = max(0.0, min(poll, deadline - now_t, next_beat - now_t))
@@ -666,7 +668,8 @@ class LocalRunner:
             if live.cancel_requested.is_set() and killer is None:
                 killer = asyncio.ensure_future(self._stop_process(proc))
             beat = now_t >= next_beat
-            if beat or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
+            new_thread = pointer is None and facts.thread_id is not None
+            if beat or new_thread or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
                 state = self._merge_facts(state, facts, now).model_copy(
                     update={"last_heartbeat_at": now if beat else state.last_heartbeat_at}
                 )
@@ -677,9 +680,15 @@ class LocalRunner:
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)
+                if new_thread:
+                    pointer = asyncio.ensure_future(asyncio.to_thread(
+                        update_current, self.layout, plan.batch_id, plan.job_id))
         canceller.cancel()
         if killer is not None:
             await killer
+        if pointer is not None:
+            with contextlib.suppress(Exception):  # the final update below rewrites it anyway
+                await pointer
         # Make sure nothing of this attempt outlives it (agent commands in their own session).
         kill_tree(proc.pid, signal.SIGKILL)
         crashpoint("before_finalize")

@@ -47,7 +47,7 @@ def to_bytes(obj: BaseModel | dict[str, Any] | list[Any]) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=False, default=str).encode() + b"\n"
 
 
-def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+def _write_temp(directory: Path, name: str, data: bytes, durable: bool = True) -> Path:
     tmp = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -58,14 +58,17 @@ def _write_temp(directory: Path, name: str, data: bytes) -> Path:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return tmp
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _write_temp(path.parent, path.name, data)
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """`durable=False` skips the fsync: only for derived files a restart rebuilds (the
+    rename still means a reader never sees a partial file while the machine is up)."""
+    tmp = _write_temp(path.parent, path.name, data, durable)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -73,8 +76,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: BaseModel | dict[str, Any] | list[Any]) -> None:
-    atomic_write_bytes(path, to_bytes(obj))
+def atomic_write_json(path: Path, obj: BaseModel | dict[str, Any] | list[Any],
+                      durable: bool = True) -> None:
+    atomic_write_bytes(path, to_bytes(obj), durable)
 
 
 def write_once_bytes(path: Path, data: bytes) -> None:
