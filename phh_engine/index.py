@@ -2,72 +2,141 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from .models import AttemptMeta, AttemptState, BatchMeta, RunReport
 from .paths import CODEX_HOME, FINAL_JSON, META, STATE, Layout, run_id_of
-from .store import read_model
 from .views import AttemptView, BatchView
 
 log = logging.getLogger(__name__)
 CLOSED_MARKER = "closed.json"
 
+M = TypeVar("M", bound=BaseModel)
 
-def load_attempt(path: Path) -> AttemptView:
-    state = read_model(path / STATE, AttemptState)
+
+def _read(path: str | Path, model: type[M]) -> M | None:
+    """`store.read_model`'s contract (missing, unparsable or invalid -> None), but the bytes
+    go straight to pydantic's JSON validator: no json.loads + validate_python round trip."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return model.model_validate_json(data)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+@contextmanager
+def _bulk() -> Iterator[None]:
+    """No cyclic GC while thousands of small models are made: they are all kept, so every
+    collection pass would be wasted work (~15% of a load). Restores the previous setting."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load(path: Path, name: str, p: str, meta: bool, report: bool) -> AttemptView:
+    """One attempt from its directory (`p` is `str(path)`, `name` its last part)."""
+    state = _read(f"{p}/{STATE}", AttemptState)
     view = AttemptView(
-        run_id=run_id_of(path.name),
-        dir_name=path.name,
+        run_id=run_id_of(name),
+        dir_name=name,
         path=path,
-        meta=read_model(path / META, AttemptMeta),
+        meta=_read(f"{p}/{META}", AttemptMeta) if meta else None,
         state=state,
     )
     if view.terminal:
-        view.report = read_model(path / FINAL_JSON, RunReport)
-        view.resume_base_ready = (path / CODEX_HOME / "sessions").is_dir()
+        if report:
+            view.report = _read(f"{p}/{FINAL_JSON}", RunReport)
+        view.resume_base_ready = os.path.isdir(f"{p}/{CODEX_HOME}/sessions")
     return view
 
 
+def load_attempt(path: Path) -> AttemptView:
+    return _load(path, path.name, str(path), True, True)
+
+
 class StoreIndex:
-    def __init__(self, layout: Layout) -> None:
+    """`for_scoreboards=True` makes a read-only index for one derivation (the CLI): it reads
+    every state.json, but meta.json only for each step's latest and unfinished attempts and
+    final.json only for a latest attempt that ended without success, which is all that the
+    scoreboards show. Other attempts then have `meta`/`report` None; the engine and anything
+    that keeps the index, or selects resume sources from it, uses the default (everything)."""
+
+    def __init__(self, layout: Layout, *, for_scoreboards: bool = False) -> None:
         self.layout = layout
         self.batches: dict[str, BatchView] = {}
+        self.for_scoreboards = for_scoreboards
+
+    def _batch_names(self) -> list[str]:
+        try:
+            names = os.listdir(self.layout.runs)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches]
 
     def load(self) -> None:
-        if not self.layout.runs.is_dir():
-            return
-        for d in sorted(self.layout.runs.iterdir()):
-            if d.name.startswith(("_", ".")) or d.name in self.batches:
-                continue
-            self.load_batch(d.name)
+        with _bulk():
+            for name in sorted(self._batch_names()):
+                self.load_batch(name)
 
     def scan_new_batches(self) -> list[str]:
         """Batches that appeared on disk since the last look (cheap: one listdir)."""
-        if not self.layout.runs.is_dir():
-            return []
         added = []
-        for d in self.layout.runs.iterdir():
-            if d.name.startswith(("_", ".")) or d.name in self.batches:
-                continue
-            if self.load_batch(d.name) is not None:
-                added.append(d.name)
+        for name in self._batch_names():
+            if self.load_batch(name) is not None:
+                added.append(name)
         return added
 
     def load_batch(self, batch_id: str) -> BatchView | None:
-        meta = read_model(self.layout.batch_meta(batch_id), BatchMeta)
+        with _bulk():
+            return self._load_batch(batch_id)
+
+    def _load_batch(self, batch_id: str) -> BatchView | None:
+        meta = _read(self.layout.batch_meta(batch_id), BatchMeta)
         if meta is None:
             return None
         batch = BatchView.from_meta(meta)
-        batch.closed = (self.layout.batch_dir(batch_id) / CLOSED_MARKER).exists()
+        bdir = self.layout.batch_dir(batch_id)
+        batch.closed = (bdir / CLOSED_MARKER).exists()
+        full = not self.for_scoreboards
+        bdir_s = str(bdir)
         for job in batch.jobs.values():
+            # = layout.attempts_dir(batch_id, job_id, step_id), as strings (ids are single
+            # path segments): pathlib costs ~10 us per join, and there are 4 per attempt
+            steps_dir = f"{bdir_s}/{job.job_id}/steps"
             for step in job.steps.values():
-                adir = self.layout.attempts_dir(batch_id, job.job_id, step.step_id)
+                adir = f"{steps_dir}/{step.step_id}/attempts"
                 try:
-                    names = sorted(p.name for p in adir.iterdir() if not p.name.startswith("."))
+                    names = sorted(n for n in os.listdir(adir) if not n.startswith("."))
                 except FileNotFoundError:
                     continue
-                step.attempts = [load_attempt(adir / n) for n in names]
+                base = Path(adir)
+                last = len(names) - 1
+                attempts = []
+                for i, n in enumerate(names):
+                    p = f"{adir}/{n}"
+                    if full:
+                        attempts.append(_load(base / n, n, p, True, True))
+                        continue
+                    view = _load(base / n, n, p, False, False)
+                    if i == last or not view.terminal:  # what the step's rows show
+                        view.meta = _read(f"{p}/{META}", AttemptMeta)
+                    if i == last and view.terminal and view.status != "succeeded":
+                        view.report = _read(f"{p}/{FINAL_JSON}", RunReport)
+                    attempts.append(view)
+                step.attempts = attempts
         self.batches[batch_id] = batch
         return batch
 

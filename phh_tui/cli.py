@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from phh_engine.engine import Engine, EngineError, EngineEvent
-from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
-from phh_engine.index import StoreIndex
-from phh_engine.models import HarnessSettings, utcnow
 from phh_engine.paths import Layout
-from phh_engine.pointers import reindex
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import SubmitError, submit
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
 
+if TYPE_CHECKING:
+    from phh_engine.engine import Engine, EngineEvent
+
+# Every command imports the engine modules it needs inside its function: `phh scoreboard`,
+# `phh --help` and the other quick commands must not pay for the engine, runner, asyncio,
+# jsonschema and submit on every call (~0.4 s before any work).
+
 
 # ---------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace) -> int:
+    from phh_engine.harness_config import ConfigError, load_settings, materialize
+    from phh_engine.models import HarnessSettings
+    from phh_engine.store import atomic_write_json
+
     layout = Layout(_root(args))
     for d in (layout.runs, layout.runners):
         d.mkdir(parents=True, exist_ok=True)
@@ -53,6 +55,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from phh_engine.harness_config import ConfigError
+    from phh_engine.submit import SubmitError, submit
+
     layout = Layout(_root(args))
     try:
         res = submit(layout, Path(args.file), dedupe=args.dedupe)
@@ -121,6 +126,9 @@ class HeadlessLog:
         if not force and t - self._last_summary < self.every:
             return
         self._last_summary = t
+        from phh_engine.models import utcnow
+        from phh_engine.scoreboards import batch_scoreboard
+
         now = utcnow()
         for batch in self.engine.index.batches.values():
             sb = batch_scoreboard(batch, now)
@@ -132,6 +140,11 @@ class HeadlessLog:
 
 
 async def run_headless(engine: Engine) -> None:
+    import asyncio
+    import signal
+
+    from phh_engine.models import utcnow
+
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -174,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     if not args.no_ui:
         try:
             from phh_tui.app import run_app
@@ -182,6 +197,9 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                        alerts=args.alerts)
+    from phh_engine.engine import Engine, EngineError
+    from phh_engine.harness_config import ConfigError
+
     engine = Engine(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                     until_idle=args.until_idle)
     engine.on_event = HeadlessLog(engine, json_log=args.json_log)
@@ -198,36 +216,74 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_scoreboard(args: argparse.Namespace) -> int:
-    layout = Layout(_root(args))
-    index = StoreIndex(layout)
+    """The engine's own file while an engine serves the root and keeps it fresh (a few ms);
+    otherwise derived from the store here (reads every attempt's state.json)."""
+    from phh_tui.cli_scoreboard import engine_board
+
+    root = _root(args)
+    if not args.recompute:
+        served = engine_board(root, args.batch)
+        if served is not None:
+            board, age = served
+            if args.json:
+                sys.stdout.write(json.dumps(board, indent=2, ensure_ascii=False) + "\n")
+                return EXIT_OK
+            return _show_board(args.batch, board, age)
+    return _derive_scoreboard(root, args.batch, args.json)
+
+
+def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:
+    import gc
+
+    # A one-shot process that keeps every object it makes until it exits: cyclic GC passes
+    # over the thousands of small models would only cost time.
+    gc.disable()
+    from phh_engine.index import StoreIndex
+    from phh_engine.models import utcnow
+    from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
+
+    layout = Layout(root)
+    index = StoreIndex(layout, for_scoreboards=True)
     now = utcnow()
-    if args.batch:
-        batch = index.load_batch(args.batch)
+    if batch_id:
+        batch = index.load_batch(batch_id)
         if batch is None:
-            _err(f"no batch {args.batch!r} under {layout.runs}")
+            _err(f"no batch {batch_id!r} under {layout.runs}")
             return EXIT_FAIL
         sb = batch_scoreboard(batch, now)
-        if args.json:
+        if as_json:
             sys.stdout.write(sb.model_dump_json(indent=2) + "\n")
-        else:
-            from rich.console import Console
-
-            from phh_tui.render import render_batch
-            Console().print(render_batch(sb))
-        return EXIT_OK
+            return EXIT_OK
+        return _show_board(batch_id, sb)
     index.load()
     sysb = system_scoreboard(index.batches.values(), now)
-    if args.json:
+    if as_json:
         sys.stdout.write(sysb.model_dump_json(indent=2) + "\n")
-    else:
-        from rich.console import Console
+        return EXIT_OK
+    return _show_board(None, sysb)
 
-        from phh_tui.render import render_system
-        Console().print(render_system(sysb))
+
+def _show_board(batch_id: str | None, board: Any, age: float | None = None) -> int:
+    """Render a scoreboard (a model, or the engine's file as a dict) for people."""
+    from rich.console import Console
+
+    from phh_engine.models import BatchScoreboard, SystemScoreboard
+    from phh_tui.render import render_batch, render_system
+
+    console = Console()
+    if batch_id:
+        console.print(render_batch(BatchScoreboard.model_validate(board)))
+    else:
+        console.print(render_system(SystemScoreboard.model_validate(board)))
+    if age is not None:
+        console.print(f"[dim]from the serving engine's scoreboard file, computed {age:.0f}s "
+                      "ago (--recompute derives it from the store)[/dim]")
     return EXIT_OK
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
+    from phh_engine.pointers import reindex
+
     n = reindex(Layout(_root(args)))
     if args.json:
         _print_json({"jobs_reindexed": n})
@@ -237,6 +293,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from phh_engine.harness_config import ConfigError, load_config
+
     try:
         cfg = load_config(Layout(_root(args)))
     except ConfigError as exc:
@@ -317,8 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also serve the HTTP API (as `phh serve`, settings from the harness "
                     "config; on by default when interfaces.api_mode.enabled is true)")
     sp.set_defaults(func=cmd_run)
-    sp = add("scoreboard", "system view, or one batch's view")
+    sp = add("scoreboard", "system view, or one batch's view (the serving engine's own file "
+             "while it is fresh, else derived from the store)")
     sp.add_argument("--batch")
+    sp.add_argument("--recompute", action="store_true",
+                    help="derive from the store even while an engine serves it")
     sp.set_defaults(func=cmd_scoreboard)
     add("reindex", "rebuild every current.json from attempt directories").set_defaults(
         func=cmd_reindex)

@@ -10,36 +10,24 @@ harness config).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from phh_engine.api_ops import current_index, list_attempts, list_jobs
-from phh_engine.artifacts import (
-    AttemptRef,
-    EventLine,
-    LookupFailed,
-    attempt_from_dir,
-    check_name,
-    describe_event,
-    events_file,
-    find_attempt,
-    follow_lines,
-    iter_artifact,
-    last_lines,
-    read_lines,
-)
-from phh_engine.harness_config import ConfigError, load_config
 from phh_engine.paths import ARTIFACT_NAMES, Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
 
+if TYPE_CHECKING:
+    from phh_engine.artifacts import AttemptRef, EventLine, LookupFailed
+
 AddFn = Callable[..., argparse.ArgumentParser]
+# Engine modules are imported inside each command: building the parser (every `phh` call)
+# must stay cheap.
 
 
 def fail(exc: LookupFailed, as_json: bool) -> int:
@@ -56,6 +44,8 @@ def fail(exc: LookupFailed, as_json: bool) -> int:
 
 
 def _locate(layout: Layout, args: argparse.Namespace, ids: list[str]) -> AttemptRef:
+    from phh_engine.artifacts import LookupFailed, attempt_from_dir, find_attempt
+
     if args.attempt_dir:
         if ids:
             raise LookupFailed(400, "give either BATCH JOB STEP or --attempt-dir, not both")
@@ -67,6 +57,9 @@ def _locate(layout: Layout, args: argparse.Namespace, ids: list[str]) -> Attempt
 
 # ---------------------------------------------------------------------------- commands
 def cmd_current(args: argparse.Namespace) -> int:
+    from phh_engine.api_ops import current_index
+    from phh_engine.artifacts import LookupFailed
+
     try:
         cur = current_index(Layout(_root(args)), args.batch, args.job)
     except LookupFailed as exc:
@@ -84,6 +77,9 @@ def cmd_current(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from phh_engine.api_ops import list_jobs
+    from phh_engine.artifacts import LookupFailed
+
     try:
         out = list_jobs(Layout(_root(args)), args.batch)
     except LookupFailed as exc:
@@ -100,6 +96,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace) -> int:
+    from phh_engine.api_ops import list_attempts
+    from phh_engine.artifacts import LookupFailed
+
     try:
         out = list_attempts(Layout(_root(args)), args.batch, args.job, args.step)
     except LookupFailed as exc:
@@ -114,6 +113,8 @@ def cmd_attempts(args: argparse.Namespace) -> int:
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
+    from phh_engine.artifacts import LookupFailed, check_name, iter_artifact
+
     layout = Layout(_root(args))
     *ids, name = args.what
     try:
@@ -144,6 +145,8 @@ def cmd_artifact(args: argparse.Namespace) -> int:
 
 
 def _emit(line: EventLine, as_json: bool) -> None:
+    from phh_engine.artifacts import describe_event
+
     if as_json:
         sys.stdout.write(json.dumps(line.as_dict(), separators=(",", ":")) + "\n")
     else:
@@ -154,6 +157,10 @@ def _emit(line: EventLine, as_json: bool) -> None:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print an attempt's events (readable, or one JSON object per line with --json, the
     same items as the API's `events`); --follow keeps going until the attempt ends."""
+    import asyncio
+
+    from phh_engine.artifacts import LookupFailed, events_file, last_lines, read_lines
+
     layout = Layout(_root(args))
     try:
         ref = _locate(layout, args, args.ids)
@@ -175,6 +182,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 async def _follow(ref: AttemptRef, offset: int, as_json: bool) -> int:
+    from phh_engine.artifacts import EventLine, follow_lines
+
     async for item in follow_lines(ref, offset):
         if isinstance(item, EventLine):
             _emit(item, as_json)
@@ -189,6 +198,7 @@ async def _follow(ref: AttemptRef, offset: int, as_json: bool) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """One scan of the filesystem queue (the engine does this by itself while it runs)."""
+    from phh_engine.harness_config import ConfigError, load_config
     from phh_engine.queue import DropQueue
 
     layout = Layout(_root(args))
@@ -215,6 +225,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from phh_engine.api import ApiServer, ServeError
+    from phh_engine.harness_config import ConfigError, load_config
 
     layout = Layout(_root(args))
     try:
@@ -236,6 +247,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def api_enabled(root: Path) -> bool:
     """interfaces.api_mode.enabled: `phh run` then serves the API without --api."""
+    from phh_engine.harness_config import ConfigError, load_config
+
     try:
         return load_config(Layout(root), write=False).interfaces.api_mode.enabled
     except ConfigError:
@@ -246,6 +259,7 @@ def start_api_for_run(root: Path) -> Any:
     """`phh run --api`: the API in a thread beside the engine; None (with a message) when it
     cannot start. The caller stops it."""
     from phh_engine.api import ApiServer, ServeError
+    from phh_engine.harness_config import ConfigError, load_config
 
     layout = Layout(root)
     try:

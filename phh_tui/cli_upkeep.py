@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phh_engine.harness_config import ConfigError, load_config
-from phh_engine.models import utcnow
 from phh_engine.paths import Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
 from phh_tui.cli_common import err as _err
@@ -68,7 +66,9 @@ def cmd_runner(args: argparse.Namespace) -> int:
     """`runner list | drain ID | undrain ID`."""
     from pydantic import ValidationError
 
+    from phh_engine.harness_config import ConfigError, load_config
     from phh_engine.health import fmt_bytes, read_health, runner_statuses, set_drain
+    from phh_engine.models import utcnow
 
     layout = Layout(_root(args))
     try:
