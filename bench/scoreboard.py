@@ -9,13 +9,16 @@ built from phh's own models and serialised with `phh_engine.store.to_bytes`, but
 per-file fsync (that only matters for crash safety, not for what a reader sees). A few jobs
 retried, failed or need attention, so every scoreboard section has rows.
 
-Timed: `phh scoreboard --json` and `phh scoreboard --batch ID --json` as subprocesses (wall
-time; median of --repeat after one warm-up run), interpreter start and `import phh_tui.cli`
-alone (what every CLI call pays before any work), and in-process StoreIndex.load() and the
-scoreboard derivations. Prints figures, asserts nothing (DESIGN §4).
-
-`--whatif` also times prototypes of the suggested fixes, each a small subprocess that does
-what `phh scoreboard --json` does with one more change monkeypatched in (see PROTOTYPE).
+Timed, as subprocesses (wall time; median of --repeat after one warm-up run, commands
+interleaved), in two phases:
+1. no engine: `phh scoreboard --json` and `--batch ID --json` derive the views from the store;
+   also interpreter start, `import phh_tui.cli` and `phh --help`.
+2. a real engine serving the store (`phh run --no-ui` with PHH_CODEX_BIN = bench/fake_codex;
+   nothing is left to run, so it only keeps its scoreboard files): the same two commands,
+   which then print the engine's files, and `--recompute` (the derivation, for reference).
+Then in-process: StoreIndex.load() (everything, as the engine loads), the CLI's
+StoreIndex(for_scoreboards=True).load(), and the derivations. Prints figures, asserts
+nothing (DESIGN §4).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import signal
 import statistics
@@ -69,9 +73,10 @@ from phh_engine.paths import (  # noqa: E402
 from phh_engine.pointers import build_current  # noqa: E402
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
 from phh_engine.store import read_model, to_bytes  # noqa: E402
-from phh_tui import cli  # noqa: E402
+from phh_tui import cli, cli_scoreboard  # noqa: E402
 
 TARGET_S = 0.3
+FAKE_CODEX = BENCH / "fake_codex"
 PROMPT = "Synthetic step: inspect the module assigned to this job and report what you found.\n"
 GOAL = (
     "This synthetic batch exists only to measure how fast phh can derive and print its "
@@ -79,45 +84,6 @@ GOAL = (
     "second step resumes the conversation of the first, and where a few jobs retried, failed "
     "or need an operator's attention so that every section of the scoreboard has rows. "
 ) * 4
-
-
-# A stand-in for `phh scoreboard [--batch ID] --json` with suggested fixes applied:
-#   argv: ROOT BATCH_ID|- FLAGS  where FLAGS is a comma list of
-#   json  read_model -> Model.model_validate_json(bytes) (no json.loads + validate_python)
-#   gc    gc.disable() while the index loads (it allocates ~10 objects per file read)
-#   state index reads state.json only; meta.json and final.json would be loaded lazily
-# It imports only what a scoreboard needs (no engine, runner, asyncio, jsonschema, submit).
-PROTOTYPE = r"""
-import gc, sys
-from phh_engine import index as ix
-from phh_engine.paths import Layout
-from phh_engine.models import utcnow
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
-root, batch_id, flags = sys.argv[1], sys.argv[2], set(sys.argv[3].split(","))
-orig = ix.read_model
-def read_model(path, model):
-    if "state" in flags and path.name in ("meta.json", "final.json"):
-        return None
-    if "json" not in flags:
-        return orig(path, model)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return model.model_validate_json(data)
-    except (OSError, ValueError):
-        return None
-ix.read_model = read_model
-if "gc" in flags:
-    gc.disable()
-index = ix.StoreIndex(Layout(root))
-if batch_id != "-":
-    out = batch_scoreboard(index.load_batch(batch_id), utcnow())
-else:
-    index.load()
-    out = system_scoreboard(index.batches.values(), utcnow())
-gc.enable()
-sys.stdout.write(out.model_dump_json(indent=2) + "\n")
-"""
 
 
 # ---------------------------------------------------------------- synthetic store
@@ -288,19 +254,28 @@ def _phh_cmd() -> list[str]:
 Env = dict[str, str]
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _time_rounds(cmds: list[tuple[list[str], Env]], repeat: int
-                 ) -> tuple[list[list[float]], list[int]]:
-    """Wall times per command: one warm-up each, then `repeat` rounds of one run each."""
+                 ) -> tuple[list[list[float]], list[list[float]], list[int]]:
+    """Wall and CPU (user+sys) times per command: one warm-up each, then `repeat` rounds of
+    one run each. CPU moves less than wall time when other work shares the two cores."""
     times: list[list[float]] = [[] for _ in cmds]
+    cpu: list[list[float]] = [[] for _ in cmds]
     sizes = [0] * len(cmds)
     for k in range(repeat + 1):
         for i, (argv, env) in enumerate(cmds):
+            c0 = _children_cpu()
             t0 = time.perf_counter()
             out = subprocess.run(argv, capture_output=True, check=True, env=env)
             if k:
                 times[i].append(time.perf_counter() - t0)
+                cpu[i].append(_children_cpu() - c0)
             sizes[i] = len(out.stdout)
-    return times, sizes
+    return times, cpu, sizes
 
 
 def _time_fn(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -357,19 +332,49 @@ def _profile(fn: Callable[[], object], top: int = 25) -> str:
     return buf.getvalue()
 
 
+def start_engine(root: Path, env: Env, timeout: float = 120.0) -> subprocess.Popen[bytes]:
+    """`phh run --no-ui` on the store, returned once it serves fresh scoreboard files (the
+    state `phh scoreboard` looks for: engine lock held, health.json of this run, boards
+    written since)."""
+    env = {**env, "PHH_CODEX_BIN": str(FAKE_CODEX)}
+    proc = subprocess.Popen([*_phh_cmd(), "--root", str(root), "run", "--no-ui"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    board = Layout(root).system_scoreboard
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"engine exited {proc.returncode}: "
+                             f"{proc.stderr.read().decode() if proc.stderr else ''}")
+        if cli_scoreboard.engine_board(root, None) is not None:
+            return proc
+        time.sleep(0.2)  # polling a subprocess's progress, not synchronising tests
+    proc.kill()
+    raise SystemExit(f"engine did not write fresh scoreboards within {timeout:g}s ({board})")
+
+
+def stop_engine(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="phh scoreboard latency on a synthetic store")
     ap.add_argument("--jobs", type=int, default=1000, help="jobs (x 2 steps); default 1000")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per figure; default 5")
     ap.add_argument("--profile", action="store_true",
                     help="also print -X importtime and cProfile of the in-process work")
-    ap.add_argument("--whatif", action="store_true",
-                    help="also time prototypes of the suggested fixes (see PROTOTYPE)")
+    ap.add_argument("--no-engine", action="store_true",
+                    help="skip phase 2 (the commands while a real engine serves the store)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still remove the temp dir
 
     tmp = Path(tempfile.mkdtemp(prefix="phh-bench-sb-"))
+    engine: subprocess.Popen[bytes] | None = None
     try:
         t0 = time.perf_counter()
         root, batch_id, shape = build_store(tmp, args.jobs)
@@ -398,34 +403,43 @@ def main(argv: list[str] | None = None) -> int:
              [*phh, "scoreboard", "--batch", batch_id, "--json"], env, True),
             ("python -c pass (interpreter start)", [py, "-c", "pass"], env, False),
             ("python -c 'import phh_tui.cli'", [py, "-c", "import phh_tui.cli"], env, False),
+            ("phh --help", [*phh, "--help"], env, False),
         ]
         if os.environ.get("PYTHONDONTWRITEBYTECODE"):
             cmds.append(("phh scoreboard --json, inherited env (no .pyc)",
                          [*phh, "scoreboard", "--json"], dict(os.environ), True))
-        if args.whatif:
-            cmds.append(("what-if: imports a scoreboard needs only", [
-                py, "-c", "import phh_engine.index, phh_engine.scoreboards"], env, False))
-            for flags, what in (("-", "lazy CLI imports"),
-                                ("json,gc", "+ validate_json + gc off"),
-                                ("json,gc,state", "+ state.json only")):
-                for bid, view in (("-", "system"), (batch_id, "--batch")):
-                    cmds.append((f"what-if {view:7s}: {what}",
-                                 [py, "-c", PROTOTYPE, str(root), bid, flags], env, True))
-        times, sizes = _time_rounds([(c[1], c[2]) for c in cmds], r)
-        print(f"subprocess wall time ({r} rounds after a warm-up; target {TARGET_S} s; "
-              "bytecode cached):")
-        for (label, _, _, target), t, size in zip(cmds, times, sizes, strict=True):
-            out = f"   ({size / 1024:.0f} KiB out)" if target else ""
-            print(_row(label, t, "target" if target else "") + out)
-        if args.whatif:
-            print("  (what-if rows: PROTOTYPE, i.e. `phh scoreboard` importing only what it "
-                  "needs, then each fix added)")
+
+        def report(title: str, rows: list[tuple[str, list[str], Env, bool]]) -> None:
+            times, cpu, sizes = _time_rounds([(c[1], c[2]) for c in rows], r)
+            print(f"{title} ({r} rounds after a warm-up; target {TARGET_S} s; "
+                  "bytecode cached):")
+            for (label, _, _, target), t, c, size in zip(rows, times, cpu, sizes, strict=True):
+                out = f"   ({size / 1024:.0f} KiB out)" if target else ""
+                print(_row(label, t, "target" if target else "") + out)
+                print(f"  {'':44s}   cpu {statistics.median(c) * 1000:8.1f} ms (user+sys)")
+
+        report("1. no engine: derived from the store; subprocess wall time", cmds)
+
+        if not args.no_engine:
+            t0 = time.perf_counter()
+            engine = start_engine(root, env)
+            print(f"\n(engine serving after {time.perf_counter() - t0:.1f} s; load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+            report("2. engine serving: its own files; subprocess wall time", [
+                ("phh scoreboard --json", [*phh, "scoreboard", "--json"], env, True),
+                ("phh scoreboard --batch ID --json",
+                 [*phh, "scoreboard", "--batch", batch_id, "--json"], env, True),
+                ("phh scoreboard --json --recompute",
+                 [*phh, "scoreboard", "--json", "--recompute"], env, True),
+            ])
+            stop_engine(engine)
+            engine = None
 
         layout = Layout(root)
         now = datetime.now(UTC)
 
-        def load() -> StoreIndex:
-            idx = StoreIndex(layout)
+        def load(for_scoreboards: bool = False) -> StoreIndex:
+            idx = StoreIndex(layout, for_scoreboards=for_scoreboards)
             idx.load()
             return idx
 
@@ -433,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         batch = index.batches[batch_id]
         boards = {batch_id: batch_scoreboard(batch, now)}
         print("\nin-process (median of the same runs):")
-        print(_row("StoreIndex.load()", _time_fn(load, r)))
+        print(_row("StoreIndex.load() (everything: the engine)", _time_fn(load, r)))
+        print(_row("StoreIndex(for_scoreboards=True).load()",
+                   _time_fn(lambda: load(True), r)))
         print(_row("batch_scoreboard(batch)", _time_fn(lambda: batch_scoreboard(batch, now), r)))
         print(_row("system_scoreboard(batches) (recomputes)",
                    _time_fn(lambda: system_scoreboard(index.batches.values(), now), r)))
@@ -450,11 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             print("\n-X importtime of `phh scoreboard --json` (slowest imports):")
             print("\n".join(_importtime(["--root", str(root), "scoreboard", "--json"], env)))
-            print("\ncProfile of StoreIndex.load():")
-            print(_profile(load))
+            print("\ncProfile of StoreIndex(for_scoreboards=True).load():")
+            print(_profile(lambda: load(True)))
             print("cProfile of batch_scoreboard(batch):")
             print(_profile(lambda: batch_scoreboard(batch, now)))
     finally:
+        if engine is not None:
+            stop_engine(engine)
         if args.keep:
             print(f"kept {tmp}")
         else:
