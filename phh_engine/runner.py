@@ -77,10 +77,10 @@ from .workspace import WorkspaceError, copy_tree, resolve_workspace
 
 # `trap :` keeps the wrapper alive through SIGINT/SIGTERM (the child still gets them, as
 # caught handlers reset on exec) so it can record the exit code; only SIGKILL loses it.
-_WRAPPER = (
-    'trap : INT TERM HUP; "$@"; rc=$?; '
-    'printf "%s\\n" "$rc" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$rc"'
-)
+# The code is one write of a few bytes by the printf builtin, not temp + `mv`: a reader
+# sees no file, an empty one (treated as "not recorded", like none) or the whole number,
+# and the wrapper spawns no process of its own.
+_WRAPPER = 'trap : INT TERM HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$0"; exit "$rc"'
 PROMPT_FILE = "prompt.txt"
 STATE_WRITE_MIN_INTERVAL = 1.0
 _PLACEHOLDER = re.compile(r"\{\{\s*steps\.([A-Za-z0-9._-]+)\.([a-z_]+)\s*\}\}")
