@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
 from .index import StoreIndex
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
-from .overrides import make_request, read_result
+from .overrides import make_request, read_result, replay_marks
 from .paths import Layout
 from .pointers import build_current
 from .scoreboards import batch_scoreboard, system_scoreboard
@@ -79,16 +79,19 @@ def check_step(layout: Layout, batch_id: str, job_id: str, step_id: str | None) 
 
 
 def system_view(layout: Layout) -> SystemScoreboard:
-    index = StoreIndex(layout)
+    index = StoreIndex(layout, for_scoreboards=True)
     index.load()
+    replay_marks(layout, index.batches)
     return system_scoreboard(index.batches.values(), utcnow())
 
 
 def batch_view(layout: Layout, batch_id: str) -> BatchScoreboard:
     load_meta(layout, batch_id)
-    batch = StoreIndex(layout).load_batch(batch_id)
+    index = StoreIndex(layout, for_scoreboards=True)
+    batch = index.load_batch(batch_id)
     if batch is None:
         raise missing(f"no batch {batch_id!r}")
+    replay_marks(layout, index.batches)
     return batch_scoreboard(batch, utcnow())
 
 

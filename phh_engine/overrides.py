@@ -147,5 +147,12 @@ def apply_marks(batches: Mapping[str, BatchView], res: OverrideResult) -> StepVi
     return step
 
 
+def replay_marks(layout: Layout, batches: Mapping[str, BatchView]) -> None:
+    """Every applied result onto freshly loaded views: what a reader without an engine
+    (CLI recompute, API, observer dashboard) must do to show what the engine shows."""
+    for res in list_results(layout):
+        apply_marks(batches, res)
+
+
 def is_claimed(layout: Layout, nonce: str) -> bool:
     return (overrides_dir(layout) / f"{nonce}.claim").exists()

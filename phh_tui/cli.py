@@ -240,6 +240,7 @@ def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:
     gc.disable()
     from phh_engine.index import StoreIndex
     from phh_engine.models import utcnow
+    from phh_engine.overrides import replay_marks
     from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
 
     layout = Layout(root)
@@ -250,12 +251,14 @@ def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:
         if batch is None:
             _err(f"no batch {batch_id!r} under {layout.runs}")
             return EXIT_FAIL
+        replay_marks(layout, index.batches)  # mark-failed / close, as the engine shows them
         sb = batch_scoreboard(batch, now)
         if as_json:
             sys.stdout.write(sb.model_dump_json(indent=2) + "\n")
             return EXIT_OK
         return _show_board(batch_id, sb)
     index.load()
+    replay_marks(layout, index.batches)
     sysb = system_scoreboard(index.batches.values(), now)
     if as_json:
         sys.stdout.write(sysb.model_dump_json(indent=2) + "\n")

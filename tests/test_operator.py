@@ -312,3 +312,23 @@ def test_engine_cpu_is_near_zero_when_idle(harness: Harness) -> None:
     used = sum(proc.cpu_times()[:2]) - before
     harness.stop(eng)
     assert used < 0.5, f"idle engine used {used:.2f}s CPU in ~2s"
+
+
+def test_readers_without_an_engine_show_operator_marks(harness: Harness) -> None:
+    """`phh scoreboard` recomputed from the store and the API must show a mark-failed step
+    as the engine does (failed, dependants blocked), not as ready."""
+    from phh_engine.api_ops import batch_view, system_view
+
+    bid = harness.submit([{"job_id": "j1", "steps": [
+        step("s1", final("x")), step("s2", final("y"), depends_on=["s1"])]}])
+    assert phh(harness, "mark-failed", bid, "j1", "s1", "--reason", "bad input").returncode == 0
+    harness.run()  # the engine applies the request; nothing is left to run
+    assert [r.outcome for r in list_results(harness.layout)] == ["applied"]
+    assert harness.attempts(bid, "j1", "s1") == []
+    out = phh(harness, "scoreboard", "--batch", bid, "--json", "--recompute")
+    assert out.returncode == 0, out.stderr
+    rows = {r["step_id"]: r["status"] for r in json.loads(out.stdout)["steps"]}
+    assert rows == {"s1": "failed", "s2": "blocked"}
+    api = {r.step_id: r.status for r in batch_view(harness.layout, bid).steps}
+    assert api == rows
+    assert system_view(harness.layout).batches[0].counts.failed == 1
