@@ -158,10 +158,13 @@ class Engine:
         """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
         left running for the next engine on this root to adopt."""
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():
             self._stopping = True
             return
-        loop.call_soon_threadsafe(self._stop_now, cancel_running, detach)
+        try:
+            loop.call_soon_threadsafe(self._stop_now, cancel_running, detach)
+        except RuntimeError:  # the loop closed meanwhile: the engine has already ended
+            self._stopping = True
 
     def _stop_now(self, cancel_running: bool, detach: bool = False) -> None:
         first = not self._stopping
