@@ -307,3 +307,13 @@ def test_reindex_rebuilds_current_json(harness: Harness) -> None:
                                                                                exclude_none=True)
     rebuilt.pop("updated_at")
     assert rebuilt == after
+
+
+def test_stop_after_the_engine_ended_is_a_no_op(harness: Harness) -> None:
+    """A UI may quit after the engine finished on its own (until_idle): stop() from another
+    thread must not raise because the engine's loop is closed."""
+    harness.submit([{"job_id": "j1", "steps": [step("s1", final("x"))]}])
+    eng = harness.run()
+    assert eng._loop is not None and eng._loop.is_closed()
+    eng.stop()
+    eng.stop(cancel_running=True, detach=True)
