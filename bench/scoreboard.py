@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/scoreboard.py [--jobs 1000] [--repeat 5] [--profile] [--keep]
 
-The store is made by `phh init` + `phh submit` (through the CLI entry point) and then a
-synthetic writer that lays out attempt directories exactly as the runner does (meta.json,
+The store is made by `phh init` + `phh submit` (through the CLI entry point, bench/common.py)
+and then a synthetic writer (on phh_tui.synthetic.AttemptWriter, which the dashboard's synthetic
+store uses too) that lays out attempt directories exactly as the runner does (meta.json,
 state.json, final.json, handoff.json, events, a codex_home/sessions rollout, current.json),
 built from phh's own models and serialised with `phh_engine.store.to_bytes`, but without the
 per-file fsync (that only matters for crash safety, not for what a reader sees). A few jobs
@@ -27,7 +28,6 @@ import argparse
 import contextlib
 import cProfile
 import io
-import json
 import os
 import pstats
 import resource
@@ -39,25 +39,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 if str(REPO) not in sys.path:  # `python bench/scoreboard.py` from a checkout without install
     sys.path.insert(0, str(REPO))
 
+from common import FAKE_CODEX, cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
+
 from phh_engine.index import StoreIndex  # noqa: E402
 from phh_engine.models import (  # noqa: E402
-    AttemptMeta,
     AttemptState,
     BatchMeta,
-    EnvironmentSnapshot,
-    PolicySnapshot,
-    ResumeSource,
+    ExecutionPolicy,
+    NormalizedJob,
     RunReport,
     Usage,
+    utcnow,
 )
 from phh_engine.paths import (  # noqa: E402
     CODEX_HOME,
@@ -68,15 +68,14 @@ from phh_engine.paths import (  # noqa: E402
     META,
     STATE,
     Layout,
-    run_dir_name,
 )
 from phh_engine.pointers import build_current  # noqa: E402
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
 from phh_engine.store import read_model, to_bytes  # noqa: E402
 from phh_tui import cli, cli_scoreboard  # noqa: E402
+from phh_tui.synthetic import AttemptWriter, Parent  # noqa: E402
 
 TARGET_S = 0.3
-FAKE_CODEX = BENCH / "fake_codex"
 PROMPT = "Synthetic step: inspect the module assigned to this job and report what you found.\n"
 GOAL = (
     "This synthetic batch exists only to measure how fast phh can derive and print its "
@@ -87,75 +86,44 @@ GOAL = (
 
 
 # ---------------------------------------------------------------- synthetic store
-def _cli(*argv: str) -> Any:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = cli.main(list(argv))
-    if rc != 0:
-        raise SystemExit(f"phh {' '.join(argv)} exited {rc}:\n{buf.getvalue()}")
-    return json.loads(buf.getvalue())
-
-
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
 
 
-class StoreWriter:
+class StoreWriter(AttemptWriter):
     """Attempt directories as the runner leaves them, without spawning anything."""
 
+    codex_cli_version = "0.169.0-fake"
+    phh_version = "bench"
+    host = "bench-host"
+
     def __init__(self, layout: Layout, meta: BatchMeta) -> None:
-        self.layout = layout
+        super().__init__(layout)
         self.batch = meta
-        self.seq = 0
         self.clock = meta.submitted_at
+
+    def exec_options(self, job: NormalizedJob, policy: ExecutionPolicy) -> list[str]:
+        return ["--json", "--color", "never", "-C", job.working_directory, "--sandbox",
+                policy.sandbox, "--skip-git-repo-check", "-c", 'approval_policy="never"']
 
     def attempt(self, job_index: int, step_index: int, status: str, *,
                 failure_class: str | None = None, report_status: str | None = "ok",
-                parent: tuple[str, str, str] | None = None,
-                retry_of: str | None = None, number: int = 1) -> tuple[str, str, str]:
+                parent: Parent | None = None,
+                retry_of: str | None = None, number: int = 1) -> Parent:
         """Write one terminal attempt; returns (run_id, dir path, thread id)."""
         bm = self.batch
         job = bm.jobs[job_index]
         step = job.steps[step_index]
-        self.seq += 1
-        run_id = f"r{self.seq:012x}"
-        thread = parent[2] if parent else f"0199aaaa-0000-7000-8000-{self.seq:012x}"
         started = self.clock = self.clock + timedelta(milliseconds=250)
         ended = started + timedelta(seconds=42)
-        path = self.layout.attempts_dir(bm.batch_id, job.job_id, step.step_id) / run_dir_name(
-            started, run_id)
+        meta, path, thread = self.new_attempt(bm, job_index, step_index, started=started,
+                                              parent=parent, retry_of=retry_of, number=number)
+        run_id = meta.run_id
         sessions = path / CODEX_HOME / "sessions" / "2026" / "01" / "01"
         sessions.mkdir(parents=True)
         _write(sessions / f"rollout-x-{thread}.jsonl",
                b'{"type":"session_meta","payload":{"id":"' + thread.encode() + b'"}}\n')
-        policy = bm.effective_defaults.execution_policy
-        argv = ["codex", "exec", "--json", "--color", "never", "-C", job.working_directory,
-                "--sandbox", policy.sandbox, "--skip-git-repo-check", "-c",
-                'approval_policy="never"', "-o", str(path / FINAL_TXT)]
-        if parent:
-            argv += ["resume", thread]
-        meta = AttemptMeta(
-            batch_id=bm.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
-            runner_id="local", run_dir_name=path.name, created_at=started,
-            attempt_number=number, trigger="retry" if retry_of else "scheduled",
-            invocation="resume" if parent else "exec",
-            parent_run_id=parent[0] if parent else None,
-            resume_from=ResumeSource(step_id=bm.jobs[job_index].steps[0].step_id,
-                                     selector="latest_successful",
-                                     selected_run_id=parent[0]) if parent else None,
-            resume_base_copied_from=str(Path(parent[1]) / CODEX_HOME) if parent else None,
-            codex_thread_id=thread if parent else None, retry_of=retry_of,
-            prompt_sha256=step.prompt_sha256,
-            policy_snapshot=PolicySnapshot(execution_policy=policy,
-                                           timeout_seconds=step.timeout_seconds,
-                                           retry_policy=step.retry_policy),
-            command=[*argv, "-"],
-            environment_snapshot=EnvironmentSnapshot(
-                codex_cli_version="0.169.0-fake", phh_version="bench", host="bench-host",
-                working_directory=job.working_directory, workspace_policy=job.workspace_policy,
-                workspace_root=job.working_directory),
-        )
         report: RunReport | None = None
         if report_status is not None:
             report = RunReport(schema_version="1.0.0", status=report_status,  # type: ignore[arg-type]
@@ -189,29 +157,12 @@ class StoreWriter:
                     "final_json_path": str(path / FINAL_JSON), "summary": report.summary,
                     "codex_thread_id": thread}))
         _write(path / STATE, to_bytes(state))
-        return run_id, str(path), thread
+        return run_id, path, thread
 
 
 def build_store(tmp: Path, jobs: int) -> tuple[Path, str, dict[str, int]]:
     root = tmp / "store"
-    (root / "work").mkdir(parents=True)
-    _cli("--root", str(root), "init", "--json")
-    table = {
-        "spec_version": "1.0.0",
-        "batch_goal_summary": GOAL,
-        "working_root": "work",
-        "allow_shared_directory_concurrency": True,
-        "jobs": [
-            {"job_id": f"job_{i:05d}", "steps": [
-                {"step_id": "step1", "prompt": PROMPT},
-                {"step_id": "step2", "prompt": PROMPT, "resume_from": {"step_id": "step1"}},
-            ]}
-            for i in range(jobs)
-        ],
-    }
-    src = root / "launch_table.json"
-    src.write_text(json.dumps(table))
-    batch_id = _cli("--root", str(root), "submit", str(src), "--json")["batch_id"]
+    batch_id = submit_two_step_jobs(root, jobs, goal=GOAL, prompt=PROMPT)["batch_id"]
     layout = Layout(root)
     meta = read_model(layout.batch_meta(batch_id), BatchMeta)
     assert meta is not None
@@ -237,7 +188,7 @@ def build_store(tmp: Path, jobs: int) -> tuple[Path, str, dict[str, int]]:
             shape["needs_attention"] += 1
         else:
             w.attempt(i, 1, "succeeded", parent=s1)
-    now = datetime.now(UTC)
+    now = utcnow()
     for job in meta.jobs:
         _write(layout.current(batch_id, job.job_id),
                to_bytes(build_current(layout, batch_id, job.job_id, now)))
@@ -254,11 +205,6 @@ def _phh_cmd() -> list[str]:
 Env = dict[str, str]
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _time_rounds(cmds: list[tuple[list[str], Env]], repeat: int
                  ) -> tuple[list[list[float]], list[list[float]], list[int]]:
     """Wall and CPU (user+sys) times per command: one warm-up each, then `repeat` rounds of
@@ -268,12 +214,12 @@ def _time_rounds(cmds: list[tuple[list[str], Env]], repeat: int
     sizes = [0] * len(cmds)
     for k in range(repeat + 1):
         for i, (argv, env) in enumerate(cmds):
-            c0 = _children_cpu()
+            c0 = cpu_seconds(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             out = subprocess.run(argv, capture_output=True, check=True, env=env)
             if k:
                 times[i].append(time.perf_counter() - t0)
-                cpu[i].append(_children_cpu() - c0)
+                cpu[i].append(cpu_seconds(resource.RUSAGE_CHILDREN) - c0)
             sizes[i] = len(out.stdout)
     return times, cpu, sizes
 
@@ -385,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{shape['attempts']} terminal attempts ({shape['retried']} retried, "
               f"{shape['failed']} failed, {shape['needs_attention']} needs_attention), "
               f"{files} files, built in {built:.1f} s")
-        print(f"root {root}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+        print(f"root {root}; load average {load_average()}\n")
 
         phh = [*_phh_cmd(), "--root", str(root)]
         r = args.repeat
@@ -424,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             engine = start_engine(root, env)
             print(f"\n(engine serving after {time.perf_counter() - t0:.1f} s; load average "
-                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+                  f"{load_average()})")
             report("2. engine serving: its own files; subprocess wall time", [
                 ("phh scoreboard --json", [*phh, "scoreboard", "--json"], env, True),
                 ("phh scoreboard --batch ID --json",
@@ -436,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             engine = None
 
         layout = Layout(root)
-        now = datetime.now(UTC)
+        now = utcnow()
 
         def load(for_scoreboards: bool = False) -> StoreIndex:
             idx = StoreIndex(layout, for_scoreboards=for_scoreboards)

@@ -49,6 +49,8 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:  # `python bench/throughput.py` from a checkout without install
     sys.path.insert(0, str(REPO))
 
+from common import FAKE_CODEX, cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
+
 import phh_engine.runner  # noqa: E402
 import phh_engine.store  # noqa: E402
 from phh_engine.engine import Engine, EngineEvent  # noqa: E402
@@ -58,9 +60,7 @@ from phh_engine.scheduler import Caps, ReadySet, select  # noqa: E402
 from phh_engine.schemas import default_run_report_schema_path  # noqa: E402
 from phh_engine.store import read_model  # noqa: E402
 from phh_engine.views import BatchView  # noqa: E402
-from phh_tui import cli  # noqa: E402
 
-FAKE = BENCH / "fake_codex"
 PROMPT = "Benchmark step: do nothing, then report.\n"
 GOAL = (
     "This batch exists only to measure how much time and memory the phh engine itself spends "
@@ -97,11 +97,6 @@ class Measure:
         return self.attempts / self.wall if self.wall else 0.0
 
 
-def _cpu(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
 def _maxrss_mb() -> float:
     """Peak RSS of this process. VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a
     child process forked from a big parent would report the parent's peak."""
@@ -110,13 +105,6 @@ def _maxrss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 # ---------------------------------------------------------------- what-ifs
@@ -202,54 +190,25 @@ def run_floor(tmp: Path, jobs: int, concurrency: int, fake: Path) -> Measure:
     args_file = base / "args.txt"
     args_file.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "FLOOR_SCHEMA": str(default_run_report_schema_path())}
-    c0, t0 = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+    c0, t0 = cpu_seconds(resource.RUSAGE_CHILDREN), time.perf_counter()
     with open(args_file, "rb") as stdin:
         subprocess.run(
             ["xargs", "-P", str(concurrency), "-L", "1", "sh", "-c", FLOOR_SH, str(fake)],
             stdin=stdin, env=env, check=True,
         )
     wall = time.perf_counter() - t0
-    child = _cpu(resource.RUSAGE_CHILDREN) - c0
+    child = cpu_seconds(resource.RUSAGE_CHILDREN) - c0
     ok = sum(1 for d in dirs if (d / "final.txt").is_file())
     return Measure("floor: xargs -P", wall, 0.0, child, len(dirs),
                    statuses={"final.txt written": ok})
 
 
 # ---------------------------------------------------------------- phh
-def _cli(*argv: str) -> Any:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = cli.main(list(argv))
-    if rc != 0:
-        raise SystemExit(f"phh {' '.join(argv)} exited {rc}:\n{buf.getvalue()}")
-    return json.loads(buf.getvalue())
-
-
 def prepare_phh(tmp: Path, jobs: int, *, git_artifacts: bool = True, name: str = "phh") -> Path:
     """`phh init` + `phh submit` of N two-step jobs, through the CLI entry point."""
     root = tmp / name
-    (root / "work").mkdir(parents=True)
-    _cli("--root", str(root), "init", "--json")
-    table = {
-        "spec_version": "1.0.0",
-        "batch_goal_summary": GOAL,
-        "working_root": "work",
-        "allow_shared_directory_concurrency": True,
-        "retries": {"max_attempts": 1},
-        "execution_policy": {"capture_git_artifacts": git_artifacts},
-        "jobs": [
-            {"job_id": f"job_{i:05d}", "steps": [
-                {"step_id": "step1", "prompt": PROMPT},
-                {"step_id": "step2", "prompt": PROMPT, "resume_from": {"step_id": "step1"}},
-            ]}
-            for i in range(jobs)
-        ],
-    }
-    path = root / "launch_table.json"
-    path.write_text(json.dumps(table))
-    res = _cli("--root", str(root), "submit", str(path), "--json")
-    if len(res["accepted_job_ids"]) != jobs:
-        raise SystemExit(f"submit accepted {len(res['accepted_job_ids'])} of {jobs} jobs")
+    submit_two_step_jobs(root, jobs, goal=GOAL, prompt=PROMPT, retries={"max_attempts": 1},
+                         execution_policy={"capture_git_artifacts": git_artifacts})
     return root
 
 
@@ -282,7 +241,7 @@ class _ThreadProfiles:
 
 def run_phh(root: Path, concurrency: int, *, label: str = "phh engine", pidfd: bool = False,
             profile: bool = False) -> Measure:
-    os.environ["PHH_CODEX_BIN"] = str(FAKE)
+    os.environ["PHH_CODEX_BIN"] = str(FAKE_CODEX)
     statuses: dict[str, int] = {}
 
     def on_event(ev: EngineEvent) -> None:
@@ -294,7 +253,7 @@ def run_phh(root: Path, concurrency: int, *, label: str = "phh engine", pidfd: b
     engine.setup()  # config, codex probe (3 spawns of the fake), index load, recovery
     setup = time.perf_counter() - t0
     base_rss = _maxrss_mb()
-    s0, c0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    s0, c0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     if profile:
         main = cProfile.Profile(time.thread_time)  # CPU, not wall: waits are not costs
@@ -308,9 +267,9 @@ def run_phh(root: Path, concurrency: int, *, label: str = "phh engine", pidfd: b
         asyncio.run(_serve(engine, pidfd))
         wall = time.perf_counter() - t0
     return Measure(
-        label, wall, _cpu(resource.RUSAGE_SELF) - s0, _cpu(resource.RUSAGE_CHILDREN) - c0,
-        engine.completed, peak_rss_mb=_maxrss_mb(), base_rss_mb=base_rss, setup=setup,
-        statuses=statuses,
+        label, wall, cpu_seconds(resource.RUSAGE_SELF) - s0,
+        cpu_seconds(resource.RUSAGE_CHILDREN) - c0, engine.completed,
+        peak_rss_mb=_maxrss_mb(), base_rss_mb=base_rss, setup=setup, statuses=statuses,
     )
 
 
@@ -479,15 +438,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="phh-bench-"))
     print(f"phh throughput: {n} jobs x 2 steps = {2 * n} attempts, concurrency {c}, "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, fake: bench/{FAKE.name}")
-    print(f"temp root {tmp}; load average at start {_load()} (1/5/15 min)\n")
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, fake: bench/{FAKE_CODEX.name}")
+    print(f"temp root {tmp}; load average at start {load_average()} (1/5/15 min)\n")
     try:
         # Rounds: floor, engine, then each what-if once per round, so a burst of other work
         # on a shared machine hits them alike; each keeps its fastest round.
         runs: dict[str, list[Measure]] = {}
         for k in range(max(1, args.repeat)):
             rnd = tmp / f"r{k}"
-            for m in (run_floor(rnd, n, c, FAKE), run_phh(prepare_phh(rnd, n), c)):
+            for m in (run_floor(rnd, n, c, FAKE_CODEX), run_phh(prepare_phh(rnd, n), c)):
                 runs.setdefault(m.label, []).append(m)
             shutil.rmtree(rnd, ignore_errors=True)
             for names in variants:
@@ -496,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         best = [min(ms, key=lambda m: m.wall) for ms in runs.values()]
         floor, phh = best[0], best[1]
         if args.repeat > 1:
-            print(f"rounds (wall s; fastest kept) at load {_load()}:")
+            print(f"rounds (wall s; fastest kept) at load {load_average()}:")
             for label, ms in runs.items():
                 print(f"  {label[:58]:58s} " + " ".join(f"{m.wall:6.2f}" for m in ms))
             print()
@@ -513,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(_table(rows, floor)))
         print("\nscheduler pass cost per wake:")
         print("\n".join(select_cost(prepare_phh(tmp, n, name="phh-select"))))
-        print(f"\nload average at end {_load()} (1/5/15 min; > 2 means other work shared "
+        print(f"\nload average at end {load_average()} (1/5/15 min; > 2 means other work shared "
               "these 2 CPUs)")
         if args.profile:
             prof = {x for x in args.profile_with.split(",") if x}

@@ -4,6 +4,9 @@ fixed clock, so the pictures are deterministic) and by `bench/tui.py` (2,000 ste
 
 Every job has two steps, `diagnose` and `implement` (which resumes `diagnose`). Job *i* plays
 story `i % 10`, so any ten consecutive jobs show every state the dashboard can draw.
+
+`AttemptWriter` (an attempt's ids, directory and meta.json) is shared with
+`bench/scoreboard.py`, which writes a larger store of its own shape.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from phh_engine.models import (
     AttemptState,
     BatchMeta,
     EnvironmentSnapshot,
+    ExecutionPolicy,
     HarnessSettings,
+    NormalizedJob,
     PolicySnapshot,
     ResumeSource,
     RunReport,
@@ -95,14 +100,75 @@ def _events(command: str, *, message: str | None, usage: Usage | None,
     return b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in evs)
 
 
-class SyntheticStore:
+Parent = tuple[str, Path, str]
+"""The attempt a resume continues: (run_id, attempt directory, Codex thread id)."""
+
+
+class AttemptWriter:
+    """Starts attempts as the runner does: a run id, the Codex thread (the parent's when
+    resuming, else a new one), the attempt directory's path and meta.json's AttemptMeta.
+    Subclasses write the directory. The class attributes are the environment the attempts say
+    they ran in."""
+
+    codex_cli_version = "0.130.0"
+    phh_version = "0.1.0"
+    host = "synthetic-host"
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.seq = 0
+
+    def exec_options(self, job: NormalizedJob, policy: ExecutionPolicy) -> list[str]:
+        """The `codex exec` options before `-o` in meta.json's command."""
+        return ["--json", "-C", job.working_directory, "--color", "never",
+                "--sandbox", policy.sandbox]
+
+    def new_attempt(self, meta: BatchMeta, job_index: int, step_index: int, *,
+                    started: datetime, parent: Parent | None = None,
+                    retry_of: str | None = None,
+                    number: int = 1) -> tuple[AttemptMeta, Path, str]:
+        """The next attempt's AttemptMeta, its directory (not created yet) and thread id."""
+        job = meta.jobs[job_index]
+        step = job.steps[step_index]
+        self.seq += 1
+        run_id = f"r{self.seq:012x}"
+        thread = parent[2] if parent else f"0199aaaa-0000-7000-8000-{self.seq:012x}"
+        path = self.layout.attempts_dir(meta.batch_id, job.job_id, step.step_id) / run_dir_name(
+            started, run_id)
+        policy = meta.effective_defaults.execution_policy
+        argv = ["codex", "exec", *self.exec_options(job, policy), "-o", str(path / FINAL_TXT)]
+        if parent:
+            argv += ["resume", thread]
+        am = AttemptMeta(
+            batch_id=meta.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
+            runner_id="local", run_dir_name=path.name, created_at=started,
+            attempt_number=number, trigger="retry" if retry_of else "scheduled",
+            invocation="resume" if parent else "exec",
+            parent_run_id=parent[0] if parent else None,
+            resume_from=ResumeSource(step_id=job.steps[0].step_id, selector="latest_successful",
+                                     selected_run_id=parent[0]) if parent else None,
+            resume_base_copied_from=str(parent[1] / CODEX_HOME) if parent else None,
+            codex_thread_id=thread if parent else None, retry_of=retry_of,
+            prompt_sha256=step.prompt_sha256,
+            policy_snapshot=PolicySnapshot(execution_policy=policy,
+                                           timeout_seconds=step.timeout_seconds,
+                                           retry_policy=step.retry_policy),
+            command=[*argv, "-"],
+            environment_snapshot=EnvironmentSnapshot(
+                codex_cli_version=self.codex_cli_version, phh_version=self.phh_version,
+                host=self.host, working_directory=job.working_directory,
+                workspace_policy=job.workspace_policy, workspace_root=job.working_directory),
+        )
+        return am, path, thread
+
+
+class SyntheticStore(AttemptWriter):
     """Writes one batch and its attempts; `now` fixes every timestamp."""
 
     def __init__(self, root: Path, now: datetime = FIXED_NOW) -> None:
+        super().__init__(Layout(root))
         self.root = root
-        self.layout = Layout(root)
         self.now = now
-        self.seq = 0
 
     def batch(self, jobs: int, batch_id: str = "batch_synthetic",
               submitted_at: datetime | None = None, stories: tuple[str, ...] = STORIES) -> str:
@@ -165,48 +231,21 @@ class SyntheticStore:
         # "ready": no attempts at all
 
     def attempt(self, meta: BatchMeta, job_index: int, step_index: int, status: str, *,
-                started: datetime, parent: tuple[str, Path, str] | None = None,
+                started: datetime, parent: Parent | None = None,
                 failure_class: str | None = None, retry_of: str | None = None,
                 number: int = 1, heartbeat: datetime | None = None,
                 diff: bool = False) -> tuple[str, Path, str]:
         """One attempt directory; returns (run_id, path, thread id)."""
+        am, path, thread = self.new_attempt(meta, job_index, step_index, started=started,
+                                            parent=parent, retry_of=retry_of, number=number)
+        run_id = am.run_id
         job = meta.jobs[job_index]
         step = job.steps[step_index]
-        self.seq += 1
-        run_id = f"r{self.seq:012x}"
-        thread = parent[2] if parent else f"0199aaaa-0000-7000-8000-{self.seq:012x}"
-        path = self.layout.attempts_dir(meta.batch_id, job.job_id, step.step_id) / run_dir_name(
-            started, run_id)
         terminal = status not in ("queued", "running")
         ended = started + timedelta(seconds=42 + job_index % 7) if terminal else None
         (path / CODEX_HOME).mkdir(parents=True)
         if terminal and status != "canceled":
             (path / CODEX_HOME / "sessions").mkdir()
-        policy = meta.effective_defaults.execution_policy
-        argv = ["codex", "exec", "--json", "-C", job.working_directory, "--color", "never",
-                "--sandbox", policy.sandbox, "-o", str(path / FINAL_TXT)]
-        if parent:
-            argv += ["resume", thread]
-        am = AttemptMeta(
-            batch_id=meta.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
-            runner_id="local", run_dir_name=path.name, created_at=started,
-            attempt_number=number, trigger="retry" if retry_of else "scheduled",
-            invocation="resume" if parent else "exec",
-            parent_run_id=parent[0] if parent else None,
-            resume_from=ResumeSource(step_id=job.steps[0].step_id, selector="latest_successful",
-                                     selected_run_id=parent[0]) if parent else None,
-            resume_base_copied_from=str(parent[1] / CODEX_HOME) if parent else None,
-            codex_thread_id=thread if parent else None, retry_of=retry_of,
-            prompt_sha256=step.prompt_sha256,
-            policy_snapshot=PolicySnapshot(execution_policy=policy,
-                                           timeout_seconds=step.timeout_seconds,
-                                           retry_policy=step.retry_policy),
-            command=[*argv, "-"],
-            environment_snapshot=EnvironmentSnapshot(
-                codex_cli_version="0.130.0", phh_version="0.1.0", host="synthetic-host",
-                working_directory=job.working_directory, workspace_policy=job.workspace_policy,
-                workspace_root=job.working_directory),
-        )
         report: RunReport | None = None
         if status in ("succeeded", "failed"):
             report = RunReport(
