@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from rich.text import Text
 from textual import work
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.message import Message
@@ -142,6 +142,10 @@ class PhhApp(App[int]):
         self._min_interval = MIN_REFRESH_SECONDS
         self._ticks = 0
         self._backend_worker: Worker[None] | None = None
+        # Set when the backend thread has returned. Textual's worker state cannot tell: its
+        # cancel_all() at the end of the message loop marks a thread worker CANCELLED while
+        # the thread (the engine, or the store watcher) runs on until it is stopped.
+        self.backend_done = threading.Event()
         # what happened, for tests and the status line
         self.refreshes = 0
         self.alert_log: list[Alert] = []
@@ -157,23 +161,26 @@ class PhhApp(App[int]):
         self._start_backend()
 
     def _start_backend(self) -> None:
-        self._backend_worker = self._serve_backend()
+        self.backend_done = threading.Event()
+        self._backend_worker = self._serve_backend(self.backend, self.backend_done)
 
     @work(thread=True, group="engine", exit_on_error=False, name="engine")
-    def _serve_backend(self) -> None:
+    def _serve_backend(self, backend: Backend, done: threading.Event) -> None:
         """Thread worker: setup (index load, recovery), then `asyncio.run(engine.serve())`
         with the runs watcher on the same loop, until stopped."""
-        backend = self.backend
         try:
-            if isinstance(backend, EngineBackend):
-                backend.setup()
-            elif isinstance(backend, StoreBackend):
-                backend.load()
-        except Exception as exc:
-            self.post_message(BackendState(False, exc))
-            return
-        self.post_message(BackendState(True))
-        backend.serve(self.store_changed)
+            try:
+                if isinstance(backend, EngineBackend):
+                    backend.setup()
+                elif isinstance(backend, StoreBackend):
+                    backend.load()
+            except Exception as exc:
+                self.post_message(BackendState(False, exc))
+                return
+            self.post_message(BackendState(True))
+            backend.serve(self.store_changed)
+        finally:
+            done.set()
 
     def on_backend_state(self, msg: BackendState) -> None:
         if msg.up:
@@ -195,9 +202,12 @@ class PhhApp(App[int]):
             self.notify(f"cannot read the store: {err}", severity="error", timeout=10)
 
     def on_unmount(self) -> None:
-        """Never leave the engine thread behind: the process would not exit."""
-        if self.quitting is None and self._backend_worker is not None and \
-                not self._backend_worker.is_finished:
+        """Never leave the backend thread behind: it runs in the app loop's default executor,
+        which `asyncio.run` (and pytest-asyncio) join on the way out, so the process would
+        hang there. Ask `backend_done`, not the worker: by now Textual has usually marked the
+        worker CANCELLED (always so after an exception in a handler), thread still running.
+        Stopping a backend that already returned is harmless."""
+        if self.quitting is None and not self.backend_done.is_set():
             self.left_running = self.backend.running_here()
             self.backend.stop(cancel_running=self.exit_policy == "cancel",
                               detach=self.exit_policy != "cancel")
@@ -237,10 +247,24 @@ class PhhApp(App[int]):
         self._ticks += 1
         if self._ticks % FULL_REFRESH_TICKS == 0:
             self.mark_dirty(None)
-        screen = self.screen
-        if isinstance(screen, PhhScreen) and self.board is not None and screen.is_mounted:
+        screen = self.phh_screen()
+        if screen is not None and self.board is not None and screen.is_mounted:
             with contextlib.suppress(NoMatches):  # a screen on its way out
                 screen.tick(self.clock())
+
+    def phh_screen(self) -> PhhScreen | None:
+        """The active system/batch/step screen; None under a dialog, and once the app shuts
+        down (`is_running` turns False first): Textual then prunes the screens, widgets first,
+        while the message queue still drains, and a board computed in its thread or a tick
+        still arrives. Updating a screen then raises (ScreenStackError with the stack empty,
+        NoMatches on a half-pruned screen) and ends the app with an error."""
+        if not self.is_running:
+            return None
+        try:
+            screen = self.screen
+        except ScreenStackError:
+            return None
+        return screen if isinstance(screen, PhhScreen) else None
 
     # ------------------------------------------------------------ refresh
     def request_refresh(self) -> None:
@@ -316,9 +340,14 @@ class PhhApp(App[int]):
                 self._alert(alert)
             if msg.alerts and self.alerts == "bell":
                 self.bell()
-            screen = self.screen
-            if isinstance(screen, PhhScreen):
-                screen.show(msg.board)
+            screen = self.phh_screen()
+            if screen is not None and screen.is_mounted:
+                with contextlib.suppress(NoMatches):  # a screen on its way out
+                    screen.show(msg.board)
+            elif screen is not None:
+                # just pushed, still composing (show would find no widgets): its on_mount
+                # draws self.board; one more refresh covers a board that lands in between
+                self._pending = True
         if self._pending:
             self._pending = False
             self.request_refresh()

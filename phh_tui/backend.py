@@ -29,9 +29,9 @@ from phh_engine.index import CLOSED_MARKER, StoreIndex
 from phh_engine.overrides import (
     OverrideResult,
     apply_marks,
-    list_results,
     make_request,
     read_result,
+    replay_marks,
 )
 from phh_engine.paths import FINAL_JSON, META, STATE, Layout, run_id_of
 from phh_engine.views import BatchView
@@ -226,8 +226,10 @@ class Backend:
         raise NotImplementedError
 
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
+        """Any thread, any time, more than once: before `serve`, while serving, or after."""
         if self.watcher is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.watcher.stop)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: it already ended
+                self._loop.call_soon_threadsafe(self.watcher.stop)
 
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -283,7 +285,7 @@ class EngineBackend(Backend):
                 await asyncio.wait_for(watch, 5)
 
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
-        self.engine.stop(cancel_running=cancel_running, detach=detach)
+        self.engine.stop(cancel_running=cancel_running, detach=detach)  # safe after it ended
 
     async def request(self, action: str, batch_id: str, job_id: str | None = None,
                       step_id: str | None = None, **kw: Any) -> Outcome:
@@ -308,8 +310,7 @@ class StoreBackend(Backend):
 
     def load(self) -> None:
         self.index.load()
-        for res in list_results(self.layout):
-            apply_result(self.index, res)
+        replay_marks(self.layout, self.index.batches)
 
     def serve(self, on_change: Callable[[set[str]], None]) -> None:
         if not self.watch:

@@ -19,7 +19,7 @@ from textual.pilot import Pilot
 from textual.widgets import RichLog, TabbedContent
 
 from phh_engine.views import StepView
-from phh_tui.app import PhhApp
+from phh_tui.app import BoardReady, PhhApp
 from phh_tui.backend import StoreBackend
 from phh_tui.dialogs import KEYS, ConfirmScreen, HelpScreen, PromptScreen, QuitScreen
 from phh_tui.screens import BatchScreen, StepScreen, SystemScreen
@@ -386,6 +386,76 @@ async def test_quit_leave_running_detaches(harness: Harness) -> None:
     await asyncio.to_thread(harness.run)
     assert harness.state(att)["status"] == "succeeded"
     assert any(e.kind == "adopted" for e in harness.events)
+
+
+async def shut_down_racing(app: PhhApp) -> None:
+    """Run the app, then shut it down the way that used to hang a full test run now and then:
+    Textual prunes every screen before it drains the message queue, its cancel_all() marks
+    the backend's thread worker CANCELLED while the thread runs on, and a board computed in
+    its thread meanwhile still arrives. The board must not crash the app (ScreenStackError,
+    NoMatches on a half-pruned screen) and the backend thread must still be stopped: it runs
+    in the test loop's executor, which the loop's teardown joins forever (with no timeout:
+    pytest-timeout and faulthandler_timeout stand down once a test has failed)."""
+    close_all = app._close_all
+
+    async def close_all_then_race() -> None:
+        app.post_message(BoardReady(app.board, []))  # arrives while screens are pruned
+        await close_all()
+        app.workers.cancel_all()
+        for _ in range(100):  # a few loop turns: the worker's task sees its cancellation
+            if app._backend_worker is not None and app._backend_worker.is_finished:
+                break
+            await asyncio.sleep(0)
+        assert app._backend_worker is not None and app._backend_worker.is_finished
+        assert not app.screen_stack and not app.backend_done.is_set()
+        app.post_message(BoardReady(app.board, []))
+
+    app._close_all = close_all_then_race  # type: ignore[method-assign]
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.backend_up and app.board is not None, 60,
+                        "the backend and a first board")
+            await until(pilot, lambda: app.backend._loop is not None, 30, "the backend serving")
+        assert await asyncio.to_thread(app.backend_done.wait, 60), \
+            "the app exited with its backend thread still running"
+    finally:
+        app.backend.stop(cancel_running=True)  # a regression fails above instead of hanging
+
+
+async def test_shutdown_race_stops_the_engine(harness: Harness) -> None:
+    harness.submit([{"job_id": "j1", "steps": [step("s1", final(), prompt="tui-race")]}])
+    app = make_app(harness)
+    await shut_down_racing(app)
+    assert not app.backend.serving  # type: ignore[attr-defined]
+
+
+async def test_shutdown_race_stops_the_store_watcher(tmp_path: Path) -> None:
+    from phh_tui.synthetic import build
+
+    root = tmp_path.resolve()
+    build(root, jobs=3)
+    app = PhhApp(root, backend=StoreBackend(root), alerts="off")
+    await shut_down_racing(app)
+
+
+async def test_board_while_a_screen_composes(tmp_path: Path) -> None:
+    """A board that lands between push_screen and the new screen's compose (the board thread
+    finishing right after `enter`, easy on a loaded machine) is drawn by the screen's
+    on_mount, not pushed into widgets that do not exist yet (NoMatches ended the app)."""
+    from phh_tui.synthetic import build
+
+    root = tmp_path.resolve()
+    bid = build(root, jobs=3)
+    app = PhhApp(root, backend=StoreBackend(root), alerts="off")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.board is not None and bid in app.board.batches,
+                    what="a first board")
+        screen = BatchScreen(bid)
+        app.push_screen(screen)
+        assert app.screen is screen and not screen.is_mounted
+        app.on_board_ready(BoardReady(app.board, []))  # as the message would, right now
+        await until(pilot, lambda: screen.is_mounted and screen.sb is not None,
+                    what="the batch drawn once mounted")
 
 
 # ---------------------------------------------------------------- live updates & attention
