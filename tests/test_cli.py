@@ -194,7 +194,9 @@ def test_run_with_api_serves_beside_the_engine(harness: Harness) -> None:
     first = proc.stderr.readline()
     assert f"API on http://127.0.0.1:{port}" in first, first
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-        health = wait_for(lambda: c.get("/v1/health").json(), 30, "api up")
+        # the API answers before the engine has finished setting up: wait for it to serve
+        health = wait_for(lambda: (h := c.get("/v1/health").json()).get("engine_serving")
+                          and h, 60, "the engine serving behind the API")
         assert health["engine_serving"] is True
         running = wait_for(lambda: c.get(f"/v1/batches/{bid}").json()["running"], 60,
                            "a running step visible through the API")
