@@ -23,19 +23,14 @@ lint: setup
 	$(BIN)/lint-imports
 
 # pytest exits 5 when it collected no test: that fails the target on purpose.
-# A failure is re-run once (only the failed tests): a few tests are timing-sensitive on a
-# loaded 2-core machine; a real failure fails both runs. The dashboard key tests run on
-# their own under a hard time limit: one of them has hung intermittently in full-suite
-# runs (open issue), and a hang must not eat CI's whole budget.
+# A failure is re-run once (only the failed tests), and the rerun is printed: a few
+# end-to-end tests (real Codex, tmux, a real engine beside the API) wait on a loaded 2-core
+# machine; a real failure fails both runs. The outer timeout turns a hang into a failure
+# instead of eating CI's budget (each test also has pytest-timeout's 300 s).
 test: setup lint
-	$(BIN)/pytest -q --ignore=tests/test_tui_keys.py || { \
+	timeout -k 10 1800 $(BIN)/pytest -q || { \
 		echo "== re-running only the failed tests once =="; \
-		$(BIN)/pytest -q --ignore=tests/test_tui_keys.py --lf --lfnf=none; }
-	for i in 1 2 3; do \
-		timeout -k 10 600 $(BIN)/pytest -q -p no:cacheprovider tests/test_tui_keys.py \
-			&& exit 0; \
-		echo "== dashboard key tests: attempt $$i failed or hung =="; \
-	done; exit 1
+		timeout -k 10 900 $(BIN)/pytest -q --lf --lfnf=none; }
 
 demo: setup
 	$(BIN)/phh demo
