@@ -56,7 +56,7 @@ from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
-from .scheduler import Caps, ReadySet, Selection, select
+from .scheduler import Caps, ReadySet, Selection, running_counts, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
 from .store import (
@@ -328,15 +328,7 @@ class Engine:
     def _check_selection(self, sel: Selection, caps: Caps, now: datetime) -> None:
         """PHH_CHECK_SCHEDULER=1 (the test suite): the incremental answer must equal a full
         pass; a missed `touch` would otherwise show up as a step that silently never starts."""
-        by_batch: dict[str, int] = {}
-        by_dir: dict[str, int] = {}
-        for batch in self.index.batches.values():
-            for job, step in batch.steps():
-                if step.in_flight is not None:
-                    by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + 1
-                    if job.spec.workspace_policy == "shared":
-                        wd = job.spec.working_directory
-                        by_dir[wd] = by_dir.get(wd, 0) + 1
+        by_batch, by_dir = running_counts(self.index.batches.values())
         full = select(self.index.batches.values(), now, Caps(
             free_slots=caps.free_slots, runner_id=caps.runner_id,
             available_runners=caps.available_runners, per_workdir=caps.per_workdir,
@@ -401,7 +393,6 @@ class Engine:
         batch = self.index.batches.get(batch_id)
         if batch is None:
             return
-        self._ready.touch(batch_id, job_id)
         adir = self.layout.attempts_dir(batch_id, job_id, step_id)
         with contextlib.suppress(FileNotFoundError):
             for d in sorted(adir.iterdir()):
@@ -976,7 +967,6 @@ class Engine:
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():
             self._dirty.add(bid)
-            self._ready.touch_batch(bid)
             batch = self.index.batches[bid]
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))

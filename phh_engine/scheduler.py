@@ -65,6 +65,21 @@ def runs_here(job: JobView, step: StepView, runner_id: str | None,
     return True
 
 
+def running_counts(batches: Iterable[BatchView]) -> tuple[dict[str, int], dict[str, int]]:
+    """Steps in flight per batch and per shared working directory (isolated jobs use their
+    own checkout): a full walk, the reference for ReadySet's running sums."""
+    by_batch: dict[str, int] = {}
+    by_dir: dict[str, int] = {}
+    for batch in batches:
+        for job, step in batch.steps():
+            if step.in_flight is not None:
+                by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + 1
+                if job.spec.workspace_policy == "shared":
+                    wd = job.spec.working_directory
+                    by_dir[wd] = by_dir.get(wd, 0) + 1
+    return by_batch, by_dir
+
+
 def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None,
                 available_runners: set[str] | None = None
                 ) -> tuple[list[Candidate], datetime | None]:
@@ -156,8 +171,8 @@ class ReadySet:
     batch O(steps^2). Here the engine reports what changed (`touch*`); readiness is
     per job (dependencies and resume sources never cross jobs), so only touched jobs and
     jobs whose backoff expired are recomputed, and running counts are kept as running sums.
-    Anything the engine cannot pin to a job (operator marks, runner availability, batches
-    appearing or going) is a `touch_all()`.
+    Batches appearing or going and closed flags are noticed here (a rebuild); anything else
+    the engine cannot pin to a job (operator marks, runner availability) is a `touch_all()`.
     """
 
     def __init__(self) -> None:
@@ -167,7 +182,6 @@ class ReadySet:
         self._ncands: dict[str, int] = {}
         self._order: dict[str, dict[str, int]] = {}
         self._dirty: set[tuple[str, str]] = set()
-        self._dirty_batches: set[str] = set()
         self._all = True
         self._wakes: list[tuple[datetime, str, str]] = []
         #: the batches (and their closed flags) the entries were computed for
@@ -178,9 +192,6 @@ class ReadySet:
 
     def touch(self, batch_id: str, job_id: str) -> None:
         self._dirty.add((batch_id, job_id))
-
-    def touch_batch(self, batch_id: str) -> None:
-        self._dirty_batches.add(batch_id)
 
     def touch_all(self) -> None:
         self._all = True
@@ -199,11 +210,6 @@ class ReadySet:
         while self._wakes and self._wakes[0][0] <= now:
             _, bid, jid = heapq.heappop(self._wakes)
             self._dirty.add((bid, jid))
-        for bid in self._dirty_batches:
-            batch = batches.get(bid)
-            if batch is not None:
-                self._dirty.update((bid, jid) for jid in batch.jobs)
-        self._dirty_batches.clear()
         dirty, self._dirty = self._dirty, set()
         for bid, jid in dirty:
             batch = batches.get(bid)
@@ -223,7 +229,6 @@ class ReadySet:
         self._order = {bid: {jid: i for i, jid in enumerate(b.jobs)}
                        for bid, b in batches.items()}
         self._dirty = {(bid, jid) for bid, b in batches.items() for jid in b.jobs}
-        self._dirty_batches.clear()
         self._all = False
 
     def _compute(self, batch: BatchView, job: JobView, now: datetime,

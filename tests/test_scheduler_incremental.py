@@ -18,22 +18,10 @@ from hypothesis import strategies as st
 from test_readiness_props import NOW, batch_views
 
 from phh_engine.models import AttemptState
-from phh_engine.scheduler import Caps, ReadySet, Selection, select
+from phh_engine.scheduler import Caps, ReadySet, Selection, running_counts, select
 from phh_engine.views import AttemptView, BatchView
 
 props = settings(deadline=None, max_examples=60)
-
-
-def _running(batches: dict[str, BatchView]) -> tuple[dict[str, int], dict[str, int]]:
-    by_batch: dict[str, int] = {}
-    by_dir: dict[str, int] = {}
-    for bid, b in batches.items():
-        for job, step in b.steps():
-            if step.in_flight is not None:
-                by_batch[bid] = by_batch.get(bid, 0) + 1
-                wd = job.spec.working_directory
-                by_dir[wd] = by_dir.get(wd, 0) + 1
-    return by_batch, by_dir
 
 
 def _key(sel: Selection) -> list[tuple[str, str, str, str]]:
@@ -43,7 +31,7 @@ def _key(sel: Selection) -> list[tuple[str, str, str, str]]:
 
 def _compare(rs: ReadySet, batches: dict[str, BatchView], now: object, free: int) -> None:
     rs.refresh(batches, now, "r1", None)  # type: ignore[arg-type]
-    by_batch, by_dir = _running(batches)
+    by_batch, by_dir = running_counts(batches.values())
     assert {k: v for k, v in rs.running_by_batch.items() if v} == by_batch
     assert {k: v for k, v in rs.running_by_workdir.items() if v} == by_dir
     caps = Caps(free_slots=free, runner_id="r1", running_by_batch=by_batch,
