@@ -304,18 +304,11 @@ class _ChildHandle(_Handle):
         return await asyncio.shield(self._done)
 
     async def _wait(self) -> int | None:
-        loop = asyncio.get_running_loop()
         try:
             fd = os.pidfd_open(self.pid)
         except (OSError, AttributeError):  # no pidfds: wait in a worker thread
             return await asyncio.to_thread(self.proc.wait)
-        ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        await _exited(fd)
         return self.proc.wait()  # exited: reaps at once
 
 
@@ -325,10 +318,8 @@ class _AdoptedHandle(_Handle):
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._done: asyncio.Future[None] | None = None
 
     async def wait(self) -> int | None:
-        loop = asyncio.get_running_loop()
         if self.pid <= 0:
             return None  # it already ended (its exit code is on disk)
         try:
@@ -337,14 +328,20 @@ class _AdoptedHandle(_Handle):
             while _pid_running(self.pid):
                 await asyncio.sleep(0.5)
             return None
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
-            os.close(fd)
+        await _exited(fd)
         return None
+
+
+async def _exited(pidfd: int) -> None:
+    """Wait on the loop until a pidfd is readable (its process exited); closes it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 def _pid_running(pid: int) -> bool:
