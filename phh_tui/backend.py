@@ -65,12 +65,6 @@ def _interesting(_change: Any, path: str) -> bool:
             or name.endswith(".result.json"))
 
 
-def apply_result(index: StoreIndex, res: OverrideResult) -> None:
-    """Mirror what an engine's applied override left on the views (observer mode only: an
-    in-process engine does this itself)."""
-    apply_marks(index.batches, res)
-
-
 class RunsWatcher:
     """Keeps an index current with writes made by other processes; calls `on_change(batch_ids)`
     after each burst. Runs on the loop that owns the index."""
@@ -132,7 +126,7 @@ class RunsWatcher:
                 if self.observer and len(parts) == 3 and parts[2].endswith(".result.json"):
                     res = read_result(self.layout, parts[2][: -len(".result.json")])
                     if res is not None:
-                        apply_result(self.index, res)
+                        apply_marks(self.index.batches, res)
                         dirty.add(res.batch_id)
                 continue
             bid = parts[0]
@@ -344,7 +338,7 @@ class StoreBackend(Backend):
         while time.monotonic() < deadline:
             res = read_result(self.layout, req.nonce)
             if res is not None:
-                apply_result(self.index, res)
+                apply_marks(self.index.batches, res)
                 return Outcome.of(res)
             time.sleep(0.05)
         return Outcome("pending", f"{action}: no result from the engine within "
