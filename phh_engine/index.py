@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -139,6 +139,23 @@ class StoreIndex:
                 step.attempts = attempts
         self.batches[batch_id] = batch
         return batch
+
+    def input_paths(self, batch_ids: Iterable[str]) -> list[str]:
+        """What a scoreboard derivation from this index read, relative to runs/: the
+        overrides, each batch's meta and closed marker, each step's attempts directory and
+        each attempt's directory, state.json and resume base (the derivation's whole input
+        for the cache in phh_tui/cli_scoreboard.py; same joins as `_load_batch`)."""
+        out = [f"{self.layout.system.name}/overrides"]
+        for bid in batch_ids:
+            out += [f"{bid}/{self.layout.batch_meta(bid).name}", f"{bid}/{CLOSED_MARKER}"]
+            for job in self.batches[bid].jobs.values():
+                for step in job.steps.values():
+                    adir = f"{bid}/{job.job_id}/steps/{step.step_id}/attempts"
+                    out.append(adir)
+                    for a in step.attempts:
+                        p = f"{adir}/{a.dir_name}"
+                        out += [p, f"{p}/{STATE}", f"{p}/{CODEX_HOME}/sessions"]
+        return out
 
     def put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
         """Apply one attempt's new facts (own writes pass the object; O(attempts of step))."""

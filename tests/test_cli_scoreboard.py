@@ -10,7 +10,9 @@ stopped rewriting, must never be shown.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import types
 import typing
 from datetime import UTC, datetime, timedelta
@@ -25,10 +27,11 @@ from test_scoreboards import NOW, ResumeFrom, ResumeSource, add, batch, meta_for
 from test_scoreboards import step as spec_step
 
 from phh_engine.harness_config import materialize
-from phh_engine.index import StoreIndex
-from phh_engine.models import BatchScoreboard, RunnerHealth, SystemScoreboard
+from phh_engine.index import CLOSED_MARKER, StoreIndex
+from phh_engine.models import AttemptState, BatchScoreboard, RunnerHealth, SystemScoreboard
 from phh_engine.models.scoreboard import SystemNote
-from phh_engine.paths import Layout
+from phh_engine.overrides import OverrideResult, new_nonce, write_result
+from phh_engine.paths import Layout, run_id_of
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
 from phh_engine.store import atomic_write_json, to_bytes
 from phh_engine.submit import submit
@@ -253,6 +256,111 @@ def test_human_output_says_where_it_came_from(store: Store) -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert store.batch_id in out.stdout and "serving engine's scoreboard file" in out.stdout
+
+
+# ---------------------------------------------------------------- the derived view's cache
+def backdate(root: Path, seconds: float = 60.0) -> None:
+    """Every file and directory under runs/ as if untouched for `seconds` (a finished run
+    looked at later), without waiting."""
+    t = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(root / "runs"):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (t, t))
+
+
+def put_attempt(store: Store, status: str, name: str = "20260101T000000Z_r1",
+                **fields: Any) -> Path:
+    at = now() - timedelta(minutes=10)
+    d = store.layout.attempts_dir(store.batch_id, "j1", "s1") / name
+    d.mkdir(parents=True, exist_ok=True)
+    ended = None if status == "running" else at
+    atomic_write_json(d / "state.json", AttemptState(
+        batch_id=store.batch_id, job_id="j1", step_id="s1", run_id=run_id_of(name),
+        runner_id="local", status=status, updated_at=at, started_at=at, last_heartbeat_at=at,
+        ended_at=ended, **fields))
+    return d
+
+
+def result(store: Store, action: str) -> OverrideResult:
+    return OverrideResult(nonce=new_nonce(), action=action, batch_id=store.batch_id,
+                          job_id="j1", step_id="s1", outcome="applied", message="done",
+                          applied_at=now(), applied_by="test", reason="by the test")
+
+
+def _views(store: Store) -> list[tuple[str, ...]]:
+    return [(), ("--batch", store.batch_id)]
+
+
+def _but_when(board: dict[str, Any]) -> dict[str, Any]:
+    return {**board, "computed_at": None}
+
+
+def test_a_settled_store_is_derived_once_then_printed_from_the_cache(
+        store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    put_attempt(store, "succeeded", exit_code=0, turn_completed=True)
+    backdate(store.root)
+    for args in _views(store):
+        first = scoreboard(capsys, store, *args)
+        assert cli_scoreboard.cache_file(store.root, args[1] if args else None).is_file()
+        assert scoreboard(capsys, store, *args) == first  # computed_at too: not derived
+        again = scoreboard(capsys, store, *args, "--recompute")
+        assert again["computed_at"] != first["computed_at"]
+        assert _but_when(again) == _but_when(first)
+
+
+def _change(store: Store, how: str, tmp_path: Path) -> None:
+    attempt = store.layout.attempts_dir(store.batch_id, "j1", "s1") / "20260101T000000Z_r1"
+    if how == "new_attempt":
+        put_attempt(store, "succeeded", "20260101T000100Z_r2", exit_code=0, turn_completed=True)
+    elif how == "state_replaced":
+        put_attempt(store, "failed", exit_code=3, errors=["rewritten"])
+    elif how == "mark_failed":
+        write_result(store.layout, result(store, "mark_failed"))
+    elif how == "close":
+        write_result(store.layout, result(store, "close"))
+    elif how == "closed_marker":
+        (store.layout.batch_dir(store.batch_id) / CLOSED_MARKER).write_text("{}")
+    elif how == "resume_base_gone":
+        (attempt / "codex_home" / "sessions").rmdir()
+    elif how == "new_batch":
+        lt = tmp_path / "lt2.json"
+        lt.write_text(json.dumps({
+            "batch_goal_summary": GOAL, "working_root": str(tmp_path),
+            "jobs": [{"job_id": "j2", "steps": [{"step_id": "s1", "prompt": "p"}]}]}))
+        submit(store.layout, lt)
+
+
+@pytest.mark.parametrize("how", ["new_attempt", "state_replaced", "mark_failed", "close",
+                                 "closed_marker", "resume_base_gone", "new_batch"])
+def test_any_change_to_what_the_view_read_derives_it_again(
+        store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path, how: str) -> None:
+    attempt = put_attempt(store, "failed", exit_code=1, errors=["red"])
+    (attempt / "codex_home" / "sessions").mkdir(parents=True)
+    write_result(store.layout, result(store, "retry"))  # the overrides directory exists
+    backdate(store.root)
+    before = {args: scoreboard(capsys, store, *args) for args in _views(store)}
+    assert all(scoreboard(capsys, store, *a) == b for a, b in before.items())  # cached
+    _change(store, how, tmp_path)
+    for args, board in before.items():
+        out = scoreboard(capsys, store, *args)
+        assert _but_when(out) == _but_when(scoreboard(capsys, store, *args, "--recompute"))
+        if args and how == "new_batch":  # another batch: this view's inputs are unchanged
+            assert out == board
+        else:
+            assert out["computed_at"] != board["computed_at"], (how, args)  # derived again
+
+
+def test_a_store_that_just_changed_or_is_running_is_not_cached(
+        store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    put_attempt(store, "succeeded", exit_code=0, turn_completed=True)
+    scoreboard(capsys, store)  # written a moment ago: it may still be changing
+    assert not cli_scoreboard.cache_file(store.root, None).exists()
+    put_attempt(store, "running", "20260101T000100Z_r2")
+    backdate(store.root)
+    for args in _views(store):  # heartbeat ages and durations follow the clock
+        first = scoreboard(capsys, store, *args)
+        assert first["computed_at"] != scoreboard(capsys, store, *args)["computed_at"]
+        assert not cli_scoreboard.cache_file(store.root, args[1] if args else None).exists()
 
 
 # ---------------------------------------------------------------- a real engine
