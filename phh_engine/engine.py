@@ -268,6 +268,8 @@ class Engine:
             self._write_scoreboards(all_batches=True)
             with contextlib.suppress(OSError):
                 self._write_health(stopped=True)
+            if self.runner is not None:
+                self.runner.close()
             if self._runner_lock is not None:
                 self._runner_lock.release()
 

@@ -14,23 +14,13 @@ from pydantic import BaseModel
 
 from .models import AttemptMeta, AttemptState, BatchMeta, RunReport
 from .paths import CODEX_HOME, FINAL_JSON, META, STATE, Layout, run_id_of
+from .store import read_model
 from .views import AttemptView, BatchView
 
 log = logging.getLogger(__name__)
 CLOSED_MARKER = "closed.json"
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def _read(path: str | Path, model: type[M]) -> M | None:
-    """`store.read_model`'s contract (missing, unparsable or invalid -> None), but the bytes
-    go straight to pydantic's JSON validator: no json.loads + validate_python round trip."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return model.model_validate_json(data)
-    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
-        return None
 
 
 @contextmanager
@@ -48,17 +38,17 @@ def _bulk() -> Iterator[None]:
 
 def _load(path: Path, name: str, p: str, meta: bool, report: bool) -> AttemptView:
     """One attempt from its directory (`p` is `str(path)`, `name` its last part)."""
-    state = _read(f"{p}/{STATE}", AttemptState)
+    state = read_model(f"{p}/{STATE}", AttemptState)
     view = AttemptView(
         run_id=run_id_of(name),
         dir_name=name,
         path=path,
-        meta=_read(f"{p}/{META}", AttemptMeta) if meta else None,
+        meta=read_model(f"{p}/{META}", AttemptMeta) if meta else None,
         state=state,
     )
     if view.terminal:
         if report:
-            view.report = _read(f"{p}/{FINAL_JSON}", RunReport)
+            view.report = read_model(f"{p}/{FINAL_JSON}", RunReport)
         view.resume_base_ready = os.path.isdir(f"{p}/{CODEX_HOME}/sessions")
     return view
 
@@ -104,7 +94,7 @@ class StoreIndex:
             return self._load_batch(batch_id)
 
     def _load_batch(self, batch_id: str) -> BatchView | None:
-        meta = _read(self.layout.batch_meta(batch_id), BatchMeta)
+        meta = read_model(self.layout.batch_meta(batch_id), BatchMeta)
         if meta is None:
             return None
         batch = BatchView.from_meta(meta)
@@ -132,9 +122,9 @@ class StoreIndex:
                         continue
                     view = _load(base / n, n, p, False, False)
                     if i == last or not view.terminal:  # what the step's rows show
-                        view.meta = _read(f"{p}/{META}", AttemptMeta)
+                        view.meta = read_model(f"{p}/{META}", AttemptMeta)
                     if i == last and view.terminal and view.status != "succeeded":
-                        view.report = _read(f"{p}/{FINAL_JSON}", RunReport)
+                        view.report = read_model(f"{p}/{FINAL_JSON}", RunReport)
                     attempts.append(view)
                 step.attempts = attempts
         self.batches[batch_id] = batch

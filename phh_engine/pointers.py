@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from pathlib import Path
 
 from .models import (
     AttemptIndexEntry,
@@ -17,21 +17,21 @@ from .paths import CODEX_HOME, STATE, Layout, run_id_of
 from .store import atomic_write_json, job_lock, read_model
 
 
-def _scan_step(attempts_dir: Path) -> list[tuple[str, Path, AttemptState | None]]:
+def _scan_step(attempts_dir: str) -> list[tuple[str, str, AttemptState | None]]:
+    """(dir name, path, state) of each attempt, in start order (strings: ~20 joins a call)."""
     try:
-        names = sorted(p.name for p in attempts_dir.iterdir() if not p.name.startswith("."))
-    except FileNotFoundError:
+        names = sorted(n for n in os.listdir(attempts_dir) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):  # no attempts yet; not a step directory
         return []
-    return [
-        (n, attempts_dir / n, read_model(attempts_dir / n / STATE, AttemptState)) for n in names
-    ]
+    return [(n, p, read_model(f"{p}/{STATE}", AttemptState))
+            for n in names for p in (f"{attempts_dir}/{n}",)]
 
 
-def _pointer(run_id: str, path: Path, st: AttemptState | None) -> AttemptPointer:
+def _pointer(run_id: str, path: str, st: AttemptState | None) -> AttemptPointer:
     return AttemptPointer(
         run_id=run_id,
-        attempt_dir=str(path),
-        resume_base_dir=str(path / CODEX_HOME),
+        attempt_dir=path,
+        resume_base_dir=f"{path}/{CODEX_HOME}",
         codex_thread_id=st.codex_thread_id if st else None,
         status=st.status if st else "queued",
     )
@@ -39,23 +39,23 @@ def _pointer(run_id: str, path: Path, st: AttemptState | None) -> AttemptPointer
 
 def build_current(layout: Layout, batch_id: str, job_id: str, now: datetime) -> CurrentIndex:
     """Derive current.json for one job from its attempt directories: O(that job)."""
-    steps_root = layout.job_dir(batch_id, job_id) / "steps"
+    steps_root = f"{layout.job_dir(batch_id, job_id)}/steps"
     steps: dict[str, StepPointers] = {}
     try:
-        step_ids = sorted(p.name for p in steps_root.iterdir() if p.is_dir())
-    except FileNotFoundError:
+        step_ids = sorted(os.listdir(steps_root))
+    except (FileNotFoundError, NotADirectoryError):
         step_ids = []
     for step_id in step_ids:
-        rows = _scan_step(steps_root / step_id / "attempts")
+        rows = _scan_step(f"{steps_root}/{step_id}/attempts")  # = layout.attempts_dir
         if not rows:
             continue
         by_run: dict[str, AttemptIndexEntry] = {}
-        best: tuple[datetime, str, Path, AttemptState] | None = None
+        best: tuple[datetime, str, str, AttemptState] | None = None
         for name, path, st in rows:
             run_id = run_id_of(name)
             by_run[run_id] = AttemptIndexEntry(
-                attempt_dir=str(path),
-                resume_base_dir=str(path / CODEX_HOME),
+                attempt_dir=path,
+                resume_base_dir=f"{path}/{CODEX_HOME}",
                 status=st.status if st else "queued",
                 started_at=st.started_at if st else None,
                 ended_at=st.ended_at if st else None,

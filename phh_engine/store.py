@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .models import TERMINAL_STATUSES, AttemptState
 
@@ -103,13 +103,14 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def read_model(path: Path, model: type[M]) -> M | None:
-    data = read_json(path)
-    if data is None:
-        return None
+def read_model(path: str | Path, model: type[M]) -> M | None:
+    """`read_json`'s contract (missing, unparsable or invalid -> None), but the bytes go
+    straight to pydantic's JSON validator: no json.loads + validate_python round trip."""
     try:
-        return model.model_validate(data)
-    except ValidationError:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return model.model_validate_json(data)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
 
 
