@@ -130,6 +130,13 @@ class LiveAttempt:
     cancel_reason: str = "canceled"
 
 
+# Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
+# same text must not read as HTTP 429 or 500.
+_RATE_LIMITED = re.compile(r"\b429\b|rate limit|too many requests|usage limit|quota")
+_MODEL_ERROR = re.compile(r"\b50[0234]\b|stream disconnected|high demand|"
+                          r"internal server error|server_error")
+
+
 def classify(
     *,
     exit_code: int | None,
@@ -151,13 +158,9 @@ def classify(
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
     if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
         text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail]).lower()
-        if any(s in text for s in ("429", "rate limit", "too many requests", "usage limit",
-                                   "quota")):
+        if _RATE_LIMITED.search(text):
             fc = "rate_limited"
-        elif facts.turn_failed or any(
-            s in text for s in ("stream disconnected", "500", "502", "503", "504",
-                                "high demand", "internal server error", "server_error")
-        ):
+        elif facts.turn_failed or _MODEL_ERROR.search(text):
             fc = "model_error"
         else:
             fc = "nonzero_exit"

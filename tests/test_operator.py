@@ -302,6 +302,22 @@ def test_exit_zero_with_failed_turn_is_not_success() -> None:
     assert facts.usage == {"input_tokens": 3}
 
 
+@pytest.mark.parametrize(("stderr", "expect"), [
+    # the stand-in's port in a URL once read as HTTP 429 / 500 (a flaky failure class)
+    ("error sending request for url (http://127.0.0.1:42913/v1/responses): boom",
+     "nonzero_exit"),
+    ("stream error at http://127.0.0.1:50043/v1/responses, request id 5029", "nonzero_exit"),
+    ("unexpected status 429 Too Many Requests", "rate_limited"),
+    ("exceeded retry limit, last status: 503 Service Unavailable", "model_error"),
+])
+def test_failure_class_reads_status_codes_not_digits(stderr: str, expect: str) -> None:
+    facts = EventFacts()
+    facts.apply({"type": "thread.started", "thread_id": "t"})
+    out = classify(exit_code=1, facts=facts, report=None, report_error=None, canceled=False,
+                   timed_out=False, thread_mismatch=None, stderr_tail=stderr)
+    assert (out.status, out.failure_class) == ("failed", expect)
+
+
 def test_engine_cpu_is_near_zero_when_idle(harness: Harness) -> None:
     """Event-driven, not polling: an idle engine sleeps (CPU time barely moves)."""
     eng = harness.start()
