@@ -61,6 +61,8 @@ from phh_engine.schemas import default_run_report_schema_path  # noqa: E402
 from phh_engine.store import read_model  # noqa: E402
 from phh_engine.views import BatchView  # noqa: E402
 
+_WRITE_TEMP = phh_engine.store._write_temp  # the real one, before any what-if patches it
+
 PROMPT = "Benchmark step: do nothing, then report.\n"
 GOAL = (
     "This batch exists only to measure how much time and memory the phh engine itself spends "
@@ -130,16 +132,8 @@ class _CachedJsonschema:
             raise error
 
 
-def _write_temp_no_fsync(directory: Path, name: str, data: bytes) -> Path:
-    tmp = directory / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    return tmp
+def _write_temp_no_fsync(path: str, data: bytes, durable: bool = True) -> str:
+    return _WRITE_TEMP(path, data, durable=False)
 
 
 @contextlib.contextmanager
