@@ -652,7 +652,9 @@ class LocalRunner:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         deadline = t0 + watch.timeout_seconds - elapsed
-        next_beat = t0
+        # a started attempt's 'running' state already carries its first heartbeat; an adopted
+        # one beats at once (the engine that wrote its last beat is gone)
+        next_beat = t0 + hb if elapsed == 0.0 else t0
         last_write = t0
         dirty = False
         poll = 0.1
