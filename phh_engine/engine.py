@@ -76,6 +76,19 @@ HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 RESCAN_INTERVAL = 30.0
 
 
+
+#: A board is derived from its whole batch (O(steps), on the loop): the loop spends at most
+#: about 1/BOARD_DUTY of its time writing them. A 10,000-step batch (~0.1 s to derive) is
+#: then rewritten every 2 s instead of every second, and the schedule stays responsive.
+BOARD_DUTY = 20
+
+
+def board_delay(interval: float, spent: float) -> float:
+    """Seconds until the next board write: the configured interval, stretched to BOARD_DUTY
+    times what the last write took."""
+    return max(interval, spent * BOARD_DUTY)
+
+
 class EngineError(Exception):
     """The engine cannot start (e.g. its runner is already served by another engine)."""
 
@@ -870,16 +883,23 @@ class Engine:
     async def _scoreboard_loop(self) -> None:
         assert self.config is not None
         interval = self.config.scoreboard.write_interval_seconds
-        self._write_scoreboards(all_batches=True)
-        ticks = 0
+        spent = self._timed_write(all_batches=True)
+        since_full = 0.0
         while True:
-            await asyncio.sleep(interval)
-            ticks += 1
+            delay = board_delay(interval, spent)
+            await asyncio.sleep(delay)
+            since_full += delay
             # every 30 s rewrite all: heartbeat ages and stuck flags move with time
-            self._write_scoreboards(all_batches=ticks * interval >= 30)
-            if ticks * interval >= 30:
-                ticks = 0
+            full = since_full >= 30
+            spent = self._timed_write(all_batches=full)
+            if full:
+                since_full = 0.0
                 self._check_stuck()
+
+    def _timed_write(self, all_batches: bool) -> float:
+        t0 = time.perf_counter()
+        self._write_scoreboards(all_batches=all_batches)
+        return time.perf_counter() - t0
 
     def _write_scoreboards(self, all_batches: bool = False) -> None:
         dirty = set(self.index.batches) if all_batches else self._dirty

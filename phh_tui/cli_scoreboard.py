@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-#: The engine rewrites every board when `ticks * write_interval_seconds >= 30` (engine.py).
+#: The engine rewrites every board once its write intervals add up to 30 s (engine.py; an
+#: interval stretched by BOARD_DUTY for a huge batch can make a file older than this allows,
+#: and it is then derived here instead, which is slower but never wrong).
 FULL_REWRITE_SECONDS = 30.0
 #: How late an engine's write may be (a busy event loop, a loaded machine) before the file
 #: counts as abandoned.

@@ -376,3 +376,13 @@ def test_goal_preview_cuts_long_text_at_a_word() -> None:
     out = goal_preview("alpha " * 60)
     assert len(out) <= 120 and out.endswith("alpha…")
     assert goal_preview("x" * 300, limit=50) == "x" * 49 + "…"
+
+
+def test_board_writes_are_spaced_by_what_they_cost() -> None:
+    """The engine derives whole batches on its loop: a huge batch is written less often
+    rather than starving the schedule (engine.board_delay)."""
+    from phh_engine.engine import BOARD_DUTY, board_delay
+
+    assert board_delay(1.0, 0.01) == 1.0  # a small batch: the configured interval
+    assert board_delay(1.0, 0.1) == pytest.approx(0.1 * BOARD_DUTY)  # ~10,000 steps
+    assert board_delay(5.0, 0.1) == 5.0
