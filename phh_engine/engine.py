@@ -281,10 +281,10 @@ class Engine:
             self._write_scoreboards(all_batches=True)
             with contextlib.suppress(OSError):
                 self._write_health(stopped=True)
-            if self.runner is not None:
-                self.runner.close()
             if self._runner_lock is not None:
                 self._runner_lock.release()
+            if self.runner is not None:  # as asyncio.run waits for its default pool
+                await asyncio.to_thread(self.runner.close)
 
     # ------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:

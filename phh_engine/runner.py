@@ -400,10 +400,12 @@ class LocalRunner:
             self._pool, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        """Let the worker threads go once their work is done (a later attempt makes new ones)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        """Finish the file work already handed to the worker threads (a canceled attempt's
+        end may still be writing its state), then let them go; a later attempt makes new
+        ones. Blocks: call it off the loop."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # ----------------------------------------------------------------- claim
     def claim(self, plan: AttemptPlan) -> tuple[str, Path] | None:
