@@ -207,6 +207,20 @@ def test_rejections_are_clear(harness: Harness) -> None:
     harness.stop(eng)
 
 
+def test_a_claim_that_cannot_write_the_store_stops_the_engine(harness: Harness) -> None:
+    """A claim that fails must not leave its step looking in flight, nor be retried in a
+    loop: the engine stops with the error (guards any move of the claim off the loop)."""
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("never"))]}])
+    eng = harness.engine()
+    blocker = harness.layout.attempts_dir(bid, "j1", "s1")  # after the engine's first read
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the attempts directory belongs\n")
+    with pytest.raises(NotADirectoryError):
+        asyncio.run(asyncio.wait_for(eng.serve(), 60))
+    assert eng.index.batches[bid].jobs["j1"].steps["s1"].attempts == []
+    assert not eng.runner.live  # type: ignore[union-attr]
+
+
 def test_second_engine_on_same_runner_refuses_and_another_runner_joins(
     harness: Harness,
 ) -> None:
