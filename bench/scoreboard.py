@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:  # `python bench/scoreboard.py` from a checkout wi
 
 from common import FAKE_CODEX, cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
 
+from phh_engine import board_files  # noqa: E402
 from phh_engine.index import StoreIndex  # noqa: E402
 from phh_engine.models import (  # noqa: E402
     AttemptState,
@@ -72,7 +73,7 @@ from phh_engine.paths import (  # noqa: E402
 from phh_engine.pointers import build_current  # noqa: E402
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
 from phh_engine.store import read_model, to_bytes  # noqa: E402
-from phh_tui import cli, cli_scoreboard  # noqa: E402
+from phh_tui import cli  # noqa: E402
 from phh_tui.synthetic import AttemptWriter, Parent  # noqa: E402
 
 TARGET_S = 0.3
@@ -291,7 +292,7 @@ def start_engine(root: Path, env: Env, timeout: float = 120.0) -> subprocess.Pop
         if proc.poll() is not None:
             raise SystemExit(f"engine exited {proc.returncode}: "
                              f"{proc.stderr.read().decode() if proc.stderr else ''}")
-        if cli_scoreboard.engine_board(root, None) is not None:
+        if board_files.engine_board(root, None) is not None:
             return proc
         time.sleep(0.2)  # polling a subprocess's progress, not synchronising tests
     proc.kill()
@@ -369,12 +370,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'':44s}   cpu {statistics.median(c) * 1000:8.1f} ms (user+sys)")
 
         # The derivation keeps its view only when the inputs were quiet for 2 s before it
-        # began (cli_scoreboard.CACHE_QUIET_NS): a store that a run finished a while ago.
+        # began (board_files.CACHE_QUIET_NS): a store that a run finished a while ago.
         time.sleep(max(0.0, os.stat(root / "runs").st_mtime + 2.5 - time.time()))
         report("1. no engine: --recompute derives from the store (what the first call after "
                "a change does);\n   a plain call prints the view the last derivation kept "
                "(settled store, inputs unchanged); subprocess wall time", cmds)
-        kept = [p for b in (None, batch_id) if (p := cli_scoreboard.cache_file(root, b)).is_file()]
+        kept = [p for b in (None, batch_id) if (p := board_files.cache_file(root, b)).is_file()]
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.0f} KiB" for p in kept)
         print(f"  kept views on disk: {len(kept)} of 2 ({sizes})")
 

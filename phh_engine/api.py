@@ -47,7 +47,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .api_ops import (
     InvalidLaunchTable,
-    batch_view,
     current_index,
     engine_serving,
     list_attempts,
@@ -55,7 +54,7 @@ from .api_ops import (
     load_meta,
     request_action,
     submit_table,
-    system_view,
+    view_json,
 )
 from .artifacts import (
     AttemptRef,
@@ -417,12 +416,12 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     @app.get("/v1/scoreboard", response_model=SystemScoreboard, tags=["scoreboards"],
              responses=errors(), summary="System scoreboard: one row per batch")
     def scoreboard() -> Any:
-        return system_view(layout).model_dump(mode="json", exclude_none=True)
+        return view_json(layout)
 
     @app.get("/v1/batches", response_model=list[SystemRow], tags=["batches"],
              responses=errors(), summary="List batches (the system scoreboard's rows)")
     def batches() -> Any:
-        return system_view(layout).model_dump(mode="json", exclude_none=True)["batches"]
+        return view_json(layout)["batches"]
 
     @app.post("/v1/batches", response_model=SubmitResponse, status_code=201, tags=["batches"],
               responses={200: {"model": SubmitResponse,
@@ -450,7 +449,7 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard, tags=["scoreboards"],
              responses=errors(), summary="Batch scoreboard")
     def batch(batch_id: BatchId) -> Any:
-        return batch_view(layout, batch_id).model_dump(mode="json", exclude_none=True)
+        return view_json(layout, batch_id)
 
     @app.get("/v1/batches/{batch_id}/meta", tags=["batches"], responses=errors(),
              summary="batch_meta.json (write-once)")

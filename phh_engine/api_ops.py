@@ -8,13 +8,17 @@ serving the root applies exactly once (`overrides.py`); without an engine they s
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
+from .board_files import cached_board, engine_board, keep_board
 from .index import StoreIndex
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
 from .overrides import make_request, read_result, replay_marks
@@ -78,21 +82,59 @@ def check_step(layout: Layout, batch_id: str, job_id: str, step_id: str | None) 
     return meta
 
 
-def system_view(layout: Layout) -> SystemScoreboard:
+def derive_view(layout: Layout, batch_id: str | None = None
+                ) -> tuple[BatchScoreboard | SystemScoreboard, str]:
+    """The system view (or `batch_id`'s) derived from the store, as the engine shows it, and
+    its `model_dump_json(indent=2)`. A settled store's is kept for the next reader
+    (board_files.keep_board). 404 for an unknown batch."""
+    started_ns = time.time_ns()
+    now = utcnow()
     index = StoreIndex(layout, for_scoreboards=True)
-    index.load()
-    replay_marks(layout, index.batches)
-    return system_scoreboard(index.batches.values(), utcnow())
+    derive: Callable[[datetime], BatchScoreboard | SystemScoreboard]
+    if batch_id is not None:
+        valid_id(batch_id, "batch_id")
+        batch = index.load_batch(batch_id)
+        if batch is None:
+            raise missing(f"no batch {batch_id!r}")
+
+        def derive(at: datetime) -> BatchScoreboard | SystemScoreboard:
+            return batch_scoreboard(batch, at)
+    else:
+        index.load()
+
+        def derive(at: datetime) -> BatchScoreboard | SystemScoreboard:
+            return system_scoreboard(index.batches.values(), at)
+
+    replay_marks(layout, index.batches)  # mark-failed / close, as the engine shows them
+    board = derive(now)
+    text = board.model_dump_json(indent=2)
+
+    def clock_free() -> bool:
+        """Nothing running, no backoff pending: the same view derived ten years later."""
+        later = derive(now + timedelta(days=3650)).model_copy(update={"computed_at": now})
+        return later.model_dump_json(indent=2) == text
+
+    keep_board(layout.root, batch_id, list(index.batches), index.input_paths(index.batches),
+               text, started_ns, clock_free)
+    return board, text
+
+
+def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
+    """What a reader is shown (the API): the serving engine's fresh file (a few ms), else the
+    view a derivation kept while nothing it read has changed, else a new derivation."""
+    if batch_id is not None:
+        valid_id(batch_id, "batch_id")
+    served = engine_board(layout.root, batch_id)
+    if served is not None:
+        return served[0]
+    text = cached_board(layout.root, batch_id)
+    return json.loads(text if text is not None else derive_view(layout, batch_id)[1])
 
 
 def batch_view(layout: Layout, batch_id: str) -> BatchScoreboard:
-    load_meta(layout, batch_id)
-    index = StoreIndex(layout, for_scoreboards=True)
-    batch = index.load_batch(batch_id)
-    if batch is None:
-        raise missing(f"no batch {batch_id!r}")
-    replay_marks(layout, index.batches)
-    return batch_scoreboard(batch, utcnow())
+    board, _ = derive_view(layout, batch_id)
+    assert isinstance(board, BatchScoreboard)
+    return board
 
 
 def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class StoreIndex:
         """What a scoreboard derivation from this index read, relative to runs/: the
         overrides, each batch's meta and closed marker, each step's attempts directory and
         each attempt's directory, state.json and resume base (the derivation's whole input
-        for the cache in phh_tui/cli_scoreboard.py; same joins as `_load_batch`)."""
+        for the kept views of phh_engine/board_files.py; same joins as `_load_batch`)."""
         out = [f"{self.layout.system.name}/overrides"]
         for bid in batch_ids:
             out += [f"{bid}/{self.layout.batch_meta(bid).name}", f"{bid}/{CLOSED_MARKER}"]

@@ -1,5 +1,5 @@
 """`phh scoreboard` prints a serving engine's own scoreboard files while they are fresh and
-derives the view from the store otherwise (phh_tui/cli_scoreboard.py).
+derives the view from the store otherwise (phh_tui/board_files.py).
 
 Why: a cold derivation reads every attempt of the store (~1 s at 1000 jobs), while the engine
 already keeps both views on disk. The output must stay exactly what the derivation prints
@@ -9,6 +9,7 @@ stopped rewriting, must never be shown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import GOAL, Harness, final, step, wait_for
 from filelock import FileLock
@@ -26,6 +28,9 @@ from pydantic import BaseModel
 from test_scoreboards import NOW, ResumeFrom, ResumeSource, add, batch, meta_for, report
 from test_scoreboards import step as spec_step
 
+from phh_engine import board_files
+from phh_engine.api import Auth, create_app
+from phh_engine.board_files import FIELDS, fill
 from phh_engine.harness_config import materialize
 from phh_engine.index import CLOSED_MARKER, StoreIndex
 from phh_engine.models import AttemptState, BatchScoreboard, RunnerHealth, SystemScoreboard
@@ -35,9 +40,7 @@ from phh_engine.paths import Layout, run_id_of
 from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
 from phh_engine.store import atomic_write_json, to_bytes
 from phh_engine.submit import submit
-from phh_tui import cli_scoreboard
 from phh_tui.cli import main
-from phh_tui.cli_scoreboard import FIELDS, fill
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 NOTE = SystemNote(kind="draining", runner_id="local", message="drained for the test", since=NOW)
@@ -110,7 +113,7 @@ def test_fill_prints_exactly_what_the_derivation_prints() -> None:
 def test_fill_refuses_a_key_it_does_not_know() -> None:
     on_disk = json.loads(to_bytes(_full_batch_board()))
     on_disk["steps"][0]["new_field"] = 1
-    with pytest.raises(cli_scoreboard.Unknown):
+    with pytest.raises(board_files.Unknown):
         fill(on_disk, "BatchScoreboard")
 
 
@@ -202,7 +205,7 @@ def test_files_not_from_a_live_engine_are_never_printed(
     started = now() - timedelta(minutes=5)
     computed = now() - timedelta(seconds=2)
     if case == "too_old":
-        computed = now() - timedelta(seconds=cli_scoreboard.max_age_seconds(store.root) + 5)
+        computed = now() - timedelta(seconds=board_files.max_age_seconds(store.root) + 5)
         started = computed - timedelta(minutes=5)
     if case == "before_engine_start":
         started = now() - timedelta(seconds=1)
@@ -216,11 +219,11 @@ def test_files_not_from_a_live_engine_are_never_printed(
 
 
 def test_max_age_follows_the_engine_write_interval(store: Store) -> None:
-    assert cli_scoreboard.max_age_seconds(store.root) == 30 + 1 + cli_scoreboard.SLACK_SECONDS
+    assert board_files.max_age_seconds(store.root) == 30 + 1 + board_files.SLACK_SECONDS
     cfg = json.loads(store.layout.harness_config.read_text())
     cfg["scoreboard"]["write_interval_seconds"] = 45.0
     store.layout.harness_config.write_text(json.dumps(cfg))
-    assert cli_scoreboard.max_age_seconds(store.root) == 45 + 45 + cli_scoreboard.SLACK_SECONDS
+    assert board_files.max_age_seconds(store.root) == 45 + 45 + board_files.SLACK_SECONDS
 
 
 def test_a_batch_the_engine_has_not_seen_yet_is_derived(
@@ -301,7 +304,7 @@ def test_a_settled_store_is_derived_once_then_printed_from_the_cache(
     backdate(store.root)
     for args in _views(store):
         first = scoreboard(capsys, store, *args)
-        assert cli_scoreboard.cache_file(store.root, args[1] if args else None).is_file()
+        assert board_files.cache_file(store.root, args[1] if args else None).is_file()
         assert scoreboard(capsys, store, *args) == first  # computed_at too: not derived
         again = scoreboard(capsys, store, *args, "--recompute")
         assert again["computed_at"] != first["computed_at"]
@@ -354,13 +357,48 @@ def test_a_store_that_just_changed_or_is_running_is_not_cached(
         store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     put_attempt(store, "succeeded", exit_code=0, turn_completed=True)
     scoreboard(capsys, store)  # written a moment ago: it may still be changing
-    assert not cli_scoreboard.cache_file(store.root, None).exists()
+    assert not board_files.cache_file(store.root, None).exists()
     put_attempt(store, "running", "20260101T000100Z_r2")
     backdate(store.root)
     for args in _views(store):  # heartbeat ages and durations follow the clock
         first = scoreboard(capsys, store, *args)
         assert first["computed_at"] != scoreboard(capsys, store, *args)["computed_at"]
-        assert not cli_scoreboard.cache_file(store.root, args[1] if args else None).exists()
+        assert not board_files.cache_file(store.root, args[1] if args else None).exists()
+
+
+# ---------------------------------------------------------------- the HTTP API reads the same
+def api_get(store: Store, path: str) -> httpx.Response:
+    """One in-process request from a loopback peer (no server, no network)."""
+    transport = httpx.ASGITransport(app=create_app(store.layout, Auth("local_trust")),
+                                    client=("127.0.0.1", 5555))
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ac:
+            return await ac.get(path)
+
+    return asyncio.run(get())
+
+
+def test_api_serves_the_engine_files_then_kept_views(
+        store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """Why: every GET derived the whole store (~0.5 s at 1000 jobs) even while an engine
+    kept the same view on disk; automation polls these endpoints."""
+    store.serve(started=now() - timedelta(minutes=5))
+    sb, sysb = store.write_boards(now() - timedelta(seconds=2))
+    for path, written in ((f"/v1/batches/{store.batch_id}", sb), ("/v1/scoreboard", sysb)):
+        r = api_get(store, path)
+        assert r.status_code == 200, r.text
+        assert r.json() == json.loads(written.model_dump_json())  # its notes: the file's
+    assert api_get(store, "/v1/batches").json() == json.loads(sysb.model_dump_json())["batches"]
+    store.release()  # the engine stops: derived, then kept once the store is settled
+    put_attempt(store, "succeeded", exit_code=0, turn_completed=True)
+    backdate(store.root)
+    first = api_get(store, "/v1/scoreboard").json()
+    assert first["notes"] == [] and board_files.cache_file(store.root, None).is_file()
+    assert api_get(store, "/v1/scoreboard").json() == first  # the kept view: same computed_at
+    assert first == scoreboard(capsys, store)  # what the CLI prints
+    assert api_get(store, "/v1/batches/nosuch").status_code == 404
+    assert api_get(store, "/v1/batches/..x").status_code in (400, 422)
 
 
 # ---------------------------------------------------------------- a real engine
@@ -381,9 +419,9 @@ def test_a_real_serving_engine_files_then_derivation_after_it_stops(harness: Har
     eng = harness.start()
     system_file = harness.layout.system_scoreboard
     batch_file = harness.layout.batch_scoreboard(bid)
-    wait_for(lambda: cli_scoreboard.serving_since(harness.root) is not None
+    wait_for(lambda: board_files.serving_since(harness.root) is not None
              and datetime.fromisoformat(on_disk(system_file)["computed_at"])
-             >= cli_scoreboard.serving_since(harness.root), 30, "the engine's first boards")
+             >= board_files.serving_since(harness.root), 30, "the engine's first boards")
     for path, args in ((system_file, ()), (batch_file, ("--batch", bid))):
         before = on_disk(path)["computed_at"]
         out = phh_json(*args)

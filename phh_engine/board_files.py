@@ -1,12 +1,12 @@
-"""`phh scoreboard`: print the engine's own scoreboard files while an engine serves the root,
-derive them from the store only when none does (or they are not fresh).
+"""Scoreboard files a reader can trust without deriving: a serving engine's own, and the
+views a derivation kept (`phh scoreboard`, the HTTP API).
 
-A cold derivation reads three JSON files per attempt (~6,000 for 1000 jobs) in a fresh
-interpreter; a serving engine already keeps `runs/_system/scoreboard.system.json` and
-`runs/<batch>/scoreboard.batch.json` current (every change within `write_interval_seconds`,
-everything at least every 30 s, and once more on exit). Reading one of those needs neither
-pydantic nor the engine, so this module imports only the standard library until it falls
-back to `derive`.
+A derivation reads every attempt of the store (~4,000 files at 1000 jobs) and needs pydantic
+and the engine's models; a serving engine already keeps `runs/_system/scoreboard.system.json`
+and `runs/<batch>/scoreboard.batch.json` current (every change within
+`write_interval_seconds`, everything at least every 30 s, and once more on exit). Reading one
+of those needs neither, so this module imports only the standard library (the CLI's fast
+path) until a view has to be kept.
 
 The engine writes its files without null fields (`store.to_bytes`); `fill` puts them back
 in the models' field order, so the output is exactly what `model_dump_json(indent=2)` of the
