@@ -131,18 +131,12 @@ def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
     return json.loads(text if text is not None else derive_view(layout, batch_id)[1])
 
 
-def batch_view(layout: Layout, batch_id: str) -> BatchScoreboard:
-    board, _ = derive_view(layout, batch_id)
-    assert isinstance(board, BatchScoreboard)
-    return board
-
-
 def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:
     """Jobs of a batch with each step's derived status (the scoreboard's step rows)."""
-    sb = batch_view(layout, batch_id)
+    sb = view_json(layout, batch_id)  # the engine's file or a kept view when there is one
     meta = load_meta(layout, batch_id)
     rows: dict[tuple[str, str], dict[str, Any]] = {
-        (r.job_id, r.step_id): r.model_dump(mode="json", exclude_none=True) for r in sb.steps}
+        (r["job_id"], r["step_id"]): _without_nulls(r) for r in sb["steps"]}
     jobs = []
     for job in meta.jobs:
         steps = []
@@ -154,7 +148,16 @@ def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:
             steps.append(row)
         jobs.append({"job_id": job.job_id, "working_directory": job.working_directory,
                      "workspace_policy": job.workspace_policy, "steps": steps})
-    return {"batch_id": batch_id, "closed": sb.closed, "jobs": jobs}
+    return {"batch_id": batch_id, "closed": sb["closed"], "jobs": jobs}
+
+
+def _without_nulls(obj: Any) -> Any:
+    """`model_dump(exclude_none=True)` of a model's JSON."""
+    if isinstance(obj, dict):
+        return {k: _without_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_without_nulls(v) for v in obj]
+    return obj
 
 
 def current_index(layout: Layout, batch_id: str, job_id: str) -> dict[str, Any]:
