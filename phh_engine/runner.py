@@ -472,8 +472,7 @@ class LocalRunner:
         self._emit(plan, view)
         number = len(step.attempts) + (0 if step.find(live.run_id) else 1)
         # every file and the spawn in one worker-thread call: the loop stays free for events
-        prep = await self._in_io(self._prepare, plan, batch, job, step, live, state,
-                                       number)
+        prep = await self._in_io(self._prepare, plan, batch, job, step, live, state, number)
         if prep.meta is not None:
             view.meta = prep.meta
         if prep.error is not None:

@@ -51,6 +51,7 @@ def _write_temp(path: str, data: bytes, durable: bool = True) -> str:
     """A complete temp file next to `path` (strings throughout: this runs ~8 times per
     attempt, and pathlib's joins and conversions were a quarter of the worker threads' CPU)."""
     directory, name = os.path.split(path)
+    directory = directory or "."  # a bare file name: the temp file goes beside it too
     tmp = f"{directory}/.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
