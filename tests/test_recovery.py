@@ -138,3 +138,32 @@ def test_dead_process_without_exit_code_is_runner_lost_then_retried(harness: Har
     assert harness.state(att)["termination_reason"] == "runner_lost"
     wait_for(lambda: len(harness.attempts(bid, "j1", "s1")) == 2, 30, "retry started")
     harness.stop(eng, cancel_running=True)
+
+
+def test_store_writes_leave_only_whole_files_beside_their_target(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots and write-once files go temp -> fsync -> rename/link in the target's own
+    directory (a bare file name included); a write-once file is never replaced."""
+    from phh_engine.store import atomic_write_bytes, write_once_bytes
+
+    monkeypatch.chdir(tmp_path)
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        renames.append((os.path.abspath(src), os.path.abspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_bytes("state.json", b'{"a": 1}\n')
+    atomic_write_bytes(tmp_path / "state.json", b'{"a": 2}\n')
+    write_once_bytes("meta.json", b"{}\n")
+    with pytest.raises(FileExistsError):
+        write_once_bytes(str(tmp_path / "meta.json"), b'{"other": true}\n')
+    write_once_bytes(tmp_path / "new" / "final.json", b"{}\n")  # a missing directory is made
+    assert sorted(os.listdir(tmp_path)) == ["meta.json", "new", "state.json"]  # no temp left
+    assert (tmp_path / "state.json").read_bytes() == b'{"a": 2}\n'
+    assert (tmp_path / "meta.json").read_bytes() == b"{}\n"
+    assert os.listdir(tmp_path / "new") == ["final.json"]
+    assert len(renames) == 2 and all(  # same directory: the rename is atomic
+        os.path.dirname(src) == os.path.dirname(dst) for src, dst in renames), renames
