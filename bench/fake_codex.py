@@ -3,7 +3,8 @@
 
 Behaves enough like `codex exec --json ... [-o FILE] [resume THREAD_ID] -` for phh: answers
 `--version` and `exec [resume] --help`, reads the prompt from stdin, prints the JSONL events
-`thread.started`, `turn.started`, one `item.completed` agent_message and `turn.completed`,
+`thread.started`, `turn.started`, one `item.completed` agent_message and `turn.completed`
+(with FAKE_CODEX_STREAM="N,SECONDS", N command events SECONDS apart before the answer),
 writes a valid Run Report to the `-o` file, leaves a rollout file under
 `$CODEX_HOME/sessions/` (so the attempt is a resume base) and exits 0 at once.
 
@@ -51,6 +52,21 @@ def _json_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def stream(spec: str) -> None:
+    """FAKE_CODEX_STREAM="N,SECONDS": N command events SECONDS apart before the answer, like an
+    agent at work (bench/loop_lag.py); unset: none, the answer comes at once."""
+    if not spec:
+        return
+    import time
+
+    count, gap = spec.split(",")
+    for k in range(int(count)):
+        sys.stdout.write(f'{{"type":"item.started","item":{{"id":"cmd_{k}","type":'
+                         f'"command_execution","command":"step {k}","status":"in_progress"}}}}\n')
+        sys.stdout.flush()
+        time.sleep(float(gap))
+
+
 def fake_exec(args: list[str]) -> int:
     if "--help" in args or "-h" in args:
         sys.stdout.write(FLAGS_HELP)
@@ -78,6 +94,9 @@ def fake_exec(args: list[str]) -> int:
     sys.stdout.write(
         f'{{"type":"thread.started","thread_id":"{thread}"}}\n'
         '{"type":"turn.started"}\n'
+    )
+    stream(os.environ.get("FAKE_CODEX_STREAM", ""))
+    sys.stdout.write(
         '{"type":"item.completed","item":{"id":"item_0","type":"agent_message","text":'
         f"{_json_str(REPORT)}}}}}\n"
         '{"type":"turn.completed","usage":{"input_tokens":1200,"cached_input_tokens":800,'

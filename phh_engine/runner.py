@@ -704,8 +704,10 @@ class LocalRunner:
                 )
                 if beat:
                     next_beat = now_t + hb
+                # on the worker threads: with hundreds of agents streaming events this is up
+                # to one fsynced write per agent per second, which would stall the loop
                 with contextlib.suppress(TerminalStateError):
-                    write_state(path / STATE, state)
+                    await self._in_io(write_state, path / STATE, state)
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)
