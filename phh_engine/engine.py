@@ -76,7 +76,6 @@ HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 RESCAN_INTERVAL = 30.0
 
 
-
 #: A board is derived from its whole batch (O(steps), on the loop): the loop spends at most
 #: about 1/BOARD_DUTY of its time writing them. A 10,000-step batch (~0.1 s to derive) is
 #: then rewritten every 2 s instead of every second, and the schedule stays responsive.

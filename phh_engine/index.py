@@ -13,6 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from .models import AttemptMeta, AttemptState, BatchMeta, RunReport
+from .overrides import overrides_dir
 from .paths import CODEX_HOME, FINAL_JSON, META, STATE, Layout, run_id_of
 from .store import read_model
 from .views import AttemptView, BatchView
@@ -135,7 +136,7 @@ class StoreIndex:
         overrides, each batch's meta and closed marker, each step's attempts directory and
         each attempt's directory, state.json and resume base (the derivation's whole input
         for the kept views of phh_engine/board_files.py; same joins as `_load_batch`)."""
-        out = [f"{self.layout.system.name}/overrides"]
+        out = [str(overrides_dir(self.layout).relative_to(self.layout.runs))]
         for bid in batch_ids:
             out += [f"{bid}/{self.layout.batch_meta(bid).name}", f"{bid}/{CLOSED_MARKER}"]
             for job in self.batches[bid].jobs.values():

@@ -247,16 +247,23 @@ def _tail_text(path: Path, limit: int = 4000) -> str:
         return ""
 
 
+def kill_group(pid: int, sig: int) -> None:
+    """Signal the process group an attempt's wrapper leads (its pid: a new session)."""
+    if pid <= 1:  # never signal our own group (killpg(0)) or init
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
 def kill_tree(pid: int, sig: int) -> None:
     """Signal a process group and every descendant found by walking the tree: agent commands
     can run in their own session, outside the group (CODEX_NOTES)."""
-    if pid <= 1:  # never signal our own group (killpg(0)) or init
+    if pid <= 1:  # no walk of init's tree or ours (kill_group refuses those too)
         return
     victims: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
         victims = psutil.Process(pid).children(recursive=True)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+    kill_group(pid, sig)
     for p in victims:
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
@@ -724,9 +731,7 @@ class LocalRunner:
         # is reaped by now, so its pid may already name another process whose children a
         # tree walk would kill (and a command that left the group was reparented, out of
         # any walk's reach; a cancel walks the tree while the process is alive).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if proc.pid > 1:
-                os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         crashpoint("before_finalize")
 
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
