@@ -70,6 +70,16 @@ class Translation:
     table: dict[str, Any]
     notes: list[Note] = field(default_factory=list)
     errors: list[Note] = field(default_factory=list)
+    #: canonical path -> the path as written, for every renamed key
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def written_path(self, path: str) -> str:
+        """A JSON path of `table` as the author wrote it, so an error found after the
+        translation (say a non-boolean `web_search_enabled`) names the key in their file."""
+        for canonical, written in self.renamed.items():
+            if path == canonical or path.startswith((canonical + ".", canonical + "[")):
+                return written + path[len(canonical):]
+        return path
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -91,6 +101,7 @@ class _Translator:
     def __init__(self, concurrency_limit: int | None) -> None:
         self.limit = concurrency_limit
         self.errors: list[Note] = []
+        self.renamed: dict[str, str] = {}
         # kind -> (message, paths): one note per kind, however many places it happened
         self._notes: dict[str, tuple[str, list[str]]] = {}
 
@@ -140,6 +151,7 @@ class _Translator:
                         "give one of the two")))
                 continue
             out[canonical] = value
+            self.renamed[cpath] = path
             self.note(f"rename:{path}", path,
                       f"read as {cpath} (the reference harness's spelling)")
         return out
@@ -239,4 +251,4 @@ def translate(raw: dict[str, Any], *, concurrency_limit: int | None = None) -> T
     # notes in document order, like errors are
     order = {key: i for i, key in enumerate(table)}
     notes = sorted(tr.notes(), key=lambda n: order.get(n.path.split(".")[0].split("[")[0], 0))
-    return Translation(table, notes, tr.errors)
+    return Translation(table, notes, tr.errors, tr.renamed)

@@ -554,9 +554,10 @@ def validate(
     try:
         table = LaunchTable.model_validate(raw)
     except ValidationError as exc:
-        issues.extend(Issue(p, m) for p, m in describe_validation_error(LaunchTable, exc))
+        issues.extend(Issue(translated.written_path(p), m)
+                      for p, m in describe_validation_error(LaunchTable, exc))
     checker = _Checker(raw, base, config)
-    issues.extend(checker.run())
+    issues.extend(Issue(translated.written_path(i.path), i.message) for i in checker.run())
     given = raw.get("batch_id")
     if batch_id is not None:
         try:

@@ -291,6 +291,19 @@ def test_unreadable_reference_forms_are_errors(layout: Layout, tables: Path) -> 
     assert tree(layout.root) == before
 
 
+def test_a_bad_value_under_a_reference_key_is_reported_at_that_key(layout: Layout,
+                                                                   tables: Path) -> None:
+    lt = reference_table(tables)
+    lt["execution_policy"]["web_search_enabled"] = "maybe"
+    lt["timeouts"] = {"step_timeout_seconds": -5}
+    with pytest.raises(SubmitError) as caught:
+        submit(layout, write(tables / "lt.json", lt))
+    got = {i.path: i.message for i in caught.value.issues}
+    assert set(got) == {"execution_policy.web_search_enabled",
+                        "timeouts.step_timeout_seconds"}, got
+    assert "boolean" in got["execution_policy.web_search_enabled"]
+
+
 def test_concurrency_over_the_limit_is_capped_with_a_note(layout: Layout,
                                                           tables: Path) -> None:
     res = submit(layout, write(tables / "lt.json", reference_table(tables, concurrency=10)))
