@@ -720,12 +720,13 @@ def submit(
         source_path = Path(source)
     sha = _sha256(data)
     marker = submission_marker(layout, sha)
-    if dedupe and (found := _existing(marker)) is not None:
-        found.notes = translate(raw).notes  # the batch exists: how its spellings were read
-        return found
     publish = config is None
     if config is None:
         config = load_config(layout, write=False)
+    if dedupe and (found := _existing(marker)) is not None:
+        # the batch exists; the answer still says how its table was read
+        found.notes = translate(raw, concurrency_limit=config.limits.global_concurrency).notes
+        return found
 
     issues: list[Issue] = []
     wanted = raw.get("batch_id") if isinstance(raw.get("batch_id"), str) else batch_id

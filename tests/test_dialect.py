@@ -205,6 +205,14 @@ def test_each_spelling_alone_through_a_file(layout: Layout, tables: Path, key: s
     assert meta["launch_table_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_deduplicated_submit_answers_the_same_notes(layout: Layout, tables: Path) -> None:
+    path = write(tables / "lt.json", with_reference_spellings(reference_table(tables)))
+    first = submit(layout, path, dedupe=True)
+    again = submit(layout, path, dedupe=True)
+    assert again.existing and again.batch_id == first.batch_id
+    assert again.notes == first.notes and len(first.notes) == len(REFERENCE_KEYS)
+
+
 def test_capture_codex_thread_id_false_is_accepted_with_a_note(layout: Layout,
                                                                tables: Path) -> None:
     lt = reference_table(tables)
