@@ -279,10 +279,18 @@ class SubmitRequest(Strict):
         "return the existing batch when these exact bytes were submitted before with dedupe"))
 
 
+class NoteItem(BaseModel):
+    path: str = Field(description="JSON path in the Launch Table as written")
+    message: str
+
+
 class SubmitResponse(BaseModel):
     batch_id: str
     accepted_job_ids: list[str]
     existing: bool = False
+    notes: list[NoteItem] = Field(default_factory=list, description=(
+        "how the table was read: reference-harness spellings taken as phh's own, a batch "
+        "concurrency capped to the harness limit (never errors)"))
 
 
 class ActionBody(Strict):

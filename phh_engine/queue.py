@@ -3,7 +3,8 @@
 Outcome, per dropped file `NAME`:
 - accepted: the file moves to `accepted/NAME`, beside it `accepted/NAME.ack.json` with
   `batch_id`, `accepted_job_ids`, `sha256`, `duplicate` (true when these exact bytes were
-  submitted before: the ack then names the existing batch, no second batch is created);
+  submitted before: the ack then names the existing batch, no second batch is created),
+  `notes` (`{path, message}`: how the table was read, see `dialect`);
 - rejected: the file moves to `rejected/NAME`, beside it `rejected/NAME.error.json` listing
   every validation error (`path`, `message`).
 If `NAME` is already taken in accepted/ or rejected/ (a name dropped twice), the file lands
@@ -46,6 +47,7 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from .crash import crashpoint
+from .dialect import translate
 from .harness_config import ConfigError
 from .models import BatchMeta, HarnessConfig, check_id, utcnow
 from .paths import Layout, new_batch_id
@@ -73,13 +75,14 @@ class QueueOutcome:
     accepted_job_ids: list[str] = field(default_factory=list)
     duplicate: bool = False
     errors: list[dict[str, str]] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "status": self.status, "file": str(self.file),
                                "record": str(self.record)}
         if self.status == "accepted":
             out.update(batch_id=self.batch_id, accepted_job_ids=self.accepted_job_ids,
-                       duplicate=self.duplicate)
+                       duplicate=self.duplicate, notes=self.notes)
         else:
             out["errors"] = self.errors
         return out
@@ -250,14 +253,17 @@ class DropQueue:
         existing = False
         if mine is not None:  # a crash hit after the batch was created: it is ours
             jobs = mine
+            limit = self.config.limits.global_concurrency
+            notes = [n.as_dict() for n in translate(raw, concurrency_limit=limit).notes]
         else:
             res = submit(self.layout, claimed, dedupe=True,
                          batch_id=None if isinstance(own, str) else batch_id)
             crashpoint("queue.after_submit")
             batch_id, jobs, existing = res.batch_id, res.accepted_job_ids, res.existing
+            notes = [n.as_dict() for n in res.notes]
         entry = {"batch_id": batch_id, "accepted_job_ids": jobs, "sha256": sha,
                  "drop_id": "(earlier submit)" if existing else intent["drop_id"],
-                 "dropped_name": name, "recorded_at": utcnow().isoformat()}
+                 "dropped_name": name, "recorded_at": utcnow().isoformat(), "notes": notes}
         with contextlib.suppress(FileExistsError):
             write_once_json(self.ledger / f"{sha}.json", entry)
         crashpoint("queue.after_ledger")
@@ -297,6 +303,7 @@ class DropQueue:
             "batch_id": ledger["batch_id"],
             "accepted_job_ids": list(ledger.get("accepted_job_ids") or []),
             "duplicate": duplicate,
+            "notes": list(ledger.get("notes") or []),
             "sha256": sha,
             "dropped_name": name,
             "accepted_file": f"accepted/{slot}",
@@ -313,7 +320,7 @@ class DropQueue:
                  " (duplicate)" if duplicate else "")
         return QueueOutcome(name, "accepted", self.accepted / slot, record,
                             batch_id=ack["batch_id"], accepted_job_ids=ack["accepted_job_ids"],
-                            duplicate=duplicate)
+                            duplicate=duplicate, notes=ack["notes"])
 
     def _reject(self, name: str, claimed: Path, sha: str | None, intent: dict[str, Any],
                 issues: list[Issue]) -> QueueOutcome:

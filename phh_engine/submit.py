@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .dialect import Note, translate
 from .harness_config import (
     describe_validation_error,
     did_you_mean,
@@ -77,13 +78,17 @@ class SubmitResult:
     batch_id: str
     accepted_job_ids: list[str]
     existing: bool = False
+    #: how the table was read (reference-harness spellings, a capped concurrency): never errors
+    notes: list[Note] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The documented submit result `{batch_id, accepted_job_ids}` (+ `existing`)."""
+        """The documented submit result `{batch_id, accepted_job_ids, existing, notes}`;
+        `notes` is a list of `{path, message}`."""
         return {
             "batch_id": self.batch_id,
             "accepted_job_ids": list(self.accepted_job_ids),
             "existing": self.existing,
+            "notes": [n.as_dict() for n in self.notes],
         }
 
 
@@ -268,12 +273,6 @@ class _Checker:
             self.add("jobs", f"{len(jobs)} jobs exceed limits.max_jobs_per_batch = "
                              f"{limits.max_jobs_per_batch} (split the batch, or raise the "
                              "limit in the harness config)")
-        conc = self.raw.get("concurrency")
-        if isinstance(conc, int) and not isinstance(conc, bool) and \
-                conc > limits.global_concurrency:
-            self.add("concurrency", f"{conc} exceeds limits.global_concurrency = "
-                                    f"{limits.global_concurrency} (no batch can run more "
-                                    "attempts at once than the whole harness)")
         self.job_ids(jobs)
         for ji, job in enumerate(jobs):
             if isinstance(job, dict):
@@ -531,24 +530,34 @@ def validate(
     now: datetime,
     batch_id: str | None = None,
     raw_bytes: bytes | None = None,
+    notes: list[Note] | None = None,
 ) -> BatchMeta:
     """Every rule, every issue collected, one SubmitError; reads files, never writes.
 
     `raw_bytes` are the file's exact bytes (hashed as launch_table_sha256); without them the
-    canonical JSON of `raw` is hashed.
+    canonical JSON of `raw` is hashed. The reference harness's spellings are read as phh's
+    (`dialect.translate`, whose notes are appended to `notes` when given); the returned
+    BatchMeta holds only the canonical form.
     """
     if not isinstance(raw, dict):
         raise SubmitError([Issue("$", "a Launch Table must be an object")])
     source = Path(source_path).resolve() if source_path is not None else None
     base = source.parent if source is not None else Path.cwd().resolve()
     issues = _duplicate_key_issues(raw)
+    as_written = raw
+    translated = translate(raw, concurrency_limit=config.limits.global_concurrency)
+    raw = translated.table
+    issues.extend(Issue(e.path, e.message) for e in translated.errors)
+    if notes is not None:
+        notes.extend(translated.notes)
     table: LaunchTable | None = None
     try:
         table = LaunchTable.model_validate(raw)
     except ValidationError as exc:
-        issues.extend(Issue(p, m) for p, m in describe_validation_error(LaunchTable, exc))
+        issues.extend(Issue(translated.written_path(p), m)
+                      for p, m in describe_validation_error(LaunchTable, exc))
     checker = _Checker(raw, base, config)
-    issues.extend(checker.run())
+    issues.extend(Issue(translated.written_path(i.path), i.message) for i in checker.run())
     given = raw.get("batch_id")
     if batch_id is not None:
         try:
@@ -587,7 +596,8 @@ def validate(
         batch_goal_summary=table.batch_goal_summary,
         labels=list(dict.fromkeys([*table.labels, *table.tags])),
         launch_table_ref=str(source) if source is not None else None,
-        launch_table_sha256=_sha256(raw_bytes if raw_bytes is not None else canonical_bytes(raw)),
+        launch_table_sha256=_sha256(
+            raw_bytes if raw_bytes is not None else canonical_bytes(as_written)),
         working_root=str(working_root),
         jobs=jobs,
         effective_defaults=effective,
@@ -710,25 +720,28 @@ def submit(
         source_path = Path(source)
     sha = _sha256(data)
     marker = submission_marker(layout, sha)
-    if dedupe and (found := _existing(marker)) is not None:
-        return found
     publish = config is None
     if config is None:
         config = load_config(layout, write=False)
+    if dedupe and (found := _existing(marker)) is not None:
+        # the batch exists; the answer still says how its table was read
+        found.notes = translate(raw, concurrency_limit=config.limits.global_concurrency).notes
+        return found
 
     issues: list[Issue] = []
     wanted = raw.get("batch_id") if isinstance(raw.get("batch_id"), str) else batch_id
     if wanted and _valid_id(wanted) and layout.batch_dir(wanted).exists():
         issues.append(Issue("batch_id", f"batch {wanted!r} already exists under {layout.runs}"))
+    notes: list[Note] = []
     try:
         meta = validate(raw, source_path=source_path, config=config, now=now,
-                        batch_id=batch_id, raw_bytes=data)
+                        batch_id=batch_id, raw_bytes=data, notes=notes)
     except SubmitError as exc:
         raise SubmitError([*exc.issues, *issues]) from None
     if issues:
         raise SubmitError(issues)
 
-    result = SubmitResult(meta.batch_id, [job.job_id for job in meta.jobs])
+    result = SubmitResult(meta.batch_id, [job.job_id for job in meta.jobs], notes=notes)
     if publish:
         publish_config(layout, config)
     else:
@@ -739,6 +752,7 @@ def submit(
     # The lock makes "check marker, create batch, write marker" one step across processes.
     with job_lock(marker.with_suffix(".lock")):
         if (found := _existing(marker)) is not None:
+            found.notes = notes
             return found
         _publish(layout, meta)
         write_once_json(marker, {

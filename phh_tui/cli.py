@@ -57,25 +57,34 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from phh_engine.harness_config import ConfigError
     from phh_engine.submit import SubmitError, submit
+    from phh_tui.cli_check import cmd_check, print_notes
 
+    if args.check:
+        return cmd_check(args)
+    if len(args.file) != 1:
+        _err("submit takes one Launch Table (use --check to validate several)")
+        return EXIT_INVALID
+    file = args.file[0]
     layout = Layout(_root(args))
     try:
-        res = submit(layout, Path(args.file), dedupe=args.dedupe)
+        res = submit(layout, Path(file), dedupe=args.dedupe)
     except SubmitError as exc:
         if args.json:
             _print_json({"errors": [{"path": i.path, "message": i.message}
                                     for i in exc.issues]})
-        _err(f"{args.file}: Launch Table rejected, nothing was written:\n{exc}")
+        _err(f"{file}: Launch Table rejected, nothing was written:\n{exc}")
         return EXIT_INVALID
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_INVALID
-    out = {"batch_id": res.batch_id, "accepted_job_ids": res.accepted_job_ids}
+    notes = [n.as_dict() for n in res.notes]
+    out = {"batch_id": res.batch_id, "accepted_job_ids": res.accepted_job_ids, "notes": notes}
     if args.json:
         _print_json(out)
     else:
         what = "already submitted as" if res.existing else "submitted"
         print(f"{what} {res.batch_id}: {len(res.accepted_job_ids)} job(s)")
+        print_notes(notes)
     return EXIT_OK
 
 
@@ -352,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("init", "create runs/, runners/, queue/ and the harness config snapshot").set_defaults(
         func=cmd_init)
     sp = add("submit", "validate a Launch Table and create its batch")
-    sp.add_argument("file")
+    sp.add_argument("file", nargs="+",
+                    help="the Launch Table (with --check: files and directories of them)")
+    sp.add_argument("--check", action="store_true",
+                    help="only validate: a verdict, errors and notes per table, nothing written;"
+                         " exit 0 only if all pass")
     sp.add_argument("--dedupe", action="store_true",
                     help="return the existing batch when this exact file was submitted before")
     sp.set_defaults(func=cmd_submit)

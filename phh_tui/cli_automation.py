@@ -216,6 +216,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if o.status == "accepted":
                 dup = " (duplicate of an earlier drop)" if o.duplicate else ""
                 print(f"accepted {o.name} -> {o.batch_id}{dup}")
+                for note in o.notes:
+                    print(f"  note: {note['path']}: {note['message']}")
             else:
                 print(f"rejected {o.name}: {len(o.errors)} error(s), see {o.record}")
         if not outcomes:

@@ -117,12 +117,20 @@ def test_max_prompt_bytes_covers_pack_append_and_prompt_files(layout: Layout,
     assert batches_on_disk(layout) == []
 
 
-def test_batch_concurrency_above_global_concurrency_is_refused(layout: Layout,
-                                                               tmp_path: Path) -> None:
+def test_batch_concurrency_above_global_concurrency_is_capped(layout: Layout,
+                                                              tmp_path: Path) -> None:
+    """Issue 17: the reference harness's users set 10; accepted, capped, and said so."""
     configure(layout, global_concurrency=3)
-    assert isinstance(try_submit(layout, tmp_path, table(jobs(1), concurrency=3)), str)
-    refused(try_submit(layout, tmp_path, table(jobs(1), concurrency=4)), "concurrency",
-            "4 exceeds limits.global_concurrency = 3")
+    path = tmp_path / "lt.json"
+    path.write_text(json.dumps(table(jobs(1), concurrency=3)), encoding="utf-8")
+    assert submit(layout, path).notes == []
+    path.write_text(json.dumps(table(jobs(1), concurrency=4)), encoding="utf-8")
+    res = submit(layout, path)
+    (note,) = res.notes
+    assert note.path == "concurrency"
+    assert "limits.global_concurrency = 3" in note.message and "at most 3" in note.message
+    meta = json.loads(layout.batch_meta(res.batch_id).read_text())
+    assert meta["effective_defaults"]["concurrency"] == 3
 
 
 def test_every_limit_reported_together_and_nothing_written(layout: Layout,
@@ -134,8 +142,9 @@ def test_every_limit_reported_together_and_nothing_written(layout: Layout,
     assert isinstance(err, SubmitError)
     text = str(err)
     for name in ("limits.max_jobs_per_batch = 1", "limits.max_steps_per_job = 1",
-                 "limits.max_prompt_bytes = 5", "limits.global_concurrency = 2"):
+                 "limits.max_prompt_bytes = 5"):
         assert name in text, name
+    assert "concurrency" not in text  # over the limit is capped, not refused (issue 17)
     assert batches_on_disk(layout) == []
 
 
