@@ -382,10 +382,19 @@ def run_checks(ctx: DoctorContext, checks: Iterable[CheckFn] | None = None
     return rows
 
 
+def check_codex_present(ctx: DoctorContext) -> Iterable[CheckResult]:
+    """The binary check without the version probe (the engine probes Codex right after)."""
+    found = ctx.codex_bin
+    if isinstance(found, CodexNotFound):
+        yield CheckResult("codex binary", "fail", found.where, install_hint(), blocks_run=True)
+    else:
+        yield CheckResult("codex binary", "ok", found)
+
+
 #: What an engine checks itself before starting anything (Engine.setup). The CLI's `phh run`
 #: adds the credential check (`RUN_PREFLIGHT`): an engine started in code may be waiting for
 #: a credential to appear.
-ENGINE_PREFLIGHT: tuple[CheckFn, ...] = (check_codex_binary, check_codex_config)
+ENGINE_PREFLIGHT: tuple[CheckFn, ...] = (check_codex_present, check_codex_config)
 RUN_PREFLIGHT: tuple[CheckFn, ...] = (*ENGINE_PREFLIGHT, check_credentials)
 
 

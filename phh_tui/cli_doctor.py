@@ -97,10 +97,10 @@ def refuse_unrunnable(root: Path) -> int | None:
 
 def refuse_without_codex() -> int | None:
     """For commands that run Codex on a root of their own (`phh demo`)."""
-    from phh_engine.doctor import PreflightError, check_codex_binary, preflight
+    from phh_engine.doctor import PreflightError, check_codex_present, preflight
 
     try:
-        preflight(Layout(Path.cwd()), None, (check_codex_binary,))
+        preflight(Layout(Path.cwd()), None, (check_codex_present,))
     except PreflightError as exc:
         for r in exc.failures:
             err(f"cannot run the demo: {r.found}; {r.fix}")
