@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,33 +21,72 @@ _NATIVE = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl
 _WRAPPER = "node_modules/.bin/codex"
 
 
+#: The Codex CLI phh is tested with: package.json pins the same (a test keeps them equal).
+PINNED_CODEX_VERSION = "0.169.0"
+
+
 class CodexNotFound(Exception):
-    """No usable codex binary: the message says where phh looked."""
+    """No usable codex binary: the message says where phh looked (`where`), then how to
+    install one."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"{where}; {install_hint()}")
 
 
-def locate_codex(configured: str | None = None) -> str:
+def install_hint() -> str:
+    """One sentence: how to get the Codex CLI phh is tested with."""
+    return (f"install the pinned Codex CLI with `npm install -g @openai/codex@"
+            f"{PINNED_CODEX_VERSION}` (or `make setup` in a phh checkout), or set "
+            "PHH_CODEX_BIN to a codex binary")
+
+
+def _executable(cand: str, path: str | None) -> str | None:
+    resolved = shutil.which(cand, path=path) or (cand if Path(cand).is_file() else None)
+    if resolved and os.access(resolved, os.X_OK):
+        return str(Path(resolved).resolve())
+    return None
+
+
+def locate_codex(configured: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """PHH_CODEX_BIN, else the harness config's codex.bin, else the pinned npm install, else PATH.
 
     The native binary is preferred over the npm wrapper: it starts faster and signals reach it
-    directly (the wrapper is a Node process in front of it).
+    directly (the wrapper is a Node process in front of it). A binary named explicitly
+    (PHH_CODEX_BIN, codex.bin) that is not there is an error, never silently replaced by
+    another Codex. Raises CodexNotFound (its message ends with `install_hint()`).
     """
-    looked: list[str] = []
-    for cand in (os.environ.get("PHH_CODEX_BIN"), configured):
+    env = os.environ if env is None else env
+    path = env.get("PATH")
+    for source, cand in (("PHH_CODEX_BIN", env.get("PHH_CODEX_BIN")),
+                         ("codex.bin", configured)):
         if cand:
-            looked.append(cand)
-            resolved = shutil.which(cand) or (cand if Path(cand).is_file() else None)
-            if resolved and os.access(resolved, os.X_OK):
-                return str(Path(resolved).resolve())
+            found = _executable(cand, path)
+            if found is None:
+                raise CodexNotFound(f"{source}={cand} is not an executable codex binary")
+            return found
+    looked: list[str] = []
     for rel in (_NATIVE, _WRAPPER):
         p = PROJECT_ROOT / rel
         looked.append(str(p))
         if p.is_file() and os.access(p, os.X_OK):
             return str(p.resolve())
-    on_path = shutil.which("codex")
+    on_path = shutil.which("codex", path=path)
     if on_path:
         return on_path
     looked.append("codex on PATH")
-    raise CodexNotFound("codex CLI not found; looked at: " + ", ".join(looked))
+    raise CodexNotFound(f"no Codex CLI found (looked at {', '.join(looked)})")
+
+
+def codex_version(bin_path: str) -> str | None:
+    """`codex --version`'s last word (e.g. `0.169.0`), None when it cannot be read."""
+    try:
+        out = subprocess.run(
+            [bin_path, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.split()[-1] if out else None
 
 
 @dataclass(slots=True)
@@ -76,17 +116,9 @@ def _help_flags(argv: list[str]) -> frozenset[str]:
 
 
 def probe_codex(bin_path: str) -> CodexInfo:
-    version: str | None = None
-    try:
-        out = subprocess.run(
-            [bin_path, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-        version = out.split()[-1] if out else None
-    except (OSError, subprocess.SubprocessError):
-        pass
     return CodexInfo(
         bin=bin_path,
-        version=version,
+        version=codex_version(bin_path),
         exec_flags=_help_flags([bin_path, "exec", "--help"]),
         resume_flags=_help_flags([bin_path, "exec", "resume", "--help"]),
     )

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
+from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
 from .harness_config import load_config
 from .health import (
     Resources,
@@ -225,18 +226,31 @@ class Engine:
         self._runner_lock = lock
 
     def setup(self) -> None:
-        """Everything before the loop: config, codex, index, recovery. Raises EngineError."""
+        """Everything before the loop: config, codex, index, recovery. Raises EngineError,
+        ConfigError, or PreflightError (no usable Codex, a Codex config missing or not TOML);
+        on any of them the runner lock is released again."""
         self.layout.runs.mkdir(parents=True, exist_ok=True)
         self._acquire_runner()
+        try:
+            self._setup_locked()
+        except BaseException:
+            if self._runner_lock is not None:  # an engine that never served holds nothing
+                self._runner_lock.release()
+                self._runner_lock = None
+            raise
+
+    def _setup_locked(self) -> None:
         self.config = load_config(self.layout)
+        # a missing Codex, or a Codex config that is missing or not TOML, would fail every
+        # attempt (or, worse, make Codex fall back to its default provider): refuse now
+        preflight(self.layout, self.config, ENGINE_PREFLIGHT)
         bin_path = locate_codex(self.config.codex.bin)
         self.codex = probe_codex(bin_path)
-        cfg = os.environ.get("PHH_CODEX_CONFIG") or self.config.codex.config_toml
         self.runner = LocalRunner(
             self.layout, self.config, self.codex, self.runner_id,
             default_schema=default_run_report_schema_path(),
             on_change=self._on_attempt_change,
-            codex_config_toml=Path(cfg).expanduser().resolve() if cfg else None,
+            codex_config_toml=codex_config_path(self.config),
         )
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.queue = DropQueue.from_config(self.layout, self.config)

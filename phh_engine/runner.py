@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from . import __version__
 from .codex_cli import CodexInfo, build_command
 from .crash import crashpoint
+from .doctor import startup_error_line
 from .events import EventFacts, EventTail
 from .models import (
     AttemptMeta,
@@ -764,6 +765,11 @@ class LocalRunner:
             with contextlib.suppress(FileExistsError):
                 write_once_json(path / FINAL_JSON, obj)
         errors = list(facts.errors)
+        if outcome.status == "failed" and facts.thread_id is None and not timed_out:
+            # Codex stopped before its first event: the cause is only on its stderr
+            startup = startup_error_line(_tail_text(path / STDERR, 4000))
+            if startup:
+                errors.append(f"codex start-up failed: {startup}")
         if report_error and outcome.termination_reason == "schema_invalid":
             errors.append(report_error)
         if thread_mismatch:

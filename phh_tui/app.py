@@ -529,13 +529,17 @@ def spawn_headless(root: Path, runner_id: str = "local", concurrency: int | None
 
 
 def run_app(root: Path | str, *, concurrency: int | None = None, runner_id: str = "local",
-            alerts: AlertMode = "bell", allow_detach: bool = True) -> int:
-    """The dashboard with the engine inside; returns the exit code. `alerts`: ring the bell
-    and notify (bell), notify only, or neither (off) when a step becomes stuck,
-    needs_attention or failed, and when a batch finishes."""
+            alerts: AlertMode = "bell", allow_detach: bool = True,
+            observe: bool = False) -> int:
+    """The dashboard with the engine inside (with `observe`: watching the store an engine
+    elsewhere serves); returns the exit code. `alerts`: ring the bell and notify (bell),
+    notify only, or neither (off) when a step becomes stuck, needs_attention or failed, and
+    when a batch finishes."""
     root = Path(root).resolve()
-    app = PhhApp(root, concurrency=concurrency, runner_id=runner_id, alerts=alerts,
-                 allow_detach=allow_detach)
+    backend = (StoreBackend(root, runner_id, reason="an engine already serves this root")
+               if observe else None)
+    app = PhhApp(root, backend=backend, concurrency=concurrency, runner_id=runner_id,
+                 alerts=alerts, allow_detach=allow_detach)
     rc = app.run()
     if app.detached and app.left_running:
         pid, log = spawn_headless(root, runner_id, concurrency)

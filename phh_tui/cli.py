@@ -182,7 +182,11 @@ async def run_headless(engine: Engine) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from phh_tui.cli_automation import api_enabled, start_api_for_run
+    from phh_tui.cli_doctor import refuse_unrunnable
 
+    refused = refuse_unrunnable(_root(args))  # before the API or any attempt starts
+    if refused is not None:
+        return refused
     api = None
     if args.api or api_enabled(_root(args)):
         api = start_api_for_run(_root(args))
@@ -206,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                        alerts=args.alerts)
+    from phh_engine.doctor import PreflightError
     from phh_engine.engine import Engine, EngineError
     from phh_engine.harness_config import ConfigError
 
@@ -214,6 +219,9 @@ def _run(args: argparse.Namespace) -> int:
     engine.on_event = HeadlessLog(engine, json_log=args.json_log)
     try:
         engine.setup()
+    except PreflightError as exc:
+        _err(f"cannot run: {exc}")
+        return EXIT_INVALID
     except (EngineError, ConfigError) as exc:
         _err(str(exc))
         return EXIT_FAIL
@@ -340,6 +348,11 @@ def cmd_override(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from phh_tui.cli_doctor import refuse_without_codex
+
+    refused = refuse_without_codex()
+    if refused is not None:
+        return refused
     from phh_tui.demo import run_demo
 
     return run_demo(Path(args.root) if args.root else None, no_ui=args.no_ui)
@@ -347,9 +360,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="phh", description="Run many Codex agents in parallel.")
+    from phh_tui.cli_doctor import VersionAction
+
+    p = argparse.ArgumentParser(
+        prog="phh", description="Run many Codex agents in parallel. With no command: the "
+        "dashboard on the root (it runs an engine unless one already serves the root).")
     p.add_argument("--root", help="phh root (default: $PHH_ROOT, else the current directory)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action=VersionAction,
+                   help="phh's version, and the Codex CLI it would run (version and path)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -424,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phh_tui.cli_automation import add_commands
 
     add_commands(add)
+    from phh_tui.cli_doctor import add_commands as add_doctor_commands
+
+    add_doctor_commands(add)  # doctor
     sp = add("demo", "a bundled demo batch against the offline model stand-in",
              json_flag=False)
     sp.add_argument("--no-ui", action="store_true")
@@ -435,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "root", None) is None and "root" not in vars(args):
         args.root = None
+    if args.command is None:  # bare `phh`, like k9s or lazygit: the dashboard
+        from phh_tui.cli_doctor import cmd_dashboard
+
+        return cmd_dashboard(args)
     return int(args.func(args))
 
 
