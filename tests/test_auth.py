@@ -267,3 +267,35 @@ def test_credential_status_kinds_never_show_content(
     kind, _, detail = credentials.credential_status(s)
     assert kind == "api_key_env" and "sk-env" not in detail
     assert os.environ["OPENAI_API_KEY"] == "sk-env"
+
+
+def test_pause_recorded_by_another_engine_holds_headless_run_until_the_file_changes(
+        harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The pause lives under runs/_system/: a fresh `phh run --no-ui` (another process) sees
+    it, says so on its log, starts nothing; after a new sign-in it runs the step."""
+    from test_cli_engine import phh
+
+    home = tmp_path_factory.mktemp("home3").resolve()
+    cred = home / "auth.json"
+    atomic_write_json(cred, {"OPENAI_API_KEY": "sk-phh-old-key"})
+    harness.settings.codex.credential_dir = str(home)
+    harness.write_settings()
+    fp = credentials.fingerprint(cred)
+    assert fp is not None
+    credentials.pause(harness.layout, cred, fp, "refresh token was already used")
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s", final("ran"))]}])
+    out = phh(harness.root, "run", "--no-ui", "--until-idle")
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if "admission_blocked" in ln)
+    assert "sign in again: `codex login`" in line and str(cred) in line
+    assert harness.attempts(bid, "j1", "s") == []
+    board = json.loads(harness.layout.system_scoreboard.read_text())
+    assert any(n["kind"] == "credential_paused" for n in board["notes"])
+
+    atomic_write_json(cred, {"OPENAI_API_KEY": "sk-phh-new-key"})  # signed in again
+    out = phh(harness.root, "run", "--no-ui", "--until-idle")
+    assert out.returncode == 0, out.stderr
+    assert "admission_blocked" not in out.stdout
+    (att,) = harness.attempts(bid, "j1", "s")
+    assert harness.state(att)["status"] == "succeeded"
+    assert credentials.read_pause(harness.layout, cred) is None
