@@ -299,3 +299,21 @@ def test_pause_recorded_by_another_engine_holds_headless_run_until_the_file_chan
     (att,) = harness.attempts(bid, "j1", "s")
     assert harness.state(att)["status"] == "succeeded"
     assert credentials.read_pause(harness.layout, cred) is None
+
+
+async def test_dashboard_shows_the_credential_pause(
+        harness: Harness, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from test_tui_keys import SIZE, make_app, until
+
+    home = tmp_path_factory.mktemp("home4").resolve()
+    cred = home / "auth.json"
+    atomic_write_json(cred, {"OPENAI_API_KEY": "sk-phh-old-key"})
+    harness.settings.codex.credential_dir = str(home)
+    harness.write_settings()
+    fp = credentials.fingerprint(cred)
+    assert fp is not None
+    credentials.pause(harness.layout, cred, fp, "refresh token was already used")
+    app = make_app(harness)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("codex login" in n.message
+                                       for n in app._notifications), 60, "the pause banner")
