@@ -273,7 +273,8 @@ class CredentialGate:
 
     - paused (a spent credential, see `pause`): no new starts until the file changes;
     - stale (the next Codex would refresh): one attempt starts alone (the *pilot*) and the
-      rest wait until the file changes or the pilot ends: one refresh per wave, not N.
+      rest wait until the file changes or the pilot ends: one refresh per wave, not N. One
+      pilot per version of the file: if it ended without a refresh, the rest start anyway.
     Reads the file only when its stat changes, so asking on every scheduler pass is cheap.
     """
 
@@ -283,6 +284,9 @@ class CredentialGate:
         self._seen = _Seen(None, None, False, "")
         self.pilot: str | None = None
         self._pilot_fp: str | None = None
+        #: the file version a pilot already ran on: a Codex that did not refresh it (e.g. a
+        #: provider that does not use the sign-in) must not serialise every later wave
+        self._piloted_fp: str | None = None
         self._want_pilot = False
         self.paused: CredentialPause | None = None
 
@@ -322,7 +326,7 @@ class CredentialGate:
             if self._seen.fp == self._pilot_fp:
                 return 0  # the pilot is refreshing: the others wait for the file to change
             self.pilot = None  # the file changed: released
-        if self._seen.stale:
+        if self._seen.stale and self._seen.fp != self._piloted_fp:
             self._want_pilot = True
             return min(free, 1)
         return free
@@ -330,6 +334,7 @@ class CredentialGate:
     def started(self, run_id: str) -> None:
         if self._want_pilot and self.pilot is None:
             self.pilot, self._pilot_fp = run_id, self._seen.fp
+            self._piloted_fp = self._seen.fp
             self._want_pilot = False
 
     def ended(self, run_id: str) -> None:

@@ -317,3 +317,32 @@ async def test_dashboard_shows_the_credential_pause(
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: any("codex login" in n.message
                                        for n in app._notifications), 60, "the pause banner")
+
+
+def test_gate_one_pilot_per_file_version(tmp_path: Path, tokens: TokenServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pilot that ends without refreshing (its provider may not use the sign-in) releases
+    the wave, and the same stale file gets no second pilot: no fleet serialised for good."""
+    for key in credentials.SECRET_ENV:
+        monkeypatch.delenv(key, raising=False)
+    from phh_engine.paths import Layout
+
+    cred = tmp_path / "cred" / "auth.json"
+    cred.parent.mkdir()
+    atomic_write_json(cred, tokens.auth_json(expired=True))
+    gate = credentials.CredentialGate(Layout(tmp_path / "root"), _settings(cred.parent))
+    gate.poll()
+    assert gate.admit(16) == 1
+    gate.started("r1")
+    gate.poll()
+    assert gate.admit(15) == 0 and gate.holding_note()
+    gate.ended("r1")
+    gate.poll()
+    assert gate.admit(15) == 15  # same file: released, no second pilot
+    atomic_write_json(cred, tokens.auth_json(expired=True))  # a new (still stale) version
+    gate.poll()
+    assert gate.admit(15) == 1
+    gate.started("r2")
+    atomic_write_json(cred, tokens.auth_json(expired=False))  # r2 refreshed it
+    gate.poll()
+    assert gate.admit(14) == 14 and gate.pilot is None
