@@ -653,6 +653,9 @@ class LocalRunner:
             timeout_seconds=snap.timeout_seconds, capture_git=snap.execution_policy.
             capture_git_artifacts, artifacts_expected=spec_artifacts,
         )
+        if (view.path / CODEX_HOME / "auth.json").is_symlink():
+            # the file at its start is unknown: an `auth` end counts as "unchanged" (pause)
+            watch.credential = (credentials.source_path(self.config), None)
         elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
         try:
             return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid or 0),
@@ -828,7 +831,8 @@ class LocalRunner:
         if decision == "paused":
             return outcome, (f"{credentials.SIGN_IN_AGAIN}; new attempts wait until {src} "
                              "changes")
-        return outcome, credentials.SIGN_IN_AGAIN
+        return outcome, (f"{credentials.SIGN_IN_AGAIN}, or check the API key "
+                         f"({' / '.join(credentials.SECRET_ENV)})")
 
     async def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState
                         ) -> AttemptView:
