@@ -163,10 +163,12 @@ def classify(
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
     if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
         text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail]).lower()
-        if _RATE_LIMITED.search(text):
-            fc = "rate_limited"
-        elif _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
+        # auth from Codex's own messages only: its stderr also logs refresh failures it
+        # recovered from (another process's refresh, re-read from the file)
+        if _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
             fc = "auth"
+        elif _RATE_LIMITED.search(text):
+            fc = "rate_limited"
         elif facts.turn_failed or _MODEL_ERROR.search(text):
             fc = "model_error"
         else:
