@@ -346,3 +346,40 @@ def test_gate_one_pilot_per_file_version(tmp_path: Path, tokens: TokenServer,
     atomic_write_json(cred, tokens.auth_json(expired=False))  # r2 refreshed it
     gate.poll()
     assert gate.admit(14) == 14 and gate.pilot is None
+
+
+REFRESH_MESSAGES = [  # Codex 0.169's own texts (codex-rs/login/src/auth/manager.rs)
+    "Your access token could not be refreshed because your refresh token has expired. "
+    "Please log out and sign in again.",
+    "Your access token could not be refreshed because your refresh token was already used. "
+    "Please log out and sign in again.",
+    "Your access token could not be refreshed because your refresh token was revoked. "
+    "Please log out and sign in again.",
+    "Your access token could not be refreshed. Please log out and sign in again.",
+    "unexpected status 401 Unauthorized: invalid or expired token, url: "
+    "http://127.0.0.1:40345/v1/responses",
+]
+
+
+@pytest.mark.parametrize("message", REFRESH_MESSAGES)
+def test_classify_auth(message: str) -> None:
+    from phh_engine.events import EventFacts
+    from phh_engine.runner import classify
+
+    facts = EventFacts(turn_failed=message, errors=[message])
+    out = classify(exit_code=1, facts=facts, report=None, report_error=None, canceled=False,
+                   timed_out=False, thread_mismatch=None)
+    assert out.failure_class == "auth"
+
+
+def test_classify_not_auth_for_a_port_or_a_recovered_refresh_on_stderr() -> None:
+    from phh_engine.events import EventFacts
+    from phh_engine.runner import classify
+
+    facts = EventFacts(turn_failed="unexpected status 500: server_error, url: "
+                       "http://127.0.0.1:40123/v1/responses")
+    out = classify(exit_code=1, facts=facts, report=None, report_error=None, canceled=False,
+                   timed_out=False, thread_mismatch=None,
+                   stderr_tail="ERROR codex_login::auth::manager: Failed to refresh token: "
+                   + REFRESH_MESSAGES[1])
+    assert out.failure_class == "model_error"
