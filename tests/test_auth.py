@@ -289,6 +289,7 @@ def test_pause_recorded_by_another_engine_holds_headless_run_until_the_file_chan
     line = next(ln for ln in out.stdout.splitlines() if "admission_blocked" in ln)
     assert "sign in again: `codex login`" in line and str(cred) in line
     assert harness.attempts(bid, "j1", "s") == []
+    assert "sk-phh-old-key" not in out.stdout + out.stderr
     board = json.loads(harness.layout.system_scoreboard.read_text())
     assert any(n["kind"] == "credential_paused" for n in board["notes"])
 
