@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from . import credentials
 from .codex_cli import (
     PINNED_CODEX_VERSION,
     CodexNotFound,
@@ -208,6 +209,22 @@ def _auth_json(ctx: DoctorContext) -> Path:
     return base / "auth.json"
 
 
+def _auth_file_check(auth: Path, provider: str) -> CheckResult:
+    """The kind of sign-in in auth.json and whether Codex would refresh it at its next start
+    (docs/failure-classes.md#auth); never any token content."""
+    kind, stale, _detail = credentials.status_of(auth)
+    if kind == "unreadable":
+        return CheckResult("credentials", "fail", f"{auth} is not a Codex credential file",
+                           "`codex login` to write it again", blocks_run=True)
+    what = "ChatGPT sign-in" if kind == "chatgpt" else "API key"
+    if stale:
+        return CheckResult("credentials", "warn",
+                           f"{what} in {auth} (provider {provider}); the token is stale: the "
+                           "first attempt refreshes it, the others wait for it",
+                           "nothing to do; `codex login` if attempts end `auth`")
+    return CheckResult("credentials", "ok", f"{what} in {auth} (provider {provider})")
+
+
 @register_check
 def check_credentials(ctx: DoctorContext) -> Iterable[CheckResult]:
     doc = ctx.codex_config
@@ -242,7 +259,7 @@ def check_credentials(ctx: DoctorContext) -> Iterable[CheckResult]:
         return
     auth = _auth_json(ctx)
     if auth.is_file():
-        yield CheckResult("credentials", "ok", f"{auth} exists (provider {provider})")
+        yield _auth_file_check(auth, provider)
         return
     yield CheckResult("credentials", "fail",
                       f"provider {provider} needs OPENAI_API_KEY / CODEX_API_KEY or {auth}; "

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
+from .credentials import CredentialGate
 from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
 from .harness_config import load_config
 from .health import (
@@ -156,6 +157,8 @@ class Engine:
         self._peers: dict[str, RunnerHealth] = {}
         self._notes: list[SystemNote] = []
         self._admission_reported: list[str] = []
+        #: the runner's credential file: pause on a spent one, one refresh per wave
+        self._cred: CredentialGate | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -252,6 +255,8 @@ class Engine:
             on_change=self._on_attempt_change,
             codex_config_toml=codex_config_path(self.config),
         )
+        self._cred = CredentialGate(self.layout, self.config)
+        self._cred.poll()
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.queue = DropQueue.from_config(self.layout, self.config)
         if self.queue is not None:
@@ -276,6 +281,7 @@ class Engine:
             asyncio.create_task(self._health_loop(), name="phh-health"),
             asyncio.create_task(self._scoreboard_loop(), name="phh-scoreboards"),
             asyncio.create_task(self._watch_loop(), name="phh-watch"),
+            asyncio.create_task(self._credential_loop(), name="phh-credential"),
         ]
         if self.config is not None and self.config.gc.enabled:
             aux.append(asyncio.create_task(self._gc_loop(), name="phh-gc"))
@@ -341,7 +347,11 @@ class Engine:
                  if available(h, now, stale_after)} | {self.runner_id}
         self._ready.refresh(self.index.batches, now, self.runner_id, avail)
         # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
+        if self._cred is not None:
+            self._cred.poll()
         free = 0 if self._admission_reasons() else self.capacity - len(self.tasks)
+        if self._cred is not None:
+            free = self._cred.admit(free)  # a stale token: one attempt refreshes it first
         # global concurrency spans every live runner on this store (from their health.json)
         others = sum(h.running for rid, h in self._peers.items()
                      if rid != self.runner_id and not is_stale(h, now, stale_after))
@@ -401,6 +411,8 @@ class Engine:
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
         self.tasks[run_id] = task
         task.add_done_callback(lambda t, rid=run_id: self._task_done(rid, t))
+        if self._cred is not None:
+            self._cred.started(run_id)
         self._emit(EngineEvent(
             "attempt_started", utcnow(), batch.batch_id, cand.job.job_id, cand.step.step_id,
             run_id, "running",
@@ -410,6 +422,8 @@ class Engine:
 
     def _task_done(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(run_id, None)
+        if self._cred is not None:
+            self._cred.ended(run_id)
         if task.cancelled():
             self._poke()
             return
@@ -793,6 +807,8 @@ class Engine:
         if draining:
             out.append(f"draining: {why}")
         out.extend(self._resource_problems)
+        if self._cred is not None:
+            out.extend(self._cred.reasons())
         stale_after = self.config.runner_health.stale_after_seconds
         if self._health_ok_at is not None and \
                 time.monotonic() - self._health_ok_at > stale_after:
@@ -873,6 +889,34 @@ class Engine:
         )
         atomic_write_json(self.layout.runner_health(self.runner_id), health)
 
+    async def _credential_loop(self) -> None:
+        """Notice the credential file change promptly while a pause or a token-refresh pilot
+        waits on it (a stat every 0.25 s), else every few seconds; report and reschedule."""
+        assert self._cred is not None
+        shown: str | None = None
+        while True:
+            await asyncio.sleep(0.25 if self._cred.watching else 2.0)
+            changed = self._cred.poll()
+            self._after_sample()  # reports a pause starting or lifting (no-op otherwise)
+            held = self._cred.holding_note()
+            if changed or held != shown:
+                shown = held
+                self._dirty.update(self.index.batches)
+                self._poke()
+
+    def _credential_notes(self) -> list[SystemNote]:
+        cred = self._cred
+        if cred is None:
+            return []
+        out = [SystemNote(kind="credential_paused", runner_id=self.runner_id, message=r,
+                          since=cred.paused.since if cred.paused else None)
+               for r in cred.reasons()]
+        held = cred.holding_note()
+        if held:
+            out.append(SystemNote(kind="credential_refresh", runner_id=self.runner_id,
+                                  message=held))
+        return out
+
     async def _gc_loop(self) -> None:
         """Scheduled retention (harness config `gc`, off by default); `phh gc` is the same."""
         from .gc import run_gc
@@ -927,15 +971,16 @@ class Engine:
             if batch is None:
                 continue
             sb = batch_scoreboard(batch, now)
-            if self._notes:
-                sb = sb.model_copy(update={"notes": list(self._notes)})
+            notes = self._notes + self._credential_notes()
+            if notes:
+                sb = sb.model_copy(update={"notes": notes})
             self._announce(self._boards.get(bid), sb)
             self._boards[bid] = sb
             atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
             self.layout.system_scoreboard,
             system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
-                update={"notes": list(self._notes)}),
+                update={"notes": self._notes + self._credential_notes()}),
         )
 
     def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:

@@ -13,6 +13,12 @@ from .models import RetryPolicy, StepStatus
 from .views import AttemptView, BatchView, JobView, StepView
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
+#: `auth` failures retried at once because the credential file changed mid-attempt (another
+#: process won the token refresh), at most this many per step: a file that keeps changing
+#: under failing attempts is not a race any more
+AUTH_RACE_RETRIES = 3
+SIGN_IN_AGAIN = "sign in again: `codex login`"
+CREDENTIAL_CHANGED = "credential_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,12 @@ def _failure_class(attempt: AttemptView) -> str | None:
     return st.termination_reason
 
 
+def _lost_auth_race(attempt: AttemptView) -> bool:
+    st = attempt.state
+    return (st is not None and st.failure_class == "auth"
+            and st.termination_reason == CREDENTIAL_CHANGED)
+
+
 def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
     reasons: list[str] = []
     for dep_id in step.spec.depends_on:
@@ -149,9 +161,14 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     if latest is not None:  # terminal and not successful
         fc = _failure_class(latest)
         policy = step.spec.retry_policy
-        n = len(step.attempts)
+        # attempts that lost a token-refresh race to another process are not spent attempts
+        races = sum(1 for a in step.attempts if _lost_auth_race(a))
+        n = len(step.attempts) - races
         if step.marks.force_retry:
             trigger = "operator_retry"
+        elif _lost_auth_race(latest) and races <= AUTH_RACE_RETRIES:
+            trigger = "retry"  # at once: the credential file already holds the new token
+            reasons.append("retry at once: the credential changed during the attempt")
         elif fc in policy.retry_on and n < policy.max_attempts:
             trigger = "retry"
             wait = retry_delay_seconds(policy, n, fc)
@@ -160,6 +177,8 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
         else:
             status: StepStatus = latest.status  # type: ignore[assignment]
             why = f"{fc}" if fc else latest.status
+            if fc == "auth":
+                why += f": {SIGN_IN_AGAIN}"
             if fc in policy.retry_on:
                 why += f"; retry budget spent ({n}/{policy.max_attempts})"
             return Readiness(status, [why], retry_of=latest)

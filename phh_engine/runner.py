@@ -29,7 +29,7 @@ import jsonschema
 import psutil
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, credentials
 from .codex_cli import CodexInfo, build_command
 from .crash import crashpoint
 from .doctor import startup_error_line
@@ -134,6 +134,11 @@ class LiveAttempt:
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
 # same text must not read as HTTP 429 or 500.
 _RATE_LIMITED = re.compile(r"\b429\b|rate limit|too many requests|usage limit|quota")
+# Codex's refresh failures ("...could not be refreshed because your refresh token was already
+# used / has expired / was revoked. Please log out and sign in again.") and a provider's 401
+_AUTH = re.compile(r"could not be refreshed|refresh token (?:was already used|has expired|"
+                   r"was revoked)|sign in again|refresh_token_(?:reused|expired|invalidated)|"
+                   r"\b401\b|unauthorized")
 _MODEL_ERROR = re.compile(r"\b50[0234]\b|stream disconnected|high demand|"
                           r"internal server error|server_error")
 
@@ -159,7 +164,11 @@ def classify(
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
     if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
         text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail]).lower()
-        if _RATE_LIMITED.search(text):
+        # auth from Codex's own messages only: its stderr also logs refresh failures it
+        # recovered from (another process's refresh, re-read from the file)
+        if _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
+            fc = "auth"
+        elif _RATE_LIMITED.search(text):
             fc = "rate_limited"
         elif facts.turn_failed or _MODEL_ERROR.search(text):
             fc = "model_error"
@@ -292,6 +301,8 @@ class _Watch:
     timeout_seconds: float
     capture_git: bool
     artifacts_expected: list[str]
+    #: the linked credential file and its fingerprint when Codex started (credentials.py)
+    credential: tuple[Path, str | None] | None = None
 
 
 class _Handle:
@@ -597,6 +608,9 @@ class LocalRunner:
         )
         if live.cancel_requested.is_set():
             return _Prepared(state, meta=meta)
+        if (path / CODEX_HOME / "auth.json").is_symlink():
+            src = credentials.source_path(self.config)
+            watch.credential = (src, credentials.fingerprint(src))
         try:
             with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
@@ -642,6 +656,9 @@ class LocalRunner:
             timeout_seconds=snap.timeout_seconds, capture_git=snap.execution_policy.
             capture_git_artifacts, artifacts_expected=spec_artifacts,
         )
+        if (view.path / CODEX_HOME / "auth.json").is_symlink():
+            # the file at its start is unknown: an `auth` end counts as "unchanged" (pause)
+            watch.credential = (credentials.source_path(self.config), None)
         elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
         try:
             return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid or 0),
@@ -770,6 +787,9 @@ class LocalRunner:
             startup = startup_error_line(_tail_text(path / STDERR, 4000))
             if startup:
                 errors.append(f"codex start-up failed: {startup}")
+        if outcome.failure_class == "auth":
+            outcome, note = self._auth_outcome(plan, run_id, outcome, facts, watch)
+            errors.append(note)
         if report_error and outcome.termination_reason == "schema_invalid":
             errors.append(report_error)
         if thread_mismatch:
@@ -803,6 +823,25 @@ class LocalRunner:
         return state, report, ready
 
     # --------------------------------------------------------------- helpers
+    def _auth_outcome(self, plan: AttemptPlan, run_id: str, outcome: Outcome,
+                      facts: EventFacts, watch: _Watch) -> tuple[Outcome, str]:
+        """An `auth` failure: lost a refresh race (the credential file changed since the
+        start: retried at once, see readiness) or needs a new sign-in (new starts pause)."""
+        src, start_fp = watch.credential or (None, None)
+        reason = (facts.turn_failed or (facts.errors[-1] if facts.errors else "auth"))[:300]
+        decision = credentials.after_auth_failure(
+            self.layout, src, start_fp, reason, runner_id=self.runner_id,
+            batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id)
+        if decision == "changed":
+            return (Outcome(outcome.status, credentials.CREDENTIAL_CHANGED, "auth"),
+                    f"credential {src} changed during the attempt (another process refreshed "
+                    "it): retried at once")
+        if decision == "paused":
+            return outcome, (f"{credentials.SIGN_IN_AGAIN}; new attempts wait until {src} "
+                             "changes")
+        return outcome, (f"{credentials.SIGN_IN_AGAIN}, or check the API key "
+                         f"({' / '.join(credentials.SECRET_ENV)})")
+
     async def _finalize(self, plan: AttemptPlan, view: AttemptView, state: AttemptState
                         ) -> AttemptView:
         """Disk work in a worker thread; the view and listeners are touched only on the
@@ -881,10 +920,11 @@ class LocalRunner:
             shutil.copyfile(cfg, home / "config.toml")
         if any(os.environ.get(k) for k in _SECRET_ENV):
             return  # the key reaches Codex through the environment, never through runs/
-        cred_dir = Path(self.config.codex.credential_dir or Path.home() / ".codex")
-        auth = cred_dir / "auth.json"
+        # a link, never a copy: Codex writes refreshed tokens through it (temp + rename at
+        # the target), so the source stays current and no token lands under runs/
+        auth = credentials.source_path(self.config)
         if auth.is_file() and not (home / "auth.json").exists():
-            (home / "auth.json").symlink_to(auth.resolve())
+            (home / "auth.json").symlink_to(auth)
 
     @staticmethod
     def _env(home: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from .credentials import CredentialPause
 from .models import (
     ID_PATTERN,
     AttemptMeta,
@@ -53,6 +54,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "runner_health.schema.json": RunnerHealth,
     "scoreboard.batch.schema.json": BatchScoreboard,
     "scoreboard.system.schema.json": SystemScoreboard,
+    "credential_pause.schema.json": CredentialPause,
 }
 
 # Keywords OpenAI strict structured output accepts; anything else makes Codex's request fail.

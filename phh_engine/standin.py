@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.standin._record({"method": "POST", **summarize(self.path, body)})
             self._send_json(404, {"error": {"message": f"no such route: {self.path}"}})
             return
+        check = self.server.standin.auth_check
+        if check is not None:
+            auth = self.headers.get("Authorization") or ""
+            token = auth[7:] if auth.startswith("Bearer ") else None
+            if not check(token):
+                self.server.standin._record({"method": "POST", "path": self.path,
+                                             "unauthorized": True, "time": time.time()})
+                self._send_json(401, {"error": {"message": "invalid or expired token",
+                                                "type": "invalid_request_error",
+                                                "code": "invalid_api_key", "param": None}})
+                return
         step, action, parsed = choose_action(body)
         record = {"method": "POST", **summarize(self.path, body)}
         prompts = record.get("prompts") or [""]
@@ -466,8 +478,12 @@ class _Server(http.server.ThreadingHTTPServer):
 class StandIn:
     """The stand-in server; a context manager, or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 auth_check: Callable[[str | None], bool] | None = None) -> None:
+        """`auth_check(bearer_token_or_None)`: when given, a request it refuses is answered
+        401 (a provider with `requires_openai_auth`, for credential tests)."""
         self.host = host
+        self.auth_check = auth_check
         self.port = port
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []
@@ -533,11 +549,12 @@ class StandIn:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def config_toml(self) -> str:
+    def config_toml(self, requires_openai_auth: bool = False) -> str:
         """A Codex ``config.toml`` pointing at this server, tuned for hermetic, fast runs.
 
         No ``env_key``: Codex then sends no Authorization header and needs no API key.
         Retries 0: a scripted failure fails at once instead of after ~24 s of backoff.
+        `requires_openai_auth`: Codex sends the signed-in credential (auth.json) instead.
         A catalog model slug avoids the "Model metadata not found" error item.
         """
         if not self.base_url:
@@ -551,7 +568,8 @@ class StandIn:
             'name = "phh stand-in"\n'
             f'base_url = "{self.base_url}"\n'
             'wire_api = "responses"\n'
-            "request_max_retries = 0\n"
+            + ("requires_openai_auth = true\n" if requires_openai_auth else "")
+            + "request_max_retries = 0\n"
             "stream_max_retries = 0\n"
             "\n"
             "[analytics]\n"
@@ -561,11 +579,11 @@ class StandIn:
             "plugins = false\n"
         )
 
-    def write_config(self, path: Path) -> Path:
+    def write_config(self, path: Path, requires_openai_auth: bool = False) -> Path:
         """Write :meth:`config_toml` to ``path`` (parents created) and return it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.config_toml())
+        path.write_text(self.config_toml(requires_openai_auth))
         return path
 
 

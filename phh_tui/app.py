@@ -239,6 +239,11 @@ class PhhApp(App[int]):
         self.last_event = ev
         if ev.kind == "stopping" and ev.detail:
             self.notify(ev.detail, title="engine", timeout=4)
+        elif ev.kind == "admission_blocked" and ev.detail:
+            # e.g. a spent credential: "sign in again: `codex login`" must not be missed
+            self.notify(ev.detail, title="no new starts", severity="warning", timeout=30)
+        elif ev.kind == "admission_resumed" and ev.detail:
+            self.notify(ev.detail, title="engine", timeout=4)
         self.mark_dirty(ev.batch_id)
 
     def _tick(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import Harness, final, step
+from token_server import jwt
 
 from phh_engine.codex_cli import PINNED_CODEX_VERSION
 from phh_engine.doctor import PreflightError, serving_runners, startup_error_line
@@ -247,3 +248,30 @@ def test_startup_error_line() -> None:
         "error: unexpected argument '--bogus' found")
     assert startup_error_line("WARNING: nothing wrong\n") is None
 
+
+
+def test_doctor_reports_a_stale_chatgpt_sign_in(harness: Harness, isolated_home: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18.3: the kind of credential and whether its token is stale, never its content."""
+    cfg = harness.root / "openai.toml"
+    cfg.write_text('model = "gpt-5.5"\n')
+    monkeypatch.setenv("PHH_CODEX_CONFIG", str(cfg))
+    for key in ("OPENAI_API_KEY", "CODEX_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    auth = isolated_home / ".codex" / "auth.json"
+    auth.parent.mkdir()
+    access = jwt({"exp": 1_000_000_000, "sub": "user"})  # 2001: long expired
+    secret = "rt-doctor-secret-0123456789"
+    auth.write_text(json.dumps({"tokens": {"access_token": access, "refresh_token": secret,
+                                           "id_token": access},
+                                "last_refresh": "2001-01-01T00:00:00Z"}))
+    code, rows = doctor(capsys, harness.root)
+    assert code == 0  # a stale token is a warning: the first attempt refreshes it
+    assert rows["credentials"]["status"] == "warn", rows["credentials"]
+    assert "ChatGPT sign-in" in rows["credentials"]["found"]
+    assert "stale" in rows["credentials"]["found"]
+    capsys.readouterr()
+    main(["--root", str(harness.root), "doctor", "--json"])
+    out = capsys.readouterr().out
+    assert secret not in out and access not in out

@@ -42,7 +42,7 @@ def test_every_expected_file_is_generated() -> None:
         "launch_table.schema.json", "harness_config.schema.json", "batch_meta.schema.json",
         "meta.schema.json", "state.schema.json", "current.schema.json", "run_report.schema.json",
         "runner_health.schema.json", "scoreboard.batch.schema.json",
-        "scoreboard.system.schema.json",
+        "scoreboard.system.schema.json", "credential_pause.schema.json",
     }
 
 
