@@ -36,8 +36,8 @@ from .health import (
     sample_resources,
     system_notes,
 )
-from .index import StoreIndex
-from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, utcnow
+from .index import StoreIndex, unexpected_notes
+from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
@@ -51,7 +51,7 @@ from .overrides import (
     read_result,
     write_result,
 )
-from .paths import EXIT_CODE, STATE, Layout
+from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
 from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
@@ -226,6 +226,10 @@ class Engine:
 
     def setup(self) -> None:
         """Everything before the loop: config, codex, index, recovery. Raises EngineError."""
+        try:
+            check_id(self.runner_id)  # it names runners/<runner_id>/: refused before any write
+        except ValueError as exc:
+            raise EngineError(f"runner id: {exc}") from None
         self.layout.runs.mkdir(parents=True, exist_ok=True)
         self._acquire_runner()
         self.config = load_config(self.layout)
@@ -374,7 +378,22 @@ class Engine:
             extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
             override_nonce=marks.pending_nonce,
         )
-        claimed = self.runner.claim(plan)
+        try:
+            claimed = self.runner.claim(plan)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+            # something other than phh's own directory stands on the step's path (a stray
+            # file): this step cannot run here, the others can
+            where = os.path.relpath(exc.filename or "?", self.layout.runs)
+            cand.step.marks.unstartable = (
+                f"runs/{where}: {exc.strerror or exc} (an unexpected entry on the step's path; "
+                "move it away and restart the engine)")
+            self.index.unexpected[where] = cand.step.marks.unstartable
+            log.warning("cannot start %s/%s/%s: %s", batch.batch_id, cand.job.job_id,
+                        cand.step.step_id, cand.step.marks.unstartable)
+            self._ready.touch(batch.batch_id, cand.job.job_id)
+            self._dirty.add(batch.batch_id)
+            self._poke()  # the loop looks again (and may go idle)
+            return
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
@@ -408,10 +427,8 @@ class Engine:
         if batch is None:
             return
         adir = self.layout.attempts_dir(batch_id, job_id, step_id)
-        with contextlib.suppress(FileNotFoundError):
-            for d in sorted(adir.iterdir()):
-                if not d.name.startswith("."):
-                    self.index.refresh_attempt(batch_id, job_id, step_id, d.name)
+        for name in attempt_dir_names(adir):
+            self.index.refresh_attempt(batch_id, job_id, step_id, name)
 
     def _on_attempt_change(self, batch_id: str, job_id: str, step_id: str,
                            view: AttemptView) -> None:
@@ -801,7 +818,7 @@ class Engine:
             self._health_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             log.warning("cannot write runner health: %s", self._health_error)
         self._peers = all_health(self.layout)
-        self._notes = system_notes(self.layout, self.config)
+        self._notes = system_notes(self.layout, self.config) + unexpected_notes(self.index)
         if self._health_error:
             self._notes.append(SystemNote(
                 kind="health_unwritable", runner_id=self.runner_id,

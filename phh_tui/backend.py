@@ -33,7 +33,7 @@ from phh_engine.overrides import (
     read_result,
     replay_marks,
 )
-from phh_engine.paths import FINAL_JSON, META, STATE, Layout, run_id_of
+from phh_engine.paths import FINAL_JSON, META, STATE, Layout, attempt_dir_names, run_id_of
 from phh_engine.views import BatchView
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,7 @@ class RunsWatcher:
                 names: list[str] = []
                 adir = self.layout.attempts_dir(bid, job.job_id, step.step_id)
                 if self.observer or self.polling:
-                    with contextlib.suppress(FileNotFoundError):
-                        names = [n.name for n in adir.iterdir() if not n.name.startswith(".")]
+                    names = attempt_dir_names(adir)
                 else:
                     names = [n for n, a in known.items() if not a.terminal]
                 for name in names:

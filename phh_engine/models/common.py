@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from ..paths import store_name_clash
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
@@ -19,6 +21,9 @@ def check_id(value: str) -> str:
             f"invalid id {value!r}: must match {ID_PATTERN} (letters, digits, '.', '_', '-'; "
             "no '/', no '..', no leading dot)"
         )
+    clash = store_name_clash(value)
+    if clash is not None:
+        raise ValueError(f"invalid id {value!r}: {clash}")
     return value
 
 

@@ -1,0 +1,190 @@
+"""Issue 11 B1: an id that is one of phh's own store names is refused at every door, and a
+stray file or directory anywhere in the tree is skipped with a note, never a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import GOAL, Harness, final, step
+from test_api import serving
+
+from phh_engine.gc import plan_gc
+from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.models import HarnessSettings, check_id
+from phh_engine.paths import STORE_NAMES, Layout
+from phh_engine.pointers import reindex
+from phh_engine.queue import DropQueue
+from phh_engine.store import atomic_write_json
+from phh_engine.submit import SubmitError, submit
+
+PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
+
+
+def phh(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PHH, "--root", str(root), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def table(root: Path, job: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return {"batch_goal_summary": GOAL, "working_root": str(root),
+            "jobs": [job or {"job_id": "j1", "steps": [{"step_id": "s1", "prompt": "hi"}]}],
+            **kw}
+
+
+def batch_dirs(layout: Layout) -> list[str]:
+    return sorted(n for n in os.listdir(layout.runs) if not n.startswith(("_", ".")))
+
+
+def test_job_id_batch_meta_json_is_refused_and_the_root_stays_usable(tmp_path: Path) -> None:
+    """The issue's example: today accepted, then scoreboard and run die NotADirectoryError."""
+    root = tmp_path / "root"
+    assert phh(root, "init").returncode == 0
+    lt = tmp_path / "lt.json"
+    lt.write_text(json.dumps(table(tmp_path, {
+        "job_id": "batch_meta.json", "steps": [{"step_id": "s1", "prompt": "hi"}]})))
+    res = phh(root, "submit", str(lt))
+    assert res.returncode == 2, res
+    assert "jobs[0].job_id" in res.stderr and "'batch_meta.json'" in res.stderr
+    assert "runs/<batch>/batch_meta.json" in res.stderr  # names the clash
+    assert "Traceback" not in res.stderr
+    assert batch_dirs(Layout(root)) == []  # nothing written
+    board = phh(root, "scoreboard", "--json")
+    assert board.returncode == 0, board.stderr
+
+
+@pytest.mark.parametrize("name", sorted(STORE_NAMES))
+def test_every_store_name_is_refused_as_an_id(name: str) -> None:
+    for value in (name, name.upper()):  # case-folding filesystems make these one name
+        # `_system`-like names are also refused by the pattern (no leading '_')
+        with pytest.raises(ValueError, match="own store" if name[0].isalnum() else "must match"):
+            check_id(value)
+
+
+@pytest.mark.parametrize(("where", "patch"), [
+    ("batch_id", {"batch_id": "runners"}),
+    ("jobs[0].job_id", {"job": {"job_id": "scoreboard.batch.json",
+                                "steps": [{"step_id": "s1", "prompt": "hi"}]}}),
+    ("jobs[0].job_id", {"job": {"job_id": "Closed.json",
+                                "steps": [{"step_id": "s1", "prompt": "hi"}]}}),
+    ("jobs[0].steps[0].step_id", {"job": {"job_id": "j1",
+                                          "steps": [{"step_id": "attempts", "prompt": "hi"}]}}),
+    ("jobs[0].steps[1].depends_on[0]", {"job": {"job_id": "j1", "steps": [
+        {"step_id": "s1", "prompt": "hi"},
+        {"step_id": "s2", "prompt": "hi", "depends_on": ["current.json"]}]}}),
+    ("jobs[0].steps[1].resume_from.run_id", {"job": {"job_id": "j1", "steps": [
+        {"step_id": "s1", "prompt": "hi"},
+        {"step_id": "s2", "prompt": "hi", "resume_from": {
+            "step_id": "s1", "selector": "run_id", "run_id": "state.json"}}]}}),
+    ("jobs[0].steps[0].runner_affinity.runner_id", {"job": {"job_id": "j1", "steps": [
+        {"step_id": "s1", "prompt": "hi", "runner_affinity": {"runner_id": "health.json"}}]}}),
+])
+def test_each_id_kind_in_a_launch_table_is_checked(tmp_path: Path, where: str,
+                                                    patch: dict[str, Any]) -> None:
+    layout = Layout(tmp_path)
+    job = patch.pop("job", None)
+    for suffix in (".json", ".yaml"):  # the CLI file door in both syntaxes
+        lt = tmp_path / f"lt{suffix}"
+        data = table(tmp_path, job, **patch)
+        lt.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
+        with pytest.raises(SubmitError) as err:
+            submit(layout, lt)
+        hits = [i for i in err.value.issues if i.path == where]
+        assert hits and "phh writes in its own store" in hits[0].message, err.value.issues
+    assert not layout.runs.exists() or batch_dirs(layout) == []
+
+
+def test_drop_folder_and_api_refuse_a_store_name(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    materialize(layout, HarnessSettings())
+    q = DropQueue(layout, load_config(layout))
+    q.ensure_dirs()
+    bad = table(tmp_path, {"job_id": "batch_meta.json",
+                           "steps": [{"step_id": "s1", "prompt": "hi"}]})
+    (q.incoming / "bad.json").write_text(json.dumps(bad))
+    (q.incoming / "good.json").write_text(json.dumps(table(tmp_path)))
+    outcomes = {o.name: o for o in q.scan()}
+    assert outcomes["bad.json"].status == "rejected"
+    assert any(e["path"] == "jobs[0].job_id" and "batch_meta.json" in e["message"]
+               for e in outcomes["bad.json"].errors)
+    assert outcomes["good.json"].status == "accepted"  # the queue went on
+    with serving(layout) as client:
+        r = client.post("/v1/batches", json={"launch_table": bad})
+        assert r.status_code == 422, r.text
+        assert any(e["path"] == "jobs[0].job_id" for e in r.json()["errors"])
+        r = client.get("/v1/batches/batch_meta.json")
+        assert r.status_code == 400 and "phh writes in its own store" in r.json()["message"]
+
+
+def test_runner_ids_are_checked_in_config_and_on_the_command_line(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    settings = HarnessSettings()
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["runners"][0]["runner_id"] = "drain.json"
+    atomic_write_json(layout.settings_path, data)
+    with pytest.raises(ConfigError, match=r"runners\[0\]\.runner_id"):
+        load_settings(layout)
+    layout.settings_path.unlink()
+    res = phh(tmp_path, "run", "--no-ui", "--until-idle", "--runner-id", "health.json")
+    assert res.returncode == 2 and "health.json" in res.stderr and "own store" in res.stderr
+    assert not (layout.runners / "health.json").exists()
+    res = phh(tmp_path, "cancel", "b1", "j1", "s1", "--run", "codex_home")
+    assert res.returncode == 2 and "codex_home" in res.stderr
+
+
+# ------------------------------------------------------------------ stray entries
+@pytest.mark.codex
+def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) -> None:
+    """A file where phh expects a directory, at each level of runs/, and odd entries in an
+    attempts directory: index, scoreboards (derived and kept), reindex, gc and a running
+    engine carry on, and the derived scoreboard says what it skipped."""
+    jobs = [{"job_id": j, "steps": [step("s1", final("ok"))]}
+            for j in ("done", "jobfile", "stepsfile", "stepfile", "attemptsfile")]
+    bid = harness.submit(jobs)
+    harness.run()
+    layout = harness.layout
+    bdir = layout.batch_dir(bid)
+    # runs/<stray file>: where a batch directory would be
+    (layout.runs / "stray_batch").write_text("x")
+    # a file where each level's directory should be (each job already has one attempt)
+    for job in ("jobfile", "stepsfile", "stepfile", "attemptsfile"):
+        assert len(harness.attempts(bid, job, "s1")) == 1
+    target = {"jobfile": bdir / "jobfile", "stepsfile": bdir / "stepsfile" / "steps",
+              "stepfile": bdir / "stepfile" / "steps" / "s1",
+              "attemptsfile": bdir / "attemptsfile" / "steps" / "s1" / "attempts"}
+    import shutil
+    for path in target.values():
+        shutil.rmtree(path)
+        path.write_text("not a directory")
+    # odd entries in a real attempts directory: a file, and a directory no attempt name has
+    adir = layout.attempts_dir(bid, "done", "s1")
+    (adir / "notes.txt").write_text("left by hand")
+    (adir / "scratch").mkdir()
+    for args in (("scoreboard", "--json"), ("scoreboard", "--json", "--batch", bid),
+                 ("scoreboard", "--json"), ("reindex",), ("gc", "--dry-run"),
+                 ("jobs", bid), ("attempts", bid, "done", "s1")):
+        res = phh(harness.root, *args)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    board = json.loads(phh(harness.root, "scoreboard", "--json", "--batch", bid,
+                           "--recompute").stdout)
+    notes = " | ".join(n["message"] for n in board["notes"])
+    assert "notes.txt" in notes and "scratch" in notes, notes
+    assert f"runs/{bid}/jobfile/steps/s1/attempts: not a directory" in notes
+    assert board["counts"]["succeeded"] == 1  # only `done` still shows its attempt
+    assert reindex(layout) >= 1
+    plan_gc(layout)
+    # the engine starts on this root, runs nothing in the broken jobs and goes idle
+    harness.run(timeout=120)
+    served = json.loads(layout.batch_scoreboard(bid).read_text())
+    rows = {r["job_id"]: r for r in served["steps"]}
+    assert rows["done"]["status"] == "succeeded"
+    for job in ("jobfile", "stepsfile", "stepfile", "attemptsfile"):
+        assert rows[job]["status"] == "blocked", rows[job]
+        assert "cannot start" in " ".join(rows[job]["reasons"])
+    assert any("notes.txt" in n["message"] for n in served["notes"])
