@@ -49,6 +49,7 @@ from .overrides import (
     make_request,
     overrides_dir,
     read_result,
+    request_problem,
     write_result,
 )
 from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
@@ -597,7 +598,15 @@ class Engine:
             if nonce in self._handled or nonce in done:
                 continue
             req = read_model(d / name, OverrideRequest)
-            if req is None or not self._takes(req):
+            if req is None:
+                # refused once (named in the log and on the scoreboards), never re-read
+                self._handled.add(nonce)
+                why = f"runs/_system/overrides/{name}: request refused: " + \
+                    request_problem(d / name)
+                log.warning("%s", why)
+                self.index.unexpected[f"_system/overrides/{name}"] = why
+                continue
+            if not self._takes(req):
                 continue
             if is_claimed(self.layout, nonce) and not self._steal_claim(nonce):
                 continue

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from .documents import DocumentError, loads_json
 from .models import HarnessConfig, HarnessSettings, LaunchTable, utcnow
 from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES, MIN_STALE_SECONDS
 from .paths import Layout
@@ -309,7 +310,10 @@ def load_settings(layout: Layout) -> HarnessSettings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
+    except DocumentError as exc:
+        raise ConfigError(f"{path} is invalid:\n  - {exc.path}: {exc.message}",
+                          [exc.path]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"

@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .documents import DocumentError, check_tree, loads_json, loads_yaml
 from .harness_config import (
     describe_validation_error,
     did_you_mean,
@@ -144,7 +145,9 @@ def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:
     parsed: Any
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         try:
-            parsed = yaml.load(text, Loader=_YamlLoader)  # SafeLoader subclass
+            parsed = loads_yaml(text, _YamlLoader)
+        except DocumentError as exc:
+            raise SubmitError([Issue(exc.path, exc.message)]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -152,7 +155,9 @@ def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:
             raise SubmitError([Issue("$", f"invalid YAML{where}: {problem}")]) from None
     else:
         try:
-            parsed = json.loads(text, object_pairs_hook=_Object)
+            parsed = loads_json(text, object_pairs_hook=_Object)
+        except DocumentError as exc:
+            raise SubmitError([Issue(exc.path, exc.message)]) from None
         except json.JSONDecodeError as exc:
             raise SubmitError(
                 [Issue("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
@@ -464,7 +469,10 @@ class _Checker:
         spath = f"jobs[{ji}].steps[{si}].output_schema_ref"
         path = _resolve(self.base, ref)
         try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
+            schema = loads_json(path.read_text(encoding="utf-8"))
+        except DocumentError as exc:
+            self.add(spath, f"output schema {path} is refused at {exc.path}: {exc.message}")
+            return
         except FileNotFoundError:
             self.add(spath, f"output schema file not found: {path}")
             return
@@ -539,6 +547,10 @@ def validate(
     """
     if not isinstance(raw, dict):
         raise SubmitError([Issue("$", "a Launch Table must be an object")])
+    try:
+        check_tree(raw)  # a dict from a caller (the API) never went through our parser
+    except DocumentError as exc:
+        raise SubmitError([Issue(exc.path, exc.message)]) from None
     source = Path(source_path).resolve() if source_path is not None else None
     base = source.parent if source is not None else Path.cwd().resolve()
     issues = _duplicate_key_issues(raw)

@@ -205,7 +205,10 @@ def _run(args: argparse.Namespace) -> int:
     engine.on_event = HeadlessLog(engine, json_log=args.json_log)
     try:
         engine.setup()
-    except (EngineError, ConfigError) as exc:
+    except ConfigError as exc:  # invalid input: the harness config (README exit codes)
+        _err(str(exc))
+        return EXIT_INVALID
+    except EngineError as exc:
         _err(str(exc))
         return EXIT_FAIL
     except Exception as exc:  # e.g. codex not found: say so plainly

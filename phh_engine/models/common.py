@@ -66,10 +66,12 @@ def utcnow() -> datetime:
 class Strict(BaseModel):
     """Input models: an unknown key is an error, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan: `1e400` (or "1e400" in YAML, a string pydantic would parse) is infinity,
+    # which JSON cannot hold: it would be written as null, silently dropping the setting
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Record(BaseModel):
     """On-disk records written by phh: unknown keys are refused so the schema stays honest."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
