@@ -47,6 +47,8 @@ from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES
 from .models.launch_table import GOAL_MIN_WORDS, JobSpec, StepSpec
 from .paths import Layout, new_batch_id
 from .store import job_lock, read_json, write_once_json
+from .strict_schema import describe as describe_strict
+from .strict_schema import strict_problems
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -492,6 +494,13 @@ class _Checker:
             where = "/" + "/".join(str(p) for p in exc.absolute_path)
             self.add(spath, f"output schema {path} is not a valid JSON Schema (at {where}): "
                             f"{exc.message}")
+            return
+        # Codex sends it with strict: true; the API would refuse every attempt with a 400
+        problems = strict_problems(schema)
+        for line in describe_strict(problems):
+            self.add(spath, f"output schema {path} would be refused by the model API "
+                            f"(strict structured output) at {line}")
+        if problems:
             return
         self.schemas[(ji, si)] = schema
 
