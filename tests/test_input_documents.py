@@ -229,3 +229,18 @@ def test_engine_refuses_a_hostile_request_file_and_applies_the_next(harness: Har
     notes = " | ".join(n["message"] for n in board["notes"])
     assert "00000000000000000001-aaaaaa.json: request refused: reason[0][0]" in notes, notes
     assert "00000000000000000002-bbbbbb.json: request refused: wait: " in notes, notes
+
+
+@pytest.mark.parametrize("text", [
+    with_raw(table(Path("/nonexistent"), timeout_seconds="X"), "X", "1e400"),
+    with_raw(table(Path("/nonexistent"), timeout_seconds="X"), "X", "NaN"),
+    with_raw(table(Path("/nonexistent")), "hi", "[" * DEEP + "]" * DEEP),
+    with_raw(table(Path("/nonexistent")), "hi", "{\"a\": " * 100 + "1" + "}" * 100),
+])
+def test_a_hostile_table_writes_nothing_on_a_fresh_root(tmp_path: Path, text: str) -> None:
+    layout = Layout(tmp_path / "fresh")
+    lt = tmp_path / "lt.json"
+    lt.write_text(text)
+    with pytest.raises(SubmitError):
+        submit(layout, lt)
+    assert not layout.root.exists()

@@ -165,9 +165,13 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
     adir = layout.attempts_dir(bid, "done", "s1")
     (adir / "notes.txt").write_text("left by hand")
     (adir / "scratch").mkdir()
+    # a file where the kept views' directory and a runner's directory would be
+    shutil.rmtree(layout.system / "cache", ignore_errors=True)
+    (layout.system / "cache").write_text("not a directory")
+    (layout.runners / "stray_runner").write_text("not a directory")
     for args in (("scoreboard", "--json"), ("scoreboard", "--json", "--batch", bid),
-                 ("scoreboard", "--json"), ("reindex",), ("gc", "--dry-run"),
-                 ("jobs", bid), ("attempts", bid, "done", "s1")):
+                 ("scoreboard", "--json"), ("reindex",), ("gc", "--dry-run"), ("gc",),
+                 ("runner", "list"), ("jobs", bid), ("attempts", bid, "done", "s1")):
         res = phh(harness.root, *args)
         assert res.returncode == 0, (args, res.stderr)
         assert "Traceback" not in res.stderr
@@ -188,3 +192,61 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
         assert rows[job]["status"] == "blocked", rows[job]
         assert "cannot start" in " ".join(rows[job]["reasons"])
     assert any("notes.txt" in n["message"] for n in served["notes"])
+
+
+@pytest.mark.codex
+def test_every_name_phh_writes_is_a_store_name(harness: Harness) -> None:
+    """Walk a store after a real run (isolated workspace, resume, operator action, queue,
+    scoreboard kept view, gc): every fixed name phh wrote at a level where ids live, or in an
+    attempt directory, is in STORE_NAMES, so no id can ever take it."""
+    ws = harness.workspace / "repo"
+    ws.mkdir()
+    subprocess.run(["git", "-C", str(ws), "init", "-q", "-b", "main"], check=True)
+    (ws / "f.txt").write_text("x\n")
+    subprocess.run(["git", "-C", str(ws), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(ws), "-c", "user.email=t@t", "-c", "user.name=t",
+                    "commit", "-qm", "init"], check=True)
+    bid = harness.submit([
+        {"job_id": "j1", "working_directory": "repo", "workspace_policy": "isolated",
+         "steps": [step("s1", final("ok")),
+                   step("s2", final("ok"), resume_from={"step_id": "s1"})]},
+        {"job_id": "j2", "steps": [step("s1", {"final_text": "not a report"})]},
+    ])
+    harness.run()
+    root = harness.root
+    assert phh(root, "mark-failed", bid, "j2", "s1").returncode == 0
+    assert phh(root, "close", bid).returncode == 0
+    harness.run()
+    assert phh(root, "scoreboard", "--json").returncode == 0
+    assert phh(root, "gc").returncode == 0
+    meta = json.loads(harness.layout.batch_meta(bid).read_text())
+    ids = {bid, "local"} | {j["job_id"] for j in meta["jobs"]} | {
+        s["step_id"] for j in meta["jobs"] for s in j["steps"]}
+
+    def names(d: Path) -> set[str]:
+        return {p.name for p in d.iterdir() if not p.name.startswith(".")} - ids
+
+    runs = harness.layout.runs
+    levels = [runs, runs / "_system", runs / bid, harness.layout.runners / "local"]
+    for job in ("j1", "j2"):
+        levels.append(runs / bid / job)
+        for sd in (runs / bid / job / "steps").iterdir():
+            levels.append(sd)
+            for ad in (sd / "attempts").iterdir():
+                levels.append(ad)
+    unknown = {str(d.relative_to(root)): sorted(names(d) - set(STORE_NAMES))
+               for d in levels if d.is_dir()}
+    assert not any(unknown.values()), unknown
+    assert (runs / bid / "j1" / "_workspace").exists() or (runs / bid / "j1" / "workspace.json"
+                                                             ).exists()
+
+
+@pytest.mark.parametrize("job_id", ["batch_meta.json", "steps", "_system", "Current.json"])
+def test_a_refused_id_writes_nothing_on_a_fresh_root(tmp_path: Path, job_id: str) -> None:
+    layout = Layout(tmp_path / "fresh")
+    lt = tmp_path / "lt.json"
+    lt.write_text(json.dumps(table(tmp_path, {"job_id": job_id,
+                                              "steps": [{"step_id": "s1", "prompt": "hi"}]})))
+    with pytest.raises(SubmitError):
+        submit(layout, lt)
+    assert not layout.root.exists()
