@@ -62,7 +62,7 @@ def missing(message: str) -> LookupFailed:
 
 def valid_id(value: str, what: str) -> str:
     try:
-        return check_id(value)
+        return check_id(value, incoming=True)
     except ValueError as exc:
         raise bad(f"{what}: {exc}") from None
 

@@ -228,7 +228,8 @@ class Engine:
     def setup(self) -> None:
         """Everything before the loop: config, codex, index, recovery. Raises EngineError."""
         try:
-            check_id(self.runner_id)  # it names runners/<runner_id>/: refused before any write
+            # it names runners/<runner_id>/: refused before anything is written
+            check_id(self.runner_id, incoming=True)
         except ValueError as exc:
             raise EngineError(f"runner id: {exc}") from None
         self.layout.runs.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from .models import (
     NormalizedStep,
     RetryPolicy,
     check_id,
+    incoming_ids,
     utcnow,
 )
 from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES
@@ -565,7 +566,8 @@ def validate(
     issues = _duplicate_key_issues(raw)
     table: LaunchTable | None = None
     try:
-        table = LaunchTable.model_validate(raw)
+        with incoming_ids():
+            table = LaunchTable.model_validate(raw)
     except ValidationError as exc:
         issues.extend(Issue(p, m) for p, m in describe_validation_error(LaunchTable, exc))
     checker = _Checker(raw, base, config)
@@ -573,7 +575,7 @@ def validate(
     given = raw.get("batch_id")
     if batch_id is not None:
         try:
-            check_id(batch_id)
+            check_id(batch_id, incoming=True)
         except ValueError as exc:
             issues.append(Issue("batch_id", str(exc)))
         if isinstance(given, str) and given != batch_id:

@@ -33,6 +33,6 @@ def id_arg(value: str) -> str:
     from phh_engine.models import check_id
 
     try:
-        return check_id(value)
+        return check_id(value, incoming=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -63,7 +63,7 @@ def test_every_store_name_is_refused_as_an_id(name: str) -> None:
     for value in (name, name.upper()):  # case-folding filesystems make these one name
         # `_system`-like names are also refused by the pattern (no leading '_')
         with pytest.raises(ValueError, match="own store" if name[0].isalnum() else "must match"):
-            check_id(value)
+            check_id(value, incoming=True)
 
 
 @pytest.mark.parametrize(("where", "patch"), [
@@ -250,3 +250,20 @@ def test_a_refused_id_writes_nothing_on_a_fresh_root(tmp_path: Path, job_id: str
     with pytest.raises(SubmitError):
         submit(layout, lt)
     assert not layout.root.exists()
+
+
+def test_a_store_made_before_a_name_was_reserved_stays_readable(tmp_path: Path) -> None:
+    """Reserved names are refused at the doors; records phh already wrote are read as they
+    are, so a batch whose job is called `cache` does not vanish from the board."""
+    layout = Layout(tmp_path)
+    lt = tmp_path / "lt.json"
+    lt.write_text(json.dumps(table(tmp_path, {"job_id": "jx",
+                                              "steps": [{"step_id": "s1", "prompt": "hi"}]})))
+    bid = submit(layout, lt).batch_id
+    meta = layout.batch_meta(bid)
+    text = meta.read_text().replace('"jx"', '"cache"')
+    meta.chmod(0o644)
+    meta.write_text(text)
+    res = phh(tmp_path, "scoreboard", "--json", "--batch", bid, "--recompute")
+    assert res.returncode == 0, res.stderr
+    assert [r["job_id"] for r in json.loads(res.stdout)["steps"]] == ["cache"]
