@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from .documents import DocumentError, loads_json
 from .models import utcnow
-from .models.common import Id, Record, incoming_ids
+from .models.common import Id, Record
 from .paths import Layout
 from .store import atomic_write_json, read_model, write_once_json
 from .views import BatchView, StepView
@@ -94,9 +94,8 @@ def write_request(layout: Layout, req: OverrideRequest) -> Path:
 
 
 def make_request(layout: Layout, action: str, batch_id: str, **kw: object) -> OverrideRequest:
-    with incoming_ids():
-        req = OverrideRequest(nonce=new_nonce(), action=action,  # type: ignore[arg-type]
-                              batch_id=batch_id, requested_at=utcnow(), **kw)  # type: ignore[arg-type]
+    req = OverrideRequest(nonce=new_nonce(), action=action, batch_id=batch_id,  # type: ignore[arg-type]
+                          requested_at=utcnow(), **kw)  # type: ignore[arg-type]
     write_request(layout, req)
     return req
 
