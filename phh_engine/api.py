@@ -216,7 +216,10 @@ class Guard:
                 if len(body) > self.max_body:
                     await self._too_large(send)
                     return
-            problem = hostile_body(bytes(body))
+            data = bytes(body)
+            # a big body is parsed off the event loop, which keeps serving the others
+            problem = hostile_body(data) if len(data) < 65536 else \
+                await asyncio.to_thread(hostile_body, data)
             if problem is not None:
                 await _send_json(send, 400, {
                     "error": "bad_request", "message": f"request body refused: {problem}",
