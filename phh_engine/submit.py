@@ -748,6 +748,13 @@ def submit(
                         batch_id=batch_id, raw_bytes=data)
     except SubmitError as exc:
         raise SubmitError([*exc.issues, *issues]) from None
+    runs = layout.runs.resolve()
+    for ji, job in enumerate(meta.jobs):
+        if Path(job.working_directory).resolve().is_relative_to(runs):
+            issues.append(Issue(
+                f"jobs[{ji}].working_directory",
+                f"{job.working_directory} is inside phh's store ({runs}): the agent would "
+                "write among phh's own files; use a directory outside runs/"))
     if issues:
         raise SubmitError(issues)
 

@@ -267,3 +267,17 @@ def test_a_store_made_before_a_name_was_reserved_stays_readable(tmp_path: Path) 
     res = phh(tmp_path, "scoreboard", "--json", "--batch", bid, "--recompute")
     assert res.returncode == 0, res.stderr
     assert [r["job_id"] for r in json.loads(res.stdout)["steps"]] == ["cache"]
+
+
+def test_a_working_directory_inside_the_store_is_refused(tmp_path: Path) -> None:
+    """The same kind by path: an agent working inside runs/ writes among phh's own files."""
+    layout = Layout(tmp_path / "root")
+    layout.runs.mkdir(parents=True)
+    lt = tmp_path / "lt.json"
+    lt.write_text(json.dumps(table(layout.runs, {"job_id": "j1", "working_directory": "x",
+                                                 "steps": [{"step_id": "s1", "prompt": "hi"}]})))
+    with pytest.raises(SubmitError) as err:
+        submit(layout, lt)
+    assert [i.path for i in err.value.issues] == ["jobs[0].working_directory"]
+    assert "inside phh's store" in err.value.issues[0].message
+    assert batch_dirs(layout) == []
