@@ -497,7 +497,15 @@ class Engine:
                 have = ({rid: e.status for p in cur.steps.values()
                          for rid, e in p.by_run_id.items()} if cur else {})
                 if have != want:
-                    update_current(self.layout, batch.batch_id, job.job_id)
+                    try:
+                        update_current(self.layout, batch.batch_id, job.job_id)
+                    except OSError as exc:  # e.g. a stray directory named current.json
+                        where = os.path.relpath(self.layout.current(batch.batch_id, job.job_id),
+                                                self.layout.runs)
+                        self.index.unexpected[where] = (
+                            f"runs/{where}: cannot rebuild this index file "
+                            f"({exc.strerror or exc}); the engine works from the attempts")
+                        log.warning("store: %s", self.index.unexpected[where])
 
     def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
         now = utcnow()

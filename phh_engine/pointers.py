@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 
@@ -15,6 +16,8 @@ from .models import (
 )
 from .paths import CODEX_HOME, STATE, Layout, attempt_dir_names, run_id_of
 from .store import atomic_write_json, job_lock, read_model
+
+log = logging.getLogger(__name__)
 
 
 def _scan_step(attempts_dir: str) -> list[tuple[str, str, AttemptState | None]]:
@@ -96,6 +99,11 @@ def reindex(layout: Layout) -> int:
         for job_dir in sorted(batch_dir.iterdir()):
             if job_dir.is_dir() and not job_dir.name.startswith(("_", ".")) and \
                     (job_dir / "steps").is_dir():
-                update_current(layout, batch_dir.name, job_dir.name)
+                try:
+                    update_current(layout, batch_dir.name, job_dir.name)
+                except OSError as exc:  # e.g. a stray directory named current.json
+                    log.warning("reindex: %s/%s skipped: %s", batch_dir.name, job_dir.name,
+                                exc.strerror or exc)
+                    continue
                 count += 1
     return count

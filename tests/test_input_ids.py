@@ -169,6 +169,10 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
     shutil.rmtree(layout.system / "cache", ignore_errors=True)
     (layout.system / "cache").write_text("not a directory")
     (layout.runners / "stray_runner").write_text("not a directory")
+    # and a directory where a file is expected: the job index phh rebuilds at start
+    cur = layout.current(bid, "done")
+    cur.unlink()
+    (cur / "inside").mkdir(parents=True)
     for args in (("scoreboard", "--json"), ("scoreboard", "--json", "--batch", bid),
                  ("scoreboard", "--json"), ("reindex",), ("gc", "--dry-run"), ("gc",),
                  ("runner", "list"), ("jobs", bid), ("attempts", bid, "done", "s1")):
@@ -192,6 +196,7 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
         assert rows[job]["status"] == "blocked", rows[job]
         assert "cannot start" in " ".join(rows[job]["reasons"])
     assert any("notes.txt" in n["message"] for n in served["notes"])
+    assert any("done/current.json: cannot rebuild" in n["message"] for n in served["notes"])
 
 
 @pytest.mark.codex
