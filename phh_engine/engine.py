@@ -836,7 +836,7 @@ class Engine:
             self._health_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             log.warning("cannot write runner health: %s", self._health_error)
         self._peers = all_health(self.layout)
-        self._notes = system_notes(self.layout, self.config) + unexpected_notes(self.index)
+        self._notes = system_notes(self.layout, self.config)
         if self._health_error:
             self._notes.append(SystemNote(
                 kind="health_unwritable", runner_id=self.runner_id,
@@ -941,6 +941,8 @@ class Engine:
         if not dirty and not all_batches:
             return
         now = utcnow()
+        # runner notes from the last health tick; store notes as of now
+        notes = [*self._notes, *unexpected_notes(self.index)]
         # O(changed batches): unchanged batches reuse their last board (all are recomputed
         # every 30 s, when heartbeat ages move)
         for bid in dirty:
@@ -948,15 +950,25 @@ class Engine:
             if batch is None:
                 continue
             sb = batch_scoreboard(batch, now)
-            if self._notes:
-                sb = sb.model_copy(update={"notes": list(self._notes)})
+            if notes:
+                sb = sb.model_copy(update={"notes": list(notes)})
             self._announce(self._boards.get(bid), sb)
             self._boards[bid] = sb
-            atomic_write_json(self.layout.batch_scoreboard(bid), sb)
+            try:
+                atomic_write_json(self.layout.batch_scoreboard(bid), sb)
+            except (IsADirectoryError, NotADirectoryError) as exc:  # a stray entry: go on
+                where = f"{bid}/{self.layout.batch_scoreboard(bid).name}"
+                if where not in self.index.unexpected:
+                    self.index.unexpected[where] = (
+                        f"runs/{where}: cannot write this batch's scoreboard "
+                        f"({exc.strerror or exc}); the system scoreboard and the API still "
+                        "show it")
+                    log.warning("store: %s", self.index.unexpected[where])
+        notes = [*self._notes, *unexpected_notes(self.index)]  # with any found just now
         atomic_write_json(
             self.layout.system_scoreboard,
             system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
-                update={"notes": list(self._notes)}),
+                update={"notes": notes}),
         )
 
     def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:

@@ -169,7 +169,10 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
     shutil.rmtree(layout.system / "cache", ignore_errors=True)
     (layout.system / "cache").write_text("not a directory")
     (layout.runners / "stray_runner").write_text("not a directory")
-    # and a directory where a file is expected: the job index phh rebuilds at start
+    # and directories where files are expected: the job index phh rebuilds at start, and
+    # the batch scoreboard the engine writes (the system board carries the notes then)
+    (layout.batch_scoreboard(bid).unlink())
+    (layout.batch_scoreboard(bid) / "inside").mkdir(parents=True)
     cur = layout.current(bid, "done")
     cur.unlink()
     (cur / "inside").mkdir(parents=True)
@@ -188,6 +191,10 @@ def test_stray_entries_at_every_level_are_skipped_with_a_note(harness: Harness) 
     assert reindex(layout) >= 1
     plan_gc(layout)
     # the engine starts on this root, runs nothing in the broken jobs and goes idle
+    harness.run(timeout=120)
+    system = json.loads(layout.system_scoreboard.read_text())
+    assert any("scoreboard.batch.json: cannot write" in n["message"] for n in system["notes"])
+    shutil.rmtree(layout.batch_scoreboard(bid))
     harness.run(timeout=120)
     served = json.loads(layout.batch_scoreboard(bid).read_text())
     rows = {r["job_id"]: r for r in served["steps"]}
