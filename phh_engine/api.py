@@ -71,6 +71,7 @@ from .artifacts import (
     media_type,
     read_lines,
 )
+from .documents import DocumentError, loads_json
 from .models import ID_PATTERN, TERMINAL_STATUSES, BatchScoreboard, HarnessConfig, SystemScoreboard
 from .models.scoreboard import SystemRow
 from .paths import ARTIFACT_NAMES, Layout
@@ -158,6 +159,21 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
+def hostile_body(body: bytes) -> DocumentError | None:
+    """A JSON body phh refuses before any handler sees it (non-finite numbers, over-deep
+    nesting: documents.loads_json's rules), or None. Not JSON at all is left to the
+    handler's own 400."""
+    if not body.strip():
+        return None
+    try:
+        loads_json(body)
+    except DocumentError as exc:
+        return exc
+    except ValueError:  # malformed JSON, not UTF-8: the handler says so
+        return None
+    return None
+
+
 class Guard:
     """Pure ASGI middleware: peer/host/origin rules, bearer token, body size limit."""
 
@@ -200,6 +216,15 @@ class Guard:
                 if len(body) > self.max_body:
                     await self._too_large(send)
                     return
+            data = bytes(body)
+            # a big body is parsed off the event loop, which keeps serving the others
+            problem = hostile_body(data) if len(data) < 65536 else \
+                await asyncio.to_thread(hostile_body, data)
+            if problem is not None:
+                await _send_json(send, 400, {
+                    "error": "bad_request", "message": f"request body refused: {problem}",
+                    "errors": [{"path": problem.path, "message": problem.message}]})
+                return
             sent = False
 
             async def replay() -> Message:
@@ -246,7 +271,7 @@ class Guard:
 
 # ----------------------------------------------------------------------------- models
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 _ID_DOC = "an id: " + ID_PATTERN + " and no '..'"

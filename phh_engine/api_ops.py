@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
 from .board_files import cached_board, engine_board, keep_board
-from .index import StoreIndex
+from .index import StoreIndex, unexpected_notes
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
 from .overrides import make_request, read_result, replay_marks
 from .paths import Layout
@@ -106,6 +106,13 @@ def derive_view(layout: Layout, batch_id: str | None = None
             return system_scoreboard(index.batches.values(), at)
 
     replay_marks(layout, index.batches)  # mark-failed / close, as the engine shows them
+    if index.unexpected:  # stray entries the index skipped: said once, never a crash
+        plain = derive
+        notes = unexpected_notes(index)
+
+        def derive(at: datetime) -> BatchScoreboard | SystemScoreboard:
+            board = plain(at)
+            return board.model_copy(update={"notes": [*board.notes, *notes]})
     board = derive(now)
     text = board.model_dump_json(indent=2)
 
@@ -191,6 +198,9 @@ def request_action(
     op = ACTIONS.get(action, action)
     if op not in ACTIONS.values():
         raise LookupFailed(400, f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
+    for value, what in ((run_id, "run_id"), (runner_id, "runner_id")):
+        if value is not None:  # a malformed id is bad input (400) before any lookup (404)
+            valid_id(value, what)
     if op == "close":
         load_meta(layout, batch_id)
     else:

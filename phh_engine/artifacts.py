@@ -22,7 +22,16 @@ from typing import Any
 
 from .events import describe_item
 from .models import TERMINAL_STATUSES, AttemptMeta, AttemptState, check_id
-from .paths import ARTIFACT_NAMES, EVENTS, META, STATE, STDOUT, Layout, run_id_of
+from .paths import (
+    ARTIFACT_NAMES,
+    EVENTS,
+    META,
+    STATE,
+    STDOUT,
+    Layout,
+    attempt_dir_names,
+    run_id_of,
+)
 from .store import read_model
 
 #: how much of a file one non-streaming events read returns at most
@@ -53,7 +62,7 @@ def missing(message: str) -> LookupFailed:
 
 def valid_id(value: str, what: str) -> str:
     try:
-        return check_id(value)
+        return check_id(value, incoming=True)
     except ValueError as exc:
         raise bad(f"{what}: {exc}") from None
 
@@ -88,11 +97,7 @@ def list_attempt_dirs(layout: Layout, batch_id: str, job_id: str, step_id: str) 
     if not layout.batch_meta(batch_id).is_file():
         raise missing(f"no batch {batch_id!r}")
     adir = layout.attempts_dir(batch_id, job_id, step_id)
-    try:
-        names = sorted(n for n in os.listdir(adir) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [adir / n for n in names]
+    return [adir / n for n in attempt_dir_names(adir)]
 
 
 def find_attempt(

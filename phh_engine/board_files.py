@@ -125,7 +125,7 @@ def _read_json(path: Path | str) -> Any:
     try:
         with open(path, "rb") as fh:
             return json.loads(fh.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: hostile nesting
         return None
 
 

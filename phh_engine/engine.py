@@ -38,8 +38,8 @@ from .health import (
     sample_resources,
     system_notes,
 )
-from .index import StoreIndex
-from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, utcnow
+from .index import StoreIndex, unexpected_notes
+from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
@@ -51,9 +51,10 @@ from .overrides import (
     make_request,
     overrides_dir,
     read_result,
+    request_problem,
     write_result,
 )
-from .paths import EXIT_CODE, STATE, Layout
+from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
 from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
@@ -232,6 +233,11 @@ class Engine:
         """Everything before the loop: config, codex, index, recovery. Raises EngineError,
         ConfigError, or PreflightError (no usable Codex, a Codex config missing or not TOML);
         on any of them the runner lock is released again."""
+        try:
+            # it names runners/<runner_id>/: refused before anything is written
+            check_id(self.runner_id, incoming=True)
+        except ValueError as exc:
+            raise EngineError(f"runner id: {exc}") from None
         self.layout.runs.mkdir(parents=True, exist_ok=True)
         self._acquire_runner()
         try:
@@ -398,7 +404,22 @@ class Engine:
             extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
             override_nonce=marks.pending_nonce,
         )
-        claimed = self.runner.claim(plan)
+        try:
+            claimed = self.runner.claim(plan)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+            # something other than phh's own directory stands on the step's path (a stray
+            # file): this step cannot run here, the others can
+            where = os.path.relpath(exc.filename or "?", self.layout.runs)
+            cand.step.marks.unstartable = (
+                f"runs/{where}: {exc.strerror or exc} (an unexpected entry on the step's path; "
+                "move it away and restart the engine)")
+            self.index.unexpected[where] = cand.step.marks.unstartable
+            log.warning("cannot start %s/%s/%s: %s", batch.batch_id, cand.job.job_id,
+                        cand.step.step_id, cand.step.marks.unstartable)
+            self._ready.touch(batch.batch_id, cand.job.job_id)
+            self._dirty.add(batch.batch_id)
+            self._poke()  # the loop looks again (and may go idle)
+            return
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
@@ -436,10 +457,8 @@ class Engine:
         if batch is None:
             return
         adir = self.layout.attempts_dir(batch_id, job_id, step_id)
-        with contextlib.suppress(FileNotFoundError):
-            for d in sorted(adir.iterdir()):
-                if not d.name.startswith("."):
-                    self.index.refresh_attempt(batch_id, job_id, step_id, d.name)
+        for name in attempt_dir_names(adir):
+            self.index.refresh_attempt(batch_id, job_id, step_id, name)
 
     def _on_attempt_change(self, batch_id: str, job_id: str, step_id: str,
                            view: AttemptView) -> None:
@@ -506,7 +525,15 @@ class Engine:
                 have = ({rid: e.status for p in cur.steps.values()
                          for rid, e in p.by_run_id.items()} if cur else {})
                 if have != want:
-                    update_current(self.layout, batch.batch_id, job.job_id)
+                    try:
+                        update_current(self.layout, batch.batch_id, job.job_id)
+                    except OSError as exc:  # e.g. a stray directory named current.json
+                        where = os.path.relpath(self.layout.current(batch.batch_id, job.job_id),
+                                                self.layout.runs)
+                        self.index.unexpected[where] = (
+                            f"runs/{where}: cannot rebuild this index file "
+                            f"({exc.strerror or exc}); the engine works from the attempts")
+                        log.warning("store: %s", self.index.unexpected[where])
 
     def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
         now = utcnow()
@@ -608,7 +635,15 @@ class Engine:
             if nonce in self._handled or nonce in done:
                 continue
             req = read_model(d / name, OverrideRequest)
-            if req is None or not self._takes(req):
+            if req is None:
+                # refused once (named in the log and on the scoreboards), never re-read
+                self._handled.add(nonce)
+                why = f"runs/_system/overrides/{name}: request refused: " + \
+                    request_problem(d / name)
+                log.warning("%s", why)
+                self.index.unexpected[f"_system/overrides/{name}"] = why
+                continue
+            if not self._takes(req):
                 continue
             if is_claimed(self.layout, nonce) and not self._steal_claim(nonce):
                 continue
@@ -964,6 +999,8 @@ class Engine:
         if not dirty and not all_batches:
             return
         now = utcnow()
+        # runner notes from the last health tick; store notes as of now
+        notes = [*self._notes, *self._credential_notes(), *unexpected_notes(self.index)]
         # O(changed batches): unchanged batches reuse their last board (all are recomputed
         # every 30 s, when heartbeat ages move)
         for bid in dirty:
@@ -971,16 +1008,26 @@ class Engine:
             if batch is None:
                 continue
             sb = batch_scoreboard(batch, now)
-            notes = self._notes + self._credential_notes()
             if notes:
-                sb = sb.model_copy(update={"notes": notes})
+                sb = sb.model_copy(update={"notes": list(notes)})
             self._announce(self._boards.get(bid), sb)
             self._boards[bid] = sb
-            atomic_write_json(self.layout.batch_scoreboard(bid), sb)
+            try:
+                atomic_write_json(self.layout.batch_scoreboard(bid), sb)
+            except (IsADirectoryError, NotADirectoryError) as exc:  # a stray entry: go on
+                where = f"{bid}/{self.layout.batch_scoreboard(bid).name}"
+                if where not in self.index.unexpected:
+                    self.index.unexpected[where] = (
+                        f"runs/{where}: cannot write this batch's scoreboard "
+                        f"({exc.strerror or exc}); the system scoreboard and the API still "
+                        "show it")
+                    log.warning("store: %s", self.index.unexpected[where])
+        # with any found just now
+        notes = [*self._notes, *self._credential_notes(), *unexpected_notes(self.index)]
         atomic_write_json(
             self.layout.system_scoreboard,
             system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
-                update={"notes": self._notes + self._credential_notes()}),
+                update={"notes": notes}),
         )
 
     def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:

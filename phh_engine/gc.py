@@ -70,6 +70,7 @@ from .paths import (
     OUTPUT_SCHEMA,
     STATE,
     Layout,
+    attempt_dir_names,
 )
 from .store import job_lock, read_model
 from .workspace import WorkspaceError, describe_removal, remove_workspace, tree_bytes
@@ -205,15 +206,11 @@ def _scan_job(layout: Layout, batch_id: str, job_id: str) -> list[_Attempt]:
     steps = layout.job_dir(batch_id, job_id) / "steps"
     try:
         step_dirs = sorted(p for p in steps.iterdir() if p.is_dir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a stray file on the path: nothing here
         return out
     for sd in step_dirs:
         adir = sd / "attempts"
-        try:
-            names = sorted(p.name for p in adir.iterdir() if not p.name.startswith("."))
-        except FileNotFoundError:
-            continue
-        for n in names:
+        for n in attempt_dir_names(adir):
             p = adir / n
             out.append(_Attempt(sd.name, p, read_model(p / STATE, AttemptState),
                                 read_model(p / META, AttemptMeta)))

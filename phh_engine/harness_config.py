@@ -20,7 +20,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from .models import HarnessConfig, HarnessSettings, LaunchTable, utcnow
+from .documents import DocumentError, loads_json
+from .models import HarnessConfig, HarnessSettings, LaunchTable, incoming_ids, utcnow
 from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES, MIN_STALE_SECONDS
 from .paths import Layout
 from .store import atomic_write_json, read_model, write_once_json
@@ -231,7 +232,8 @@ _STALE_PATH = "scoreboard.heartbeat_stale_after_seconds"
 
 def _validate_settings(data: Any, where: str) -> HarnessSettings:
     try:
-        return HarnessSettings.model_validate(data)
+        with incoming_ids():  # runner ids name runners/<id>/: no store name
+            return HarnessSettings.model_validate(data)
     except ValidationError as exc:
         problems = describe_validation_error(HarnessSettings, exc)
     for i, (path, message) in enumerate(problems):
@@ -309,7 +311,10 @@ def load_settings(layout: Layout) -> HarnessSettings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
+    except DocumentError as exc:
+        raise ConfigError(f"{path} is invalid:\n  - {exc.path}: {exc.message}",
+                          [exc.path]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"

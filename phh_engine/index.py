@@ -13,8 +13,18 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from .models import AttemptMeta, AttemptState, BatchMeta, RunReport
+from .models.scoreboard import SystemNote
 from .overrides import overrides_dir
-from .paths import CODEX_HOME, FINAL_JSON, META, STATE, Layout, run_id_of
+from .paths import (
+    CODEX_HOME,
+    FINAL_JSON,
+    META,
+    NOT_A_DIRECTORY,
+    STATE,
+    Layout,
+    run_id_of,
+    scan_attempts,
+)
 from .store import read_model
 from .views import AttemptView, BatchView
 
@@ -69,13 +79,29 @@ class StoreIndex:
         self.layout = layout
         self.batches: dict[str, BatchView] = {}
         self.for_scoreboards = for_scoreboards
+        #: entries of the tree that are not what phh writes there (path under runs/ ->
+        #: what was skipped): shown as scoreboard notes, never a crash
+        self.unexpected: dict[str, str] = {}
+
+    def _skipped(self, where: str, names: list[str]) -> None:
+        """Record (and log once) entries of the tree that are not what phh writes there."""
+        rel = os.path.relpath(where, self.layout.runs)
+        if names == [NOT_A_DIRECTORY]:
+            what = f"runs/{rel}: not a directory (a file stands on its path); skipped"
+        else:
+            shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+            what = f"runs/{rel}: not attempt directories, skipped: {shown}"
+        if self.unexpected.get(rel) != what:
+            log.warning("store: %s", what)
+        self.unexpected[rel] = what
 
     def _batch_names(self) -> list[str]:
         try:
             names = os.listdir(self.layout.runs)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches]
+        return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches
+                and n not in self.unexpected]
 
     def load(self) -> None:
         with _bulk():
@@ -97,6 +123,9 @@ class StoreIndex:
     def _load_batch(self, batch_id: str) -> BatchView | None:
         meta = read_model(self.layout.batch_meta(batch_id), BatchMeta)
         if meta is None:
+            bdir = self.layout.batch_dir(batch_id)
+            if not os.path.isdir(bdir) and os.path.lexists(bdir):
+                self._skipped(str(bdir), [NOT_A_DIRECTORY])
             return None
         batch = BatchView.from_meta(meta)
         bdir = self.layout.batch_dir(batch_id)
@@ -109,9 +138,10 @@ class StoreIndex:
             steps_dir = f"{bdir_s}/{job.job_id}/steps"
             for step in job.steps.values():
                 adir = f"{steps_dir}/{step.step_id}/attempts"
-                try:
-                    names = sorted(n for n in os.listdir(adir) if not n.startswith("."))
-                except FileNotFoundError:
+                names, stray = scan_attempts(adir)
+                if stray:
+                    self._skipped(adir, stray)
+                if not names:
                     continue
                 base = Path(adir)
                 last = len(names) - 1
@@ -165,3 +195,8 @@ class StoreIndex:
         path = self.layout.attempt_dir(batch_id, job_id, step_id, dir_name)
         if path.is_dir():
             self.put_attempt(batch_id, job_id, step_id, load_attempt(path))
+
+
+def unexpected_notes(index: StoreIndex) -> list[SystemNote]:
+    """Scoreboard notes for the entries `index` skipped (kind `unexpected_entry`)."""
+    return [SystemNote(kind="unexpected_entry", message=m) for m in list(index.unexpected.values())]

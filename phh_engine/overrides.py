@@ -17,8 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from .documents import DocumentError, loads_json
 from .models import utcnow
 from .models.common import Id, Record
 from .paths import Layout
@@ -59,6 +60,26 @@ class OverrideResult(Record):
 
 def overrides_dir(layout: Layout) -> Path:
     return layout.system / "overrides"
+
+
+def request_problem(path: Path) -> str:
+    """Why the request file at `path` cannot be applied, naming the JSON path at fault (for
+    a request `read_model` refused: hand-written, hostile or from another version)."""
+    try:
+        data = loads_json(path.read_bytes())
+    except DocumentError as exc:
+        return f"{exc.path}: {exc.message}"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    except ValueError as exc:
+        return f"$: not valid JSON ({exc})"
+    try:
+        OverrideRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "$"
+        return f"{where}: {err.get('msg', 'invalid')}"
+    return "$: unreadable"
 
 
 def new_nonce() -> str:

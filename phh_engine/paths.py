@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,47 @@ GIT_HEAD = "git_head.txt"
 GIT_STATUS = "git_status.txt"
 GIT_DIFF = "git_diff.patch"
 FILES_TOUCHED = "files_touched.json"
+
+#: Every name phh itself writes in a store, with where: an id (batch, job, step, run or
+#: runner) becomes a directory name beside or below these, so an id equal to one of them
+#: (compared case-insensitively, for case-folding filesystems) would make phh read its own
+#: file as a directory, or a directory as its own file. One set for every id kind, so that
+#: a reader that matches names anywhere in the tree (the dashboard's watcher) is never fooled.
+STORE_NAMES: dict[str, str] = {
+    "runs": "<root>/runs/", "runners": "<root>/runners/", "queue": "<root>/queue/",
+    "phh_config.json": "<root>/phh_config.json",
+    "_system": "runs/_system/", "harness_config.json": "runs/_system/harness_config.json",
+    "harness_config_versions": "runs/_system/harness_config_versions/",
+    "scoreboard.system.json": "runs/_system/scoreboard.system.json",
+    "overrides": "runs/_system/overrides/", "cache": "runs/_system/cache/",
+    "submissions": "runs/_system/submissions/", "locks": "runs/_system/locks/",
+    "gc_log.jsonl": "runs/_system/gc_log.jsonl", "gc.lock": "runs/_system/gc.lock",
+    "batch_meta.json": "runs/<batch>/batch_meta.json",
+    "scoreboard.batch.json": "runs/<batch>/scoreboard.batch.json",
+    "closed.json": "runs/<batch>/closed.json", "_overrides": "runs/<batch>/_overrides/",
+    "current.json": "runs/<batch>/<job>/current.json",
+    "_workspace": "runs/<batch>/<job>/_workspace/",
+    "workspace.json": "runs/<batch>/<job>/workspace.json",
+    "steps": "runs/<batch>/<job>/steps/", "attempts": "runs/<batch>/<job>/steps/<step>/attempts/",
+    "health.json": "runners/<runner>/health.json", "drain.json": "runners/<runner>/drain.json",
+    "headless.log": "runners/<runner>/headless.log",
+    "incoming": "queue/incoming/", "accepted": "queue/accepted/", "rejected": "queue/rejected/",
+    **{name: f"runs/<batch>/<job>/steps/<step>/attempts/<attempt>/{name}" for name in (
+        META, STATE, FINAL_JSON, FINAL_TXT, HANDOFF, EVENTS, STDOUT, STDERR, EXIT_CODE,
+        CODEX_HOME, OUTPUT_SCHEMA, GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED, "prompt.txt",
+        "internal_error.log")},
+}
+_STORE_NAMES_FOLDED: dict[str, str] = {k.casefold(): k for k in STORE_NAMES}
+
+
+def store_name_clash(value: str) -> str | None:
+    """Why `value` cannot be an id (it is a name phh writes in its store), or None."""
+    name = _STORE_NAMES_FOLDED.get(value.casefold())
+    if name is None:
+        return None
+    return (f"it is a name phh writes in its own store ({STORE_NAMES[name]}), so it "
+            "would clash with it: choose another id")
+
 
 #: Attempt files an interface may hand out by name (never a path the caller chooses).
 ARTIFACT_NAMES: tuple[str, ...] = (
@@ -47,6 +89,44 @@ def run_dir_name(started: datetime, run_id: str) -> str:
 
 def run_id_of(dir_name: str) -> str:
     return dir_name.split("_", 1)[1]
+
+
+def is_attempt_dir_name(name: str) -> bool:
+    """A name `run_dir_name` could have made (`<stamp>_<run_id>`, not hidden): anything else
+    in an attempts directory is not an attempt and is skipped by every reader."""
+    return not name.startswith(".") and "_" in name and bool(name.split("_", 1)[1])
+
+
+#: `scan_attempts`' stray entry for a path that is not a directory (or has a file on it).
+NOT_A_DIRECTORY = "."
+
+
+def scan_attempts(attempts_dir: str | Path) -> tuple[list[str], list[str]]:
+    """(attempt directory names oldest first, other entries skipped) of one attempts
+    directory. Stray files and names `run_dir_name` would not make are skipped (hidden
+    ones silently: temp files); a missing directory gives ([], []), a file where the
+    directory or one of its parents should be ([], [NOT_A_DIRECTORY]). One scandir, no stat
+    per entry on filesystems that report entry types."""
+    names: list[str] = []
+    stray: list[str] = []
+    try:
+        with os.scandir(attempts_dir) as it:
+            for e in it:
+                if is_attempt_dir_name(e.name) and e.is_dir():
+                    names.append(e.name)
+                elif not e.name.startswith("."):
+                    stray.append(e.name)
+    except FileNotFoundError:
+        return [], []
+    except NotADirectoryError:
+        return [], [NOT_A_DIRECTORY]
+    names.sort()
+    return names, stray
+
+
+def attempt_dir_names(attempts_dir: str | Path) -> list[str]:
+    """`scan_attempts` without the strays."""
+    return scan_attempts(attempts_dir)[0]
 
 
 class Layout:

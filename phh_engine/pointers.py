@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 
@@ -13,16 +14,15 @@ from .models import (
     StepPointers,
     utcnow,
 )
-from .paths import CODEX_HOME, STATE, Layout, run_id_of
+from .paths import CODEX_HOME, STATE, Layout, attempt_dir_names, run_id_of
 from .store import atomic_write_json, job_lock, read_model
+
+log = logging.getLogger(__name__)
 
 
 def _scan_step(attempts_dir: str) -> list[tuple[str, str, AttemptState | None]]:
     """(dir name, path, state) of each attempt, in start order (strings: ~20 joins a call)."""
-    try:
-        names = sorted(n for n in os.listdir(attempts_dir) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):  # no attempts yet; not a step directory
-        return []
+    names = attempt_dir_names(attempts_dir)  # [] for no attempts yet, or not a directory
     return [(n, p, read_model(f"{p}/{STATE}", AttemptState))
             for n in names for p in (f"{attempts_dir}/{n}",)]
 
@@ -97,7 +97,13 @@ def reindex(layout: Layout) -> int:
         if batch_dir.name.startswith(("_", ".")) or not (batch_dir / "batch_meta.json").exists():
             continue
         for job_dir in sorted(batch_dir.iterdir()):
-            if job_dir.is_dir() and (job_dir / "steps").is_dir():
-                update_current(layout, batch_dir.name, job_dir.name)
+            if job_dir.is_dir() and not job_dir.name.startswith(("_", ".")) and \
+                    (job_dir / "steps").is_dir():
+                try:
+                    update_current(layout, batch_dir.name, job_dir.name)
+                except OSError as exc:  # e.g. a stray directory named current.json
+                    log.warning("reindex: %s/%s skipped: %s", batch_dir.name, job_dir.name,
+                                exc.strerror or exc)
+                    continue
                 count += 1
     return count

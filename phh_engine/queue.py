@@ -206,6 +206,18 @@ class DropQueue:
             # next scan tries again; nothing is lost
             log.warning("queue: %s stays queued: %s", name, exc)
             return None
+        except Exception as exc:  # one drop must never stop the queue
+            # a drop phh could not even judge: rejected with the cause, and the drops after
+            # it are still processed
+            log.exception("queue: %s could not be ingested", name)
+            intent = read_json(self.intents / f"{name}.json")
+            if not isinstance(intent, dict) or not isinstance(intent.get("drop_id"), str):
+                intent = {"drop_id": secrets.token_hex(8)}
+            try:
+                return self._reject(name, claimed, None, intent, [Issue(
+                    "$", f"phh could not read this drop ({type(exc).__name__}: {exc})")])
+            except OSError:
+                return None
 
     def _ingest(self, name: str, claimed: Path) -> QueueOutcome | None:
         try:

@@ -152,6 +152,8 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
         return Readiness("succeeded")
     if step.marks.marked_failed:
         return Readiness("failed", [f"marked failed by operator: {step.marks.marked_failed}"])
+    if step.marks.unstartable:
+        return Readiness("blocked", [f"cannot start: {step.marks.unstartable}"])
 
     retry_of: AttemptView | None = None
     trigger = "scheduled"

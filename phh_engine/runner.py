@@ -62,6 +62,7 @@ from .paths import (
     STDERR,
     STDOUT,
     Layout,
+    attempt_dir_names,
     new_run_id,
     run_dir_name,
 )
@@ -435,10 +436,8 @@ class LocalRunner:
         attempts = self.layout.attempts_dir(plan.batch_id, plan.job_id, plan.step_id)
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
             if attempts.is_dir():
-                for d in attempts.iterdir():
-                    if d.name.startswith("."):
-                        continue
-                    st = read_model(d / STATE, AttemptState)
+                for name in attempt_dir_names(attempts):  # stray files are not attempts
+                    st = read_model(attempts / name / STATE, AttemptState)
                     status = st.status if st else "queued"
                     if status in ("queued", "running"):
                         return None

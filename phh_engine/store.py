@@ -107,7 +107,7 @@ def read_json(path: Path) -> Any | None:
     try:
         with open(path, "rb") as fh:
             return json.loads(fh.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: hostile nesting
         return None
 
 

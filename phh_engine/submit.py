@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .dialect import Note, translate
+from .documents import DocumentError, check_tree, loads_json, loads_yaml
 from .harness_config import (
     describe_validation_error,
     did_you_mean,
@@ -41,12 +42,15 @@ from .models import (
     NormalizedStep,
     RetryPolicy,
     check_id,
+    incoming_ids,
     utcnow,
 )
 from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES
 from .models.launch_table import GOAL_MIN_WORDS, JobSpec, StepSpec
 from .paths import Layout, new_batch_id
 from .store import job_lock, read_json, write_once_json
+from .strict_schema import describe as describe_strict
+from .strict_schema import strict_problems
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -149,7 +153,9 @@ def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:
     parsed: Any
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         try:
-            parsed = yaml.load(text, Loader=_YamlLoader)  # SafeLoader subclass
+            parsed = loads_yaml(text, _YamlLoader)
+        except DocumentError as exc:
+            raise SubmitError([Issue(exc.path, exc.message)]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -157,7 +163,9 @@ def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:
             raise SubmitError([Issue("$", f"invalid YAML{where}: {problem}")]) from None
     else:
         try:
-            parsed = json.loads(text, object_pairs_hook=_Object)
+            parsed = loads_json(text, object_pairs_hook=_Object)
+        except DocumentError as exc:
+            raise SubmitError([Issue(exc.path, exc.message)]) from None
         except json.JSONDecodeError as exc:
             raise SubmitError(
                 [Issue("$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
@@ -463,7 +471,10 @@ class _Checker:
         spath = f"jobs[{ji}].steps[{si}].output_schema_ref"
         path = _resolve(self.base, ref)
         try:
-            schema = json.loads(path.read_text(encoding="utf-8"))
+            schema = loads_json(path.read_text(encoding="utf-8"))
+        except DocumentError as exc:
+            self.add(spath, f"output schema {path} is refused at {exc.path}: {exc.message}")
+            return
         except FileNotFoundError:
             self.add(spath, f"output schema file not found: {path}")
             return
@@ -483,6 +494,13 @@ class _Checker:
             where = "/" + "/".join(str(p) for p in exc.absolute_path)
             self.add(spath, f"output schema {path} is not a valid JSON Schema (at {where}): "
                             f"{exc.message}")
+            return
+        # Codex sends it with strict: true; the API would refuse every attempt with a 400
+        problems = strict_problems(schema)
+        for line in describe_strict(problems):
+            self.add(spath, f"output schema {path} would be refused by the model API "
+                            f"(strict structured output) at {line}")
+        if problems:
             return
         self.schemas[(ji, si)] = schema
 
@@ -541,6 +559,10 @@ def validate(
     """
     if not isinstance(raw, dict):
         raise SubmitError([Issue("$", "a Launch Table must be an object")])
+    try:
+        check_tree(raw)  # a dict from a caller (the API) never went through our parser
+    except DocumentError as exc:
+        raise SubmitError([Issue(exc.path, exc.message)]) from None
     source = Path(source_path).resolve() if source_path is not None else None
     base = source.parent if source is not None else Path.cwd().resolve()
     issues = _duplicate_key_issues(raw)
@@ -552,7 +574,8 @@ def validate(
         notes.extend(translated.notes)
     table: LaunchTable | None = None
     try:
-        table = LaunchTable.model_validate(raw)
+        with incoming_ids():
+            table = LaunchTable.model_validate(raw)
     except ValidationError as exc:
         issues.extend(Issue(translated.written_path(p), m)
                       for p, m in describe_validation_error(LaunchTable, exc))
@@ -561,7 +584,7 @@ def validate(
     given = raw.get("batch_id")
     if batch_id is not None:
         try:
-            check_id(batch_id)
+            check_id(batch_id, incoming=True)
         except ValueError as exc:
             issues.append(Issue("batch_id", str(exc)))
         if isinstance(given, str) and given != batch_id:
@@ -738,6 +761,13 @@ def submit(
                         batch_id=batch_id, raw_bytes=data, notes=notes)
     except SubmitError as exc:
         raise SubmitError([*exc.issues, *issues]) from None
+    runs = layout.runs.resolve()
+    for ji, job in enumerate(meta.jobs):
+        if Path(job.working_directory).resolve().is_relative_to(runs):
+            issues.append(Issue(
+                f"jobs[{ji}].working_directory",
+                f"{job.working_directory} is inside phh's store ({runs}): the agent would "
+                "write among phh's own files; use a directory outside runs/"))
     if issues:
         raise SubmitError(issues)
 

@@ -80,6 +80,9 @@ class OperatorMarks:
     #: the override request the next attempt fulfils (recorded in its meta.json)
     pending_nonce: str | None = None
     remediations: int = 0
+    #: why phh cannot start an attempt here (a stray file on the step's path): blocked until
+    #: the tree is fixed and an engine starts again
+    unstartable: str | None = None
 
     def clear_request(self) -> None:
         self.force_retry = False

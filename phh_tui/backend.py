@@ -33,7 +33,15 @@ from phh_engine.overrides import (
     read_result,
     replay_marks,
 )
-from phh_engine.paths import FINAL_JSON, META, STATE, Layout, run_id_of
+from phh_engine.paths import (
+    FINAL_JSON,
+    META,
+    STATE,
+    Layout,
+    attempt_dir_names,
+    is_attempt_dir_name,
+    run_id_of,
+)
 from phh_engine.views import BatchView
 
 log = logging.getLogger(__name__)
@@ -137,7 +145,8 @@ class RunsWatcher:
                 if batch is not None:
                     batch.closed = True
                     dirty.add(bid)
-            elif len(parts) == 7 and parts[2] == "steps" and parts[4] == "attempts":
+            elif len(parts) == 7 and parts[2] == "steps" and parts[4] == "attempts" and \
+                    is_attempt_dir_name(parts[5]):  # a stray entry there is no attempt
                 if run_id_of(parts[5]) not in skip:
                     attempts.add((bid, parts[1], parts[3], parts[5]))
                 dirty.add(bid)
@@ -165,8 +174,7 @@ class RunsWatcher:
                 names: list[str] = []
                 adir = self.layout.attempts_dir(bid, job.job_id, step.step_id)
                 if self.observer or self.polling:
-                    with contextlib.suppress(FileNotFoundError):
-                        names = [n.name for n in adir.iterdir() if not n.name.startswith(".")]
+                    names = attempt_dir_names(adir)
                 else:
                     names = [n for n, a in known.items() if not a.terminal]
                 for name in names:

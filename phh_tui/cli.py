@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phh_engine.paths import Layout
-from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, id_arg
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
@@ -222,7 +222,10 @@ def _run(args: argparse.Namespace) -> int:
     except PreflightError as exc:
         _err(f"cannot run: {exc}")
         return EXIT_INVALID
-    except (EngineError, ConfigError) as exc:
+    except ConfigError as exc:  # invalid input: the harness config (README exit codes)
+        _err(str(exc))
+        return EXIT_INVALID
+    except EngineError as exc:
         _err(str(exc))
         return EXIT_FAIL
     except Exception as exc:  # e.g. codex not found: say so plainly
@@ -393,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until-idle", action="store_true",
                     help="exit once nothing is running or runnable")
     sp.add_argument("--concurrency", type=int, help="max attempts this engine runs at once")
-    sp.add_argument("--runner-id", default="local", help="this engine's runner id")
+    sp.add_argument("--runner-id", default="local", type=id_arg,
+                    help="this engine's runner id")
     sp.add_argument("--json-log", action="store_true", help="one JSON object per line")
     sp.add_argument("--alerts", choices=("bell", "notify", "off"), default="bell",
                     help="dashboard: bell and/or notification when a step needs attention "

@@ -114,6 +114,7 @@ def cmd_attempts(args: argparse.Namespace) -> int:
 
 def cmd_artifact(args: argparse.Namespace) -> int:
     from phh_engine.artifacts import LookupFailed, check_name, iter_artifact
+    from phh_engine.documents import loads_json
 
     layout = Layout(_root(args))
     *ids, name = args.what
@@ -127,8 +128,8 @@ def cmd_artifact(args: argparse.Namespace) -> int:
             content: Any = text
             if name.endswith(".json"):
                 try:
-                    content = json.loads(text)
-                except ValueError:
+                    content = loads_json(text)
+                except ValueError:  # not JSON, or refused (NaN, hostile nesting): as text
                     content = text
             _print_json({**ref.as_dict(), "name": name, "size_bytes": len(data),
                          "content": content})

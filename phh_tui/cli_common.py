@@ -25,3 +25,14 @@ def print_json(obj: Any) -> None:
 
 def err(msg: str) -> None:
     sys.stderr.write(f"phh: {msg}\n")
+
+
+def id_arg(value: str) -> str:
+    """argparse `type=` for an id given on the command line (a runner id): a bad one is a
+    usage error (exit 2) naming the rule it breaks, never a path phh then creates."""
+    from phh_engine.models import check_id
+
+    try:
+        return check_id(value, incoming=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

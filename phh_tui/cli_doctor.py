@@ -82,8 +82,8 @@ def refuse_unrunnable(root: Path) -> int | None:
     layout = Layout(root)
     try:
         config = load_config(layout, write=False)
-    except ConfigError:
-        config = None
+    except ConfigError:  # the engine names the harness config's error and its path
+        return None
     except Exception:  # e.g. a root that cannot be read: the engine reports it
         return None
     try:

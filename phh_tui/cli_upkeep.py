@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from phh_engine.paths import Layout
-from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, id_arg
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
@@ -164,7 +164,7 @@ def add_commands(add: AddFn) -> None:
         rp.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         rp.add_argument("--json", action="store_true", help="machine-readable output")
         if name != "list":
-            rp.add_argument("runner_id")
+            rp.add_argument("runner_id", type=id_arg)
             rp.add_argument("--wait", type=float, default=15.0,
                             help="seconds to wait for a serving engine to confirm")
         if name == "drain":

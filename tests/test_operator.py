@@ -207,18 +207,23 @@ def test_rejections_are_clear(harness: Harness) -> None:
     harness.stop(eng)
 
 
-def test_a_claim_that_cannot_write_the_store_stops_the_engine(harness: Harness) -> None:
-    """A claim that fails must not leave its step looking in flight, nor be retried in a
-    loop: the engine stops with the error (guards any move of the claim off the loop)."""
-    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("never"))]}])
+def test_a_claim_blocked_by_a_stray_file_blocks_that_step_only(harness: Harness) -> None:
+    """A claim that fails on a stray file must not leave its step looking in flight, nor be
+    retried in a loop, nor stop the engine (issue 11 B1): that step is blocked with the
+    reason, the others run, and the engine goes idle."""
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("never"))]},
+                          {"job_id": "j2", "steps": [step("s1", final("ok"))]}])
     eng = harness.engine()
     blocker = harness.layout.attempts_dir(bid, "j1", "s1")  # after the engine's first read
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the attempts directory belongs\n")
-    with pytest.raises(NotADirectoryError):
-        asyncio.run(asyncio.wait_for(eng.serve(), 60))
-    assert eng.index.batches[bid].jobs["j1"].steps["s1"].attempts == []
+    asyncio.run(asyncio.wait_for(eng.serve(), 60))
+    s1 = eng.index.batches[bid].jobs["j1"].steps["s1"]
+    assert s1.attempts == []
+    assert s1.marks.unstartable and "Not a directory" in s1.marks.unstartable
     assert not eng.runner.live  # type: ignore[union-attr]
+    (att,) = harness.attempts(bid, "j2", "s1")
+    assert harness.state(att)["status"] == "succeeded"
 
 
 def test_second_engine_on_same_runner_refuses_and_another_runner_joins(

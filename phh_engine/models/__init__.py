@@ -17,6 +17,7 @@ from .common import (
     FailureClass,
     StepStatus,
     check_id,
+    incoming_ids,
     utcnow,
 )
 from .current import AttemptIndexEntry, AttemptPointer, CurrentIndex, StepPointers
@@ -35,5 +36,5 @@ __all__ = [
     "LaunchTable", "NormalizedJob", "NormalizedStep", "PolicySnapshot", "ResumeFrom",
     "ResumeSource", "RetentionPolicy", "RetryPolicy", "RunReport", "RunnerHealth",
     "StatusCounts", "StepPointers", "StepSpec", "StepStatus", "SystemScoreboard", "Timeouts",
-    "Usage", "check_id", "utcnow",
+    "Usage", "check_id", "incoming_ids", "utcnow",
 ]

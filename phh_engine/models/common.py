@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from ..paths import store_name_clash
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
-def check_id(value: str) -> str:
-    """Ids become directory names, so anything that could escape or hide a path is refused."""
+#: Set (by `incoming_ids`) while a door validates what arrives from outside.
+_INCOMING: ContextVar[bool] = ContextVar("phh_incoming_ids", default=False)
+
+
+@contextmanager
+def incoming_ids() -> Iterator[None]:
+    """Within this block every `Id` is checked as input arriving at a door (submit, harness
+    config, operator requests): a name phh writes in its own store is refused too. Records
+    phh wrote itself are read without it, so a store made before a name was reserved stays
+    readable."""
+    token = _INCOMING.set(True)
+    try:
+        yield
+    finally:
+        _INCOMING.reset(token)
+
+
+def check_id(value: str, *, incoming: bool | None = None) -> str:
+    """Ids become directory names, so anything that could escape or hide a path is refused.
+
+    `incoming` (default: inside `incoming_ids()`): also refuse the names phh writes in its
+    store (paths.STORE_NAMES), which would clash with its own files. ValueError says why."""
     if not _ID_RE.match(value) or ".." in value:
         raise ValueError(
             f"invalid id {value!r}: must match {ID_PATTERN} (letters, digits, '.', '_', '-'; "
             "no '/', no '..', no leading dot)"
         )
+    if incoming if incoming is not None else _INCOMING.get():
+        clash = store_name_clash(value)
+        if clash is not None:
+            raise ValueError(f"invalid id {value!r}: {clash}")
     return value
 
 
@@ -62,10 +91,12 @@ def utcnow() -> datetime:
 class Strict(BaseModel):
     """Input models: an unknown key is an error, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan: `1e400` (or "1e400" in YAML, a string pydantic would parse) is infinity,
+    # which JSON cannot hold: it would be written as null, silently dropping the setting
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Record(BaseModel):
     """On-disk records written by phh: unknown keys are refused so the schema stays honest."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
