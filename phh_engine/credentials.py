@@ -26,7 +26,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
+from .documents import loads_json
 from .models.common import Id, Record, utcnow
 from .paths import Layout
 from .readiness import CREDENTIAL_CHANGED as CREDENTIAL_CHANGED  # re-exported for the runner
@@ -91,7 +91,7 @@ def source_path(settings: _SettingsLike) -> Path:
 def read_auth(path: Path) -> dict[str, Any] | None:
     """The parsed file, or None (missing, unreadable, not a JSON object)."""
     try:
-        data = json.loads(path.read_bytes())
+        data = loads_json(path.read_bytes())  # never RecursionError: a hostile file is None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -114,7 +114,7 @@ def jwt_exp(token: Any) -> datetime | None:
         return None
     payload = token.split(".")[1]
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = loads_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         exp = claims.get("exp") if isinstance(claims, dict) else None
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             return None

@@ -7,6 +7,7 @@ The credential lives in a temporary HOME (`codex.credential_dir`), never the rea
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -384,3 +385,17 @@ def test_classify_not_auth_for_a_port_or_a_recovered_refresh_on_stderr() -> None
                    stderr_tail="ERROR codex_login::auth::manager: Failed to refresh token: "
                    + REFRESH_MESSAGES[1])
     assert out.failure_class == "model_error"
+
+
+def test_hostile_auth_json_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    """Issue 11 B2's kind at the credential reader: a file (or a JWT payload) nested 50000
+    deep is read as unreadable, never a RecursionError in the engine's credential gate."""
+    from phh_engine.credentials import jwt_exp, status_of
+
+    auth = tmp_path / "auth.json"
+    auth.write_text("[" * 50000 + "]" * 50000)
+    assert status_of(auth)[0] == "unreadable"
+    payload = base64.urlsafe_b64encode(b"[" * 50000 + b"]" * 50000).decode().rstrip("=")
+    assert jwt_exp(f"e30.{payload}.sig") is None
+    auth.write_text('{"tokens": {"access_token": "a.b.c"}, "last_refresh": 1e400}')
+    assert status_of(auth)[0] == "unreadable"
