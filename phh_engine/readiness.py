@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .models import RetryPolicy, StepStatus
+from .models.common import UNCOUNTED_FAILURE_CLASSES
 from .views import AttemptView, BatchView, JobView, StepView
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
@@ -88,6 +89,8 @@ def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str |
         delay = policy.backoff_seconds * policy.backoff_factor ** max(failures - 1, 0)
     except OverflowError:  # a large max_attempts must hit the cap, not crash the scheduler
         return cap
+    if failure_class in UNCOUNTED_FAILURE_CLASSES:
+        return 0.0  # usage limit: the root's start pause (pauses.py) decides when
     if failure_class == "rate_limited":
         delay *= RATE_LIMIT_BACKOFF_FACTOR
     return min(delay, cap)
@@ -106,6 +109,13 @@ def _failure_class(attempt: AttemptView) -> str | None:
     if st.status == "canceled":
         return "canceled"
     return st.termination_reason
+
+
+def counted_attempts(step: StepView) -> int:
+    """Attempts that count toward `max_attempts`: not those ended by a usage limit or an
+    engine shutdown (UNCOUNTED_FAILURE_CLASSES), which say nothing about the step."""
+    return sum(1 for a in step.attempts if _failure_class(a) not in UNCOUNTED_FAILURE_CLASSES
+               or not a.terminal)
 
 
 def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
@@ -149,14 +159,16 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     if latest is not None:  # terminal and not successful
         fc = _failure_class(latest)
         policy = step.spec.retry_policy
-        n = len(step.attempts)
+        n = counted_attempts(step)
+        uncounted = fc in UNCOUNTED_FAILURE_CLASSES
         if step.marks.force_retry:
             trigger = "operator_retry"
-        elif fc in policy.retry_on and n < policy.max_attempts:
+        elif uncounted or (fc in policy.retry_on and n < policy.max_attempts):
             trigger = "retry"
             wait = retry_delay_seconds(policy, n, fc)
             not_before = (latest.ended_at or now) + timedelta(seconds=wait)
-            reasons.append(f"retry {n + 1}/{policy.max_attempts} after {fc}")
+            reasons.append(f"retry after {fc} (not counted; {n}/{policy.max_attempts} used)"
+                           if uncounted else f"retry {n + 1}/{policy.max_attempts} after {fc}")
         else:
             status: StepStatus = latest.status  # type: ignore[assignment]
             why = f"{fc}" if fc else latest.status

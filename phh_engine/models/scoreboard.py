@@ -92,7 +92,9 @@ class SystemNote(Record):
     """A system-level attention item that belongs to no step: a runner that takes no new work
     (draining, low disk/memory, health stale). Derived from runners/*/health.json."""
 
-    kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable")
+    kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable"
+                      " | paused (a start pause of the root) | rate_limited (concurrency "
+                      "lowered after HTTP 429) | concurrency_capped")
     runner_id: Id | None = None
     message: str
     since: datetime | None = None
