@@ -110,7 +110,8 @@ class EngineEvent:
     """What headless logs and the dashboard hear about: one fact, already derived."""
 
     kind: str  # attempt_started | attempt_ended | batch_added | idle | recovered | stopping
-    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC)
+    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC/pauses)
+    #            | concurrency (AIMD after 429s) | concurrency_capped (at start)
     at: datetime
     batch_id: str | None = None
     job_id: str | None = None
@@ -180,7 +181,7 @@ class Engine:
         the harness config's `limits.global_concurrency`."""
         assert self.config is not None
         if self.concurrency is not None:
-            return max(1, min(self.concurrency, self.config.limits.global_concurrency))
+            return min(self.concurrency, self.config.limits.global_concurrency)
         spec = next((r for r in self.config.runners if r.runner_id == self.runner_id), None)
         cap = spec.capacity if spec else self.config.runners[0].capacity
         return min(cap, self.config.limits.global_concurrency)
