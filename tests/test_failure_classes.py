@@ -9,6 +9,7 @@ Every class is read from what the real Codex binary prints for the stand-in's HT
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -245,6 +246,10 @@ def test_usage_limit_with_a_reset_time_pauses_until_it(harness: Harness) -> None
     wait_for(lambda: any(msg in n["message"] for n in _board(harness).get("notes", [])), 30,
              "the pause on the scoreboard notes")
     assert msg in eng.header_notes()  # the dashboard header's line
+    board = subprocess.run([PHH, "--root", str(harness.root), "scoreboard"], text=True,
+                           capture_output=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert msg in board.stdout, board.stdout
     (st,) = _states(harness, bid, "j1")
     assert st["failure_class"] == "usage_limited"
     # a second engine (another runner on the same root) sees the pause and starts nothing
