@@ -137,7 +137,7 @@ class LiveAttempt:
 # exhausted quota: waiting for the reset is the only cure, so the root pauses its starts.
 _USAGE_LIMITED = re.compile(r"usage limit|usage_limit_reached|insufficient_quota|quota")
 _CONTEXT_EXHAUSTED = re.compile(r"context_length_exceeded|ran out of room in the model's "
-                                r"context window|context window")
+                                r"context window|exceeds the context window")
 _RATE_LIMITED = re.compile(r"\b429\b|rate limit|rate_limit|too many requests")
 # A request the API refuses as such (4xx other than 401/403 auth and 429 limits): sending it
 # again gets the same answer. Codex prints the API's JSON error body (`invalid_request_error`,
@@ -193,8 +193,12 @@ def classify(
     if thread_mismatch:
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
     if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
-        text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail])
-        fc = failure_class_of_text(text, bool(facts.turn_failed))
+        # the failed turn's own message first: non-terminal `error` events (reconnects,
+        # warnings) must not override what actually ended the turn
+        fc = failure_class_of_text(facts.turn_failed, True) if facts.turn_failed else None
+        if fc in (None, "model_error"):
+            text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail])
+            fc = failure_class_of_text(text, bool(facts.turn_failed))
         reason = "exit" if exit_code is not None else "killed"
         return Outcome("failed", reason, fc)
     if report is None:
