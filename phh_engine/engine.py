@@ -509,6 +509,12 @@ class Engine:
                 self._after_outcome(st)
             self._poke()
 
+    def hold_starts(self, pause: StartPause) -> None:
+        """Apply a start pause just written with `pauses.set_pause` at once (other engines on
+        the root read it on their next health tick): report it and stop starting."""
+        self._pauses = [p for p in self._pauses if p.name != pause.name] + [pause]
+        self._after_sample()
+
     def _after_outcome(self, st: AttemptState) -> None:
         """What one attempt's end teaches about the model API: a usage limit pauses every
         start on the root; HTTP 429 halves this runner's concurrency, a success adds one."""
@@ -524,8 +530,7 @@ class Engine:
             except OSError as exc:  # unwritable: this engine still pauses itself
                 log.warning("cannot record the usage-limit pause: %s", exc)
                 return
-            self._pauses = [p for p in self._pauses if p.name != pause.name] + [pause]
-            self._after_sample()
+            self.hold_starts(pause)
         elif fc == "rate_limited":
             before = self.effective_capacity
             self._aimd = max(1, before // 2)
