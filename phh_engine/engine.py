@@ -59,6 +59,7 @@ from .pauses import (
     clear_pause,
     note_usage_limit,
     pause_message,
+    pause_notes,
     read_pauses,
 )
 from .pointers import update_current
@@ -1059,12 +1060,7 @@ class Engine:
     def _all_notes(self, now: datetime) -> list[SystemNote]:
         """The health tick's notes plus what this engine knows first-hand: start pauses,
         a concurrency lowered after 429s, a `--concurrency` above the configured cap."""
-        out = list(self._notes)
-        for p in active_pauses(self._pauses, now):
-            out.append(SystemNote(kind="paused", since=p.since, message=(
-                f"{pause_message(p)}: no engine on this root starts new attempts"
-                + ("" if p.reset_known else
-                   f" (reset time unknown; pause {p.streak} in a row)"))))
+        out = [*self._notes, *pause_notes(self._pauses, now)]
         if self.config is not None and self.effective_capacity < self.capacity:
             out.append(SystemNote(kind="rate_limited", runner_id=self.runner_id, message=(
                 f"runner {self.runner_id}: effective concurrency {self.effective_capacity}/"

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .models.pause import StartPause
+from .models.scoreboard import SystemNote
 from .paths import Layout
 from .store import atomic_write_json, job_lock, read_model
 
@@ -75,6 +76,15 @@ def pause_message(pause: StartPause) -> str:
     when = local.strftime("%H:%M:%S") if local.date() == now.date() else \
         local.strftime("%Y-%m-%d %H:%M:%S")
     return f"paused until {when} ({pause.reason})"
+
+
+def pause_notes(pauses: list[StartPause], now: datetime) -> list[SystemNote]:
+    """The scoreboard's notes for the active pauses (kind `paused`)."""
+    return [SystemNote(kind="paused", since=p.since, message=(
+        f"{pause_message(p)}: no engine on this root starts new attempts"
+        + ("" if p.reset_known or p.until is None else
+           f" (reset time unknown; pause {p.streak} in a row)")))
+        for p in active_pauses(pauses, now)]
 
 
 def set_pause(layout: Layout, name: str, reason: str, until: datetime | None, *, set_by: str,

@@ -258,6 +258,12 @@ def test_usage_limit_with_a_reset_time_pauses_until_it(harness: Harness) -> None
     assert msg in other._admission_reasons()
     harness.stop(eng)
     assert len(harness.attempts(bid, "j1", "s1")) == 1  # nothing started during the pause
+    # with no engine serving, a derived board shows the pause too
+    for _ in range(2):  # derived, then (if kept) from the cache
+        board = subprocess.run([PHH, "--root", str(harness.root), "scoreboard"], text=True,
+                               capture_output=True, timeout=60,
+                               env={**os.environ, "COLUMNS": "200"})
+        assert msg in board.stdout, board.stdout
 
 
 # ------------------------------------------------------------------ AIMD on 429
