@@ -516,6 +516,22 @@ class Engine:
         self._pauses = [p for p in self._pauses if p.name != pause.name] + [pause]
         self._after_sample()
 
+    def _merge_pauses(self, on_disk: list[StartPause]) -> list[StartPause]:
+        """The pauses a health tick read, plus one this engine set while the read was under
+        way (the tick reads off the loop): without it the next starts could slip through
+        until the following tick. A pause deleted on disk (ended early by hand) is dropped
+        once it is older than that race."""
+        assert self.config is not None
+        now = utcnow()
+        race = 2 * self.config.runner_health.interval_seconds
+        by_name = {p.name: p for p in on_disk}
+        for p in list(self._pauses):
+            disk = by_name.get(p.name)
+            if (disk is None or disk.set_at < p.set_at) and \
+                    (now - p.set_at).total_seconds() < race:
+                by_name[p.name] = p
+        return list(by_name.values())
+
     def _after_outcome(self, st: AttemptState) -> None:
         """What one attempt's end teaches about the model API: a usage limit pauses every
         start on the root; HTTP 429 halves this runner's concurrency, a success adds one."""
@@ -931,7 +947,7 @@ class Engine:
             self._health_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             log.warning("cannot write runner health: %s", self._health_error)
         self._peers = all_health(self.layout)
-        self._pauses = read_pauses(self.layout)
+        self._pauses = self._merge_pauses(read_pauses(self.layout))
         self._notes = system_notes(self.layout, self.config)
         if self._health_error:
             self._notes.append(SystemNote(
