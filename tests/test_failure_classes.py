@@ -393,3 +393,25 @@ def test_concurrency_above_the_global_cap_says_so(harness: Harness) -> None:
     eng = harness.engine(concurrency=400, runner_id="cap1")
     assert eng.capacity == 8 and eng.capacity_note() in eng.header_notes()
     assert harness.engine(concurrency=3, runner_id="cap2").capacity_note() is None
+
+
+# ------------------------------------------------------------------ dashboard header
+@pytest.mark.codex
+async def test_dashboard_header_shows_the_pause_and_the_capped_concurrency(
+        harness: Harness) -> None:
+    from phh_engine.models import utcnow
+    from phh_tui.app import PhhApp
+
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final(), prompt="tui pause")]}])
+    pause = set_pause(harness.layout, USAGE_LIMIT, "usage limit",
+                      utcnow() + timedelta(seconds=600), set_by="test")
+    app = PhhApp(harness.root, concurrency=400, alerts="off", exit_policy="cancel")
+    async with app.run_test(size=(200, 45)) as pilot:
+        deadline = time.monotonic() + 60
+        while pause_message(pause) not in app.status_line().plain:
+            assert time.monotonic() < deadline, app.status_line().plain
+            await pilot.pause(0.05)
+        line = app.status_line().plain
+        assert "--concurrency 400 is capped at 8 by limits.global_concurrency" in line
+        assert "/8 slots" in line
+        assert harness.attempts(bid, "j1", "s1") == []  # the pause holds every start
