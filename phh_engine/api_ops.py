@@ -23,6 +23,7 @@ from .index import StoreIndex, unexpected_notes
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
 from .overrides import make_request, read_result, replay_marks
 from .paths import Layout
+from .pauses import PAUSES_DIR, pause_notes, read_pauses
 from .pointers import build_current
 from .scoreboards import batch_scoreboard, system_scoreboard
 from .store import lock_held, read_model
@@ -106,22 +107,26 @@ def derive_view(layout: Layout, batch_id: str | None = None
             return system_scoreboard(index.batches.values(), at)
 
     replay_marks(layout, index.batches)  # mark-failed / close, as the engine shows them
-    if index.unexpected:  # stray entries the index skipped: said once, never a crash
-        plain = derive
-        notes = unexpected_notes(index)
+    # start pauses of the root (a usage limit) show with no engine serving too, and so do
+    # stray entries the index skipped (said once, never a crash)
+    pauses = read_pauses(layout)
+    stray = unexpected_notes(index)
 
-        def derive(at: datetime) -> BatchScoreboard | SystemScoreboard:
-            board = plain(at)
-            return board.model_copy(update={"notes": [*board.notes, *notes]})
-    board = derive(now)
+    def noted(at: datetime) -> BatchScoreboard | SystemScoreboard:
+        board = derive(at)
+        notes = [*board.notes, *pause_notes(pauses, at), *stray]
+        return board.model_copy(update={"notes": notes}) if notes else board
+
+    board = noted(now)
     text = board.model_dump_json(indent=2)
 
     def clock_free() -> bool:
         """Nothing running, no backoff pending: the same view derived ten years later."""
-        later = derive(now + timedelta(days=3650)).model_copy(update={"computed_at": now})
+        later = noted(now + timedelta(days=3650)).model_copy(update={"computed_at": now})
         return later.model_dump_json(indent=2) == text
 
-    keep_board(layout.root, batch_id, list(index.batches), index.input_paths(index.batches),
+    keep_board(layout.root, batch_id, list(index.batches),
+               [*index.input_paths(index.batches), f"_system/{PAUSES_DIR}"],
                text, started_ns, clock_free)
     return board, text
 

@@ -40,6 +40,7 @@ from .health import (
 )
 from .index import StoreIndex, unexpected_notes
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from .models.pause import StartPause
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
@@ -55,6 +56,15 @@ from .overrides import (
     write_result,
 )
 from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
+from .pauses import (
+    USAGE_LIMIT,
+    active_pauses,
+    clear_pause,
+    note_usage_limit,
+    pause_message,
+    pause_notes,
+    read_pauses,
+)
 from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
@@ -77,6 +87,10 @@ _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
 
 HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 RESCAN_INTERVAL = 30.0
+CONTEXT_EXHAUSTED_NOTE = (
+    "Note: a previous attempt at this task ran out of room in the model's context window, so "
+    "this is a fresh start. Check what is already done in the working directory first, and "
+    "keep command output and file reads small.")
 
 
 #: A board is derived from its whole batch (O(steps), on the loop): the loop spends at most
@@ -100,7 +114,8 @@ class EngineEvent:
     """What headless logs and the dashboard hear about: one fact, already derived."""
 
     kind: str  # attempt_started | attempt_ended | batch_added | idle | recovered | stopping
-    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC)
+    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC/pauses)
+    #            | concurrency (AIMD after 429s) | concurrency_capped (at start)
     at: datetime
     batch_id: str | None = None
     job_id: str | None = None
@@ -160,16 +175,55 @@ class Engine:
         self._admission_reported: list[str] = []
         #: the runner's credential file: pause on a spent one, one refresh per wave
         self._cred: CredentialGate | None = None
+        #: start pauses of the whole root (runs/_system/pauses/), re-read every health tick
+        self._pauses: list[StartPause] = []
+        #: AIMD on HTTP 429: the lowered concurrency, None while at the configured cap
+        self._aimd: int | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
     def capacity(self) -> int:
+        """The configured cap: `--concurrency` (else the runner's `capacity`), never above
+        the harness config's `limits.global_concurrency`."""
         assert self.config is not None
         if self.concurrency is not None:
-            return self.concurrency
+            return min(self.concurrency, self.config.limits.global_concurrency)
         spec = next((r for r in self.config.runners if r.runner_id == self.runner_id), None)
         cap = spec.capacity if spec else self.config.runners[0].capacity
         return min(cap, self.config.limits.global_concurrency)
+
+    @property
+    def effective_capacity(self) -> int:
+        """What the scheduler fills now: `capacity`, lowered by AIMD after HTTP 429s (halved
+        per rate-limited attempt, +1 per success, never below 1)."""
+        cap = self.capacity
+        return cap if self._aimd is None else max(1, min(self._aimd, cap))
+
+    def capacity_note(self) -> str | None:
+        """One line when `--concurrency N` asks for more than the configuration allows."""
+        if self.config is None or self.concurrency is None:
+            return None
+        limit = self.config.limits.global_concurrency
+        if self.concurrency <= limit:
+            return None
+        return (f"--concurrency {self.concurrency} is capped at {limit} by "
+                f"limits.global_concurrency in {self.layout.settings_path.name}; raise it "
+                "there to run more at once")
+
+    def header_notes(self) -> list[str]:
+        """Short lines for a dashboard header: the concurrency actually filled when AIMD
+        lowered it, start pauses ("paused until 14:15:00 (usage limit)"), and a
+        `--concurrency` above the configured cap."""
+        if self.config is None:
+            return []
+        out: list[str] = []
+        if self.effective_capacity < self.capacity:
+            out.append(f"concurrency {self.effective_capacity}/{self.capacity} (HTTP 429)")
+        out += [pause_message(p) for p in active_pauses(list(self._pauses), utcnow())]
+        note = self.capacity_note()
+        if note:
+            out.append(note)
+        return out
 
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
         """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
@@ -197,7 +251,7 @@ class Engine:
         if cancel_running and self.runner is not None:
             self._cancel_on_stop = True
             for run_id in list(self.runner.live):
-                self.runner.cancel(run_id, "canceled")
+                self.runner.cancel(run_id, "shutdown")  # retried by the next engine
         if first or cancel_running:
             self._emit(EngineEvent("stopping", utcnow(), detail=(
                 "canceling running attempts" if cancel_running else
@@ -283,6 +337,10 @@ class Engine:
         self._process_overrides()
         await self._scan_queue()
         self._health_tick()  # drain / resources / health.json before anything starts
+        note = self.capacity_note()
+        if note:
+            self._emit(EngineEvent("concurrency_capped", utcnow(), status="capped",
+                                   detail=note, data={"capacity": self.capacity}))
         aux = [
             asyncio.create_task(self._health_loop(), name="phh-health"),
             asyncio.create_task(self._scoreboard_loop(), name="phh-scoreboards"),
@@ -323,13 +381,18 @@ class Engine:
                 await self._wake.wait()
                 continue
             now = utcnow()
+            if self._admission_reasons() != self._admission_reported:
+                self._after_sample()  # a start pause ended (or began): say so at once
             caps = self._caps(now)
             sel = self._ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
                 self._check_selection(sel, caps, now)
             for cand in sel.start:
                 self._start(cand.batch, cand)
-            if not sel.start and not self.tasks and sel.next_wakeup is None:
+            # steps held back by a start pause that ends at a known time are still to run
+            pause_end = self._pause_end(now) if sel.waiting else None
+            if not sel.start and not self.tasks and sel.next_wakeup is None \
+                    and pause_end is None:
                 if self.until_idle:
                     self._emit(EngineEvent("idle", now, detail="nothing running or runnable"))
                     return
@@ -339,10 +402,16 @@ class Engine:
             elif sel.start:
                 idle_reported = False
             timeout = None
-            if sel.next_wakeup is not None:
-                timeout = max(0.05, (sel.next_wakeup - utcnow()).total_seconds())
+            wake = min((w for w in (sel.next_wakeup, pause_end) if w is not None), default=None)
+            if wake is not None:
+                timeout = max(0.05, (wake - utcnow()).total_seconds())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _pause_end(self, now: datetime) -> datetime | None:
+        """When the last active start pause with a known end is over (None: no such pause)."""
+        ends = [p.until for p in active_pauses(self._pauses, now) if p.until is not None]
+        return max(ends) if ends else None
 
     def _caps(self, now: datetime | None = None) -> Caps:
         """Free slots and running counts; brings the ReadySet up to date first."""
@@ -355,7 +424,7 @@ class Engine:
         # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
         if self._cred is not None:
             self._cred.poll()
-        free = 0 if self._admission_reasons() else self.capacity - len(self.tasks)
+        free = 0 if self._admission_reasons() else self.effective_capacity - len(self.tasks)
         if self._cred is not None:
             free = self._cred.admit(free)  # a stale token: one attempt refreshes it first
         # global concurrency spans every live runner on this store (from their health.json)
@@ -394,14 +463,23 @@ class Engine:
         r = cand.readiness
         policy = cand.step.spec.retry_policy
         marks = cand.step.marks
+        same_thread = r.trigger == "operator_resume" or (
+            r.retry_of is not None and policy.mode == "resume_same_thread"
+            and r.retry_of.resume_base_ready and r.retry_of.thread_id is not None
+        )
+        extra = marks.retry_prompt if r.trigger.startswith("operator_") else None
+        resume = r.resume
+        prev = r.retry_of.state if r.retry_of is not None else None
+        if r.trigger != "operator_resume" and prev is not None \
+                and prev.failure_class == "context_exhausted":
+            # that thread has no room left: continuing it (a same-thread retry, or the step's
+            # own resume_from) would fail the same way at once
+            same_thread, resume = False, None
+            extra = "\n\n".join(x for x in (CONTEXT_EXHAUSTED_NOTE, extra) if x)
         plan = AttemptPlan(
             batch_id=batch.batch_id, job_id=cand.job.job_id, step_id=cand.step.step_id,
-            runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=r.resume,
-            resume_same_thread=r.trigger == "operator_resume" or (
-                r.retry_of is not None and policy.mode == "resume_same_thread"
-                and r.retry_of.resume_base_ready and r.retry_of.thread_id is not None
-            ),
-            extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
+            runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=resume,
+            resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce,
         )
         try:
@@ -475,7 +553,74 @@ class Engine:
                 detail=(st.failure_class or st.termination_reason) if st else None,
                 duration_seconds=dur,
             ))
+            if st is not None:
+                self._after_outcome(st)
             self._poke()
+
+    def hold_starts(self, pause: StartPause) -> None:
+        """Apply a start pause just written with `pauses.set_pause` at once (other engines on
+        the root read it on their next health tick): report it and stop starting."""
+        self._pauses = [p for p in self._pauses if p.name != pause.name] + [pause]
+        self._after_sample()
+
+    def _merge_pauses(self, on_disk: list[StartPause]) -> list[StartPause]:
+        """The pauses a health tick read, plus one this engine set while the read was under
+        way (the tick reads off the loop): without it the next starts could slip through
+        until the following tick. A pause deleted on disk (ended early by hand) is dropped
+        once it is older than that race."""
+        assert self.config is not None
+        now = utcnow()
+        race = 2 * self.config.runner_health.interval_seconds
+        by_name = {p.name: p for p in on_disk}
+        for p in list(self._pauses):
+            disk = by_name.get(p.name)
+            if (disk is None or disk.set_at < p.set_at) and \
+                    (now - p.set_at).total_seconds() < race:
+                by_name[p.name] = p
+        return list(by_name.values())
+
+    def _after_outcome(self, st: AttemptState) -> None:
+        """What one attempt's end teaches about the model API: a usage limit pauses every
+        start on the root; HTTP 429 halves this runner's concurrency, a success adds one."""
+        assert self.config is not None
+        fc = st.failure_class
+        if fc == "usage_limited":
+            lim = self.config.limits
+            try:
+                pause = note_usage_limit(
+                    self.layout, " ".join(st.errors), set_by=f"runner:{self.runner_id}",
+                    base_seconds=lim.usage_limit_pause_seconds,
+                    max_seconds=lim.usage_limit_pause_max_seconds)
+            except OSError as exc:  # unwritable: this engine still pauses itself
+                log.warning("cannot record the usage-limit pause: %s", exc)
+                return
+            self.hold_starts(pause)
+        elif fc == "rate_limited":
+            before = self.effective_capacity
+            self._aimd = max(1, before // 2)
+            self._emit(EngineEvent(
+                "concurrency", utcnow(), status="lowered",
+                detail=f"effective concurrency {self.effective_capacity}/{self.capacity} "
+                       f"(halved after HTTP 429 rate limit)",
+                data={"effective": self.effective_capacity, "capacity": self.capacity}))
+            self._dirty.update(self.index.batches)
+        elif st.status == "succeeded":
+            if self._aimd is not None:
+                self._aimd += 1
+                if self._aimd >= self.capacity:
+                    self._aimd = None
+                self._emit(EngineEvent(
+                    "concurrency", utcnow(), status="raised",
+                    detail=f"effective concurrency {self.effective_capacity}/{self.capacity}"
+                           + (" (back to the configured cap)" if self._aimd is None else ""),
+                    data={"effective": self.effective_capacity, "capacity": self.capacity}))
+                self._dirty.update(self.index.batches)
+            if any(p.name == USAGE_LIMIT for p in self._pauses) and not any(
+                    p.name == USAGE_LIMIT for p in active_pauses(self._pauses, utcnow())):
+                # the limit is over: the next one starts a fresh exponential streak
+                with contextlib.suppress(OSError):
+                    clear_pause(self.layout, USAGE_LIMIT)
+                self._pauses = [p for p in self._pauses if p.name != USAGE_LIMIT]
 
     # ------------------------------------------------------------ recovery
     def _runner_is_served(self, runner_id: str) -> bool:
@@ -844,6 +989,7 @@ class Engine:
         out.extend(self._resource_problems)
         if self._cred is not None:
             out.extend(self._cred.reasons())
+        out.extend(pause_message(p) for p in active_pauses(self._pauses, utcnow()))
         stale_after = self.config.runner_health.stale_after_seconds
         if self._health_ok_at is not None and \
                 time.monotonic() - self._health_ok_at > stale_after:
@@ -866,6 +1012,7 @@ class Engine:
             self._health_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             log.warning("cannot write runner health: %s", self._health_error)
         self._peers = all_health(self.layout)
+        self._pauses = self._merge_pauses(read_pauses(self.layout))
         self._notes = system_notes(self.layout, self.config)
         if self._health_error:
             self._notes.append(SystemNote(
@@ -914,6 +1061,7 @@ class Engine:
             runner_id=self.runner_id, host=socket.gethostname(), pid=os.getpid(),
             started_at=self.started_at, last_seen_at=utcnow(),
             capacity=self.capacity if self.config else 0, running=len(self.tasks),
+            effective_capacity=self.effective_capacity if self.config else None,
             draining=draining, disk_free_bytes=res.disk_free_bytes,
             memory_available_bytes=res.memory_available_bytes,
             load_1m=res.load_1m, codex_cli_version=self.codex.version if self.codex else None,
@@ -999,8 +1147,7 @@ class Engine:
         if not dirty and not all_batches:
             return
         now = utcnow()
-        # runner notes from the last health tick; store notes as of now
-        notes = [*self._notes, *self._credential_notes(), *unexpected_notes(self.index)]
+        notes = self._all_notes(now)
         # O(changed batches): unchanged batches reuse their last board (all are recomputed
         # every 30 s, when heartbeat ages move)
         for bid in dirty:
@@ -1022,13 +1169,28 @@ class Engine:
                         f"({exc.strerror or exc}); the system scoreboard and the API still "
                         "show it")
                     log.warning("store: %s", self.index.unexpected[where])
-        # with any found just now
-        notes = [*self._notes, *self._credential_notes(), *unexpected_notes(self.index)]
+        notes = self._all_notes(now)  # with stray entries found just now
         atomic_write_json(
             self.layout.system_scoreboard,
             system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
                 update={"notes": notes}),
         )
+
+    def _all_notes(self, now: datetime) -> list[SystemNote]:
+        """The health tick's notes plus what this engine knows first-hand: start pauses,
+        credential pauses, a concurrency lowered after 429s, a `--concurrency` above the
+        configured cap, stray entries the store index skipped."""
+        out = [*self._notes, *pause_notes(self._pauses, now), *self._credential_notes()]
+        if self.config is not None and self.effective_capacity < self.capacity:
+            out.append(SystemNote(kind="rate_limited", runner_id=self.runner_id, message=(
+                f"runner {self.runner_id}: effective concurrency {self.effective_capacity}/"
+                f"{self.capacity} after HTTP 429 rate limits (+1 per success)")))
+        note = self.capacity_note()
+        if note:
+            out.append(SystemNote(kind="concurrency_capped", runner_id=self.runner_id,
+                                  message=note))
+        out.extend(unexpected_notes(self.index))
+        return out
 
     def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:
         """Attention you cannot miss: a step newly stuck / needs_attention / failed, and a

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .models import RetryPolicy, StepStatus
+from .models.common import UNCOUNTED_FAILURE_CLASSES
 from .views import AttemptView, BatchView, JobView, StepView
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
@@ -94,6 +95,8 @@ def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str |
         delay = policy.backoff_seconds * policy.backoff_factor ** max(failures - 1, 0)
     except OverflowError:  # a large max_attempts must hit the cap, not crash the scheduler
         return cap
+    if failure_class in UNCOUNTED_FAILURE_CLASSES:
+        return 0.0  # usage limit: the root's start pause (pauses.py) decides when
     if failure_class == "rate_limited":
         delay *= RATE_LIMIT_BACKOFF_FACTOR
     return min(delay, cap)
@@ -118,6 +121,15 @@ def _lost_auth_race(attempt: AttemptView) -> bool:
     st = attempt.state
     return (st is not None and st.failure_class == "auth"
             and st.termination_reason == CREDENTIAL_CHANGED)
+
+
+def counted_attempts(step: StepView) -> int:
+    """Attempts that count toward `max_attempts`: not those ended by a usage limit or an
+    engine shutdown (UNCOUNTED_FAILURE_CLASSES), nor those that lost a token-refresh race to
+    another process: they say nothing about the step."""
+    return sum(1 for a in step.attempts
+               if not a.terminal or (_failure_class(a) not in UNCOUNTED_FAILURE_CLASSES
+                                     and not _lost_auth_race(a)))
 
 
 def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
@@ -163,19 +175,20 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     if latest is not None:  # terminal and not successful
         fc = _failure_class(latest)
         policy = step.spec.retry_policy
-        # attempts that lost a token-refresh race to another process are not spent attempts
-        races = sum(1 for a in step.attempts if _lost_auth_race(a))
-        n = len(step.attempts) - races
+        n = counted_attempts(step)
+        uncounted = fc in UNCOUNTED_FAILURE_CLASSES
         if step.marks.force_retry:
             trigger = "operator_retry"
-        elif _lost_auth_race(latest) and races <= AUTH_RACE_RETRIES:
+        elif (_lost_auth_race(latest)
+              and sum(1 for a in step.attempts if _lost_auth_race(a)) <= AUTH_RACE_RETRIES):
             trigger = "retry"  # at once: the credential file already holds the new token
             reasons.append("retry at once: the credential changed during the attempt")
-        elif fc in policy.retry_on and n < policy.max_attempts:
+        elif uncounted or (fc in policy.retry_on and n < policy.max_attempts):
             trigger = "retry"
             wait = retry_delay_seconds(policy, n, fc)
             not_before = (latest.ended_at or now) + timedelta(seconds=wait)
-            reasons.append(f"retry {n + 1}/{policy.max_attempts} after {fc}")
+            reasons.append(f"retry after {fc} (not counted; {n}/{policy.max_attempts} used)"
+                           if uncounted else f"retry {n + 1}/{policy.max_attempts} after {fc}")
         else:
             status: StepStatus = latest.status  # type: ignore[assignment]
             why = f"{fc}" if fc else latest.status

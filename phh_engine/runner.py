@@ -133,8 +133,21 @@ class LiveAttempt:
 
 
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
-# same text must not read as HTTP 429 or 500.
-_RATE_LIMITED = re.compile(r"\b429\b|rate limit|too many requests|usage limit|quota")
+# same text must not read as HTTP 429 or 500. The texts are what Codex 0.169 prints for each
+# API answer (CODEX_NOTES; tests/test_failure_classes.py drives them through the real binary).
+# An account/plan usage limit ("You've hit your usage limit. Try again at 2:14 PM.") or an
+# exhausted quota: waiting for the reset is the only cure, so the root pauses its starts.
+_USAGE_LIMITED = re.compile(r"usage limit|usage_limit_reached|insufficient_quota|quota")
+_CONTEXT_EXHAUSTED = re.compile(r"context_length_exceeded|ran out of room in the model's "
+                                r"context window|exceeds the context window")
+_RATE_LIMITED = re.compile(r"\b429\b|rate limit|rate_limit|too many requests")
+# A request the API refuses as such (4xx other than 401/403 auth and 429 limits): sending it
+# again gets the same answer. Codex prints the API's JSON error body (`invalid_request_error`,
+# `invalid_json_schema`), its message, or "unexpected status 400 Bad Request: ...".
+_INVALID_REQUEST = re.compile(r"invalid_request_error|invalid_json_schema|"
+                              r"\b(?:status|last status:?) (?:400|404|405|409|413|415|422)\b|"
+                              r"\b(?:400 bad request|404 not found|422 unprocessable)|"
+                              r"model_not_found|\bmodel\b[^.]*\bdoes not exist")
 # Codex's refresh failures ("...could not be refreshed because your refresh token was already
 # used / has expired / was revoked. Please log out and sign in again.") and a provider's 401
 _AUTH = re.compile(r"could not be refreshed|refresh token (?:was already used|has expired|"
@@ -142,6 +155,24 @@ _AUTH = re.compile(r"could not be refreshed|refresh token (?:was already used|ha
                    r"\b401\b|unauthorized")
 _MODEL_ERROR = re.compile(r"\b50[0234]\b|stream disconnected|high demand|"
                           r"internal server error|server_error")
+
+
+def failure_class_of_text(text: str, turn_failed: bool = False) -> str:
+    """The failure class a failed turn's text names (events' errors, `turn.failed`, stderr
+    tail), most specific first; `model_error` for an unexplained failed turn, else
+    `nonzero_exit`."""
+    text = text.lower()
+    if _USAGE_LIMITED.search(text):
+        return "usage_limited"
+    if _CONTEXT_EXHAUSTED.search(text):
+        return "context_exhausted"
+    if _RATE_LIMITED.search(text):
+        return "rate_limited"
+    if _INVALID_REQUEST.search(text):
+        return "invalid_request"
+    if turn_failed or _MODEL_ERROR.search(text):
+        return "model_error"
+    return "nonzero_exit"
 
 
 def classify(
@@ -154,27 +185,32 @@ def classify(
     timed_out: bool,
     thread_mismatch: str | None,
     stderr_tail: str = "",
+    cancel_reason: str | None = None,
 ) -> Outcome:
     """Attempt status from everything observed. Success needs exit 0, turn.completed and a
-    schema-valid report (CODEX_NOTES: Codex may exit 0 after a failed turn)."""
+    schema-valid report (CODEX_NOTES: Codex may exit 0 after a failed turn). A cancel for
+    `cancel_reason="shutdown"` (the engine stopping) is class `shutdown`, retried by the
+    next engine; any other cancel is the operator's `canceled`."""
     if canceled:
+        if cancel_reason == "shutdown":
+            return Outcome("canceled", "shutdown", "shutdown")
         return Outcome("canceled", "canceled", "canceled")
     if timed_out:
         return Outcome("failed", "timeout", "timeout")
     if thread_mismatch:
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
     if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
-        text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail]).lower()
         # auth from Codex's own messages only: its stderr also logs refresh failures it
         # recovered from (another process's refresh, re-read from the file)
         if _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
-            fc = "auth"
-        elif _RATE_LIMITED.search(text):
-            fc = "rate_limited"
-        elif facts.turn_failed or _MODEL_ERROR.search(text):
-            fc = "model_error"
+            fc: str | None = "auth"
         else:
-            fc = "nonzero_exit"
+            # the failed turn's own message first: non-terminal `error` events (reconnects,
+            # warnings) must not override what actually ended the turn
+            fc = failure_class_of_text(facts.turn_failed, True) if facts.turn_failed else None
+        if fc in (None, "model_error"):
+            text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail])
+            fc = failure_class_of_text(text, bool(facts.turn_failed))
         reason = "exit" if exit_code is not None else "killed"
         return Outcome("failed", reason, fc)
     if report is None:
@@ -497,10 +533,11 @@ class LocalRunner:
             return await self._spawn_failed(plan, view, state, prep.error, prep.meta)
         if prep.proc is None or prep.watch is None:  # canceled while it was being prepared
             now = utcnow()
+            why = "shutdown" if live.cancel_reason == "shutdown" else "canceled"
             state = state.model_copy(update={
                 "status": "canceled", "updated_at": now, "ended_at": now,
-                "termination_reason": "canceled", "failure_class": "canceled",
-                "errors": ["canceled before it started"],
+                "termination_reason": why, "failure_class": why,
+                "errors": [f"canceled before it started ({live.cancel_reason})"],
             })
             return await self._finalize(plan, view, state)
         view.state = prep.state
@@ -776,6 +813,7 @@ class LocalRunner:
             report=report if (report or obj is None) else _custom_ok(obj),
             report_error=report_error, canceled=canceled, timed_out=timed_out,
             thread_mismatch=thread_mismatch, stderr_tail=_tail_text(path / STDERR, 2000),
+            cancel_reason=cancel_reason,
         )
         if obj is not None:
             with contextlib.suppress(FileExistsError):
@@ -795,7 +833,9 @@ class LocalRunner:
             errors.append(thread_mismatch)
         if timed_out:
             errors.append(f"timed out after {watch.timeout_seconds:g}s")
-        if canceled and cancel_reason != "canceled":
+        if canceled and cancel_reason == "shutdown":
+            errors.append("canceled by an engine shutdown; the next engine retries it")
+        elif canceled and cancel_reason != "canceled":
             errors.append(f"canceled: {cancel_reason}")
         if watch.capture_git:
             with contextlib.suppress(FileExistsError):

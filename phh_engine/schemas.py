@@ -36,6 +36,7 @@ from .models import (
     SystemScoreboard,
     check_id,
 )
+from .models.pause import StartPause
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 REPO_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
@@ -52,6 +53,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "current.schema.json": CurrentIndex,
     RUN_REPORT_FILE: RunReport,
     "runner_health.schema.json": RunnerHealth,
+    "pause.schema.json": StartPause,
     "scoreboard.batch.schema.json": BatchScoreboard,
     "scoreboard.system.schema.json": SystemScoreboard,
     "credential_pause.schema.json": CredentialPause,

@@ -15,7 +15,10 @@ seconds between SSE events):
 - ``{"final": {...}}``: an assistant message holding a valid Run Report (defaults merged).
 - ``{"final_text": "raw"}``: an assistant message with exactly that text.
 - ``{"echo_thread": true}``: a final report whose summary counts the user messages seen.
-- ``{"http_error": 500, "body"?: str | dict}``: that HTTP status with a JSON error body.
+- ``{"http_error": 500, "body"?: str | dict}``: that HTTP status with a JSON error body
+  (a dict is sent as it is: e.g. 429 ``{"error": {"type": "usage_limit_reached",
+  "resets_at": <unix time>}}`` for a usage limit, 400 ``{"error": {"type":
+  "invalid_request_error", "code": "context_length_exceeded", ...}}``).
 - ``{"stream_fail": "message"}``: ``response.created`` then ``response.failed``.
 - ``{"hang": seconds}``: ``response.created``, silence, then a final (its ``final`` /
   ``final_text`` key if given, else the default report).
@@ -499,10 +502,13 @@ class StandIn:
     ) -> dict[str, Any]:
         """`{"times": N, "otherwise": {...}}` on an action: only the first N requests with
         the same prompt at the same step perform it (e.g. fail once, then succeed on retry).
-        Keyed by the whole prompt, so tests sharing one server never share a counter."""
+        Keyed by the whole prompt, so tests sharing one server never share a counter; an
+        action's `"key": "..."` counts across prompts instead (a retry whose prompt phh
+        changed, e.g. a fresh start with a note appended)."""
         if "times" not in action:
             return action
-        key = (prompt or json.dumps(parsed, sort_keys=True), step)
+        key = ("key:" + str(action["key"]) if "key" in action else
+               prompt or json.dumps(parsed, sort_keys=True), step)
         with self._lock:
             seen = self._counters.get(key, 0)
             self._counters[key] = seen + 1

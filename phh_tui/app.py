@@ -379,6 +379,8 @@ class PhhApp(App[int]):
                 out.append(" starting…")
             else:
                 out.append(f" · {slots[0]}/{slots[1]} slots")
+                for note in b.header_notes():
+                    out.append(f" · {note}", style="yellow")
         elif isinstance(b, StoreBackend):
             out.append("observing: another phh engine serves this runner" if b.reason
                        else "observing", style="yellow" if b.reason else "dim")

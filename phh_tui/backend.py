@@ -258,6 +258,9 @@ class EngineBackend(Backend):
             return None
         return len(self.engine.tasks), self.engine.capacity
 
+    def header_notes(self) -> list[str]:
+        return self.engine.header_notes()
+
     def live_run_ids(self) -> set[str]:
         for _ in range(5):
             with contextlib.suppress(RuntimeError):

@@ -124,7 +124,8 @@ class HeadlessLog:
         elif ev.kind == "batch_finished":
             print(f"{ts} finished {where}: {ev.detail}", flush=True)
         elif ev.kind in ("batch_added", "recovered", "stopping", "idle", "admission_blocked",
-                         "admission_resumed", "gc", "queue", "adopted", "override"):
+                         "admission_resumed", "gc", "queue", "adopted", "override",
+                         "concurrency", "concurrency_capped"):
             print(f"{ts} {ev.kind} {where} {ev.status or ''} {ev.detail or ''}".rstrip(),
                   flush=True)
             if ev.kind == "idle":
@@ -148,22 +149,23 @@ class HeadlessLog:
                   f"{c.needs_attention} needs_attention, {c.canceled} canceled", flush=True)
 
 
-async def run_headless(engine: Engine) -> None:
+async def run_headless(engine: Engine) -> int:
+    """Serve until idle (`--until-idle`) or a signal; returns the exit code: 0, or 128 + the
+    first signal's number when SIGINT/SIGTERM stopped it (130 for Ctrl-C), as shells do."""
     import asyncio
     import signal
 
     from phh_engine.models import utcnow
 
     loop = asyncio.get_running_loop()
-    hits = 0
+    hits: list[int] = []
 
-    def on_signal() -> None:
-        nonlocal hits
-        hits += 1
-        engine.stop(cancel_running=hits > 1)
+    def on_signal(sig: int) -> None:
+        hits.append(sig)
+        engine.stop(cancel_running=len(hits) > 1)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     log = engine.on_event
     ticker = None
     if isinstance(log, HeadlessLog) and not log.json_log:
@@ -178,6 +180,7 @@ async def run_headless(engine: Engine) -> None:
     finally:
         if ticker is not None:
             ticker.cancel()
+    return 128 + hits[0] if hits else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -231,8 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # e.g. codex not found: say so plainly
         _err(f"cannot start: {exc}")
         return EXIT_FAIL
-    asyncio.run(run_headless(engine))
-    return EXIT_OK
+    return asyncio.run(run_headless(engine))
 
 
 def cmd_scoreboard(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phh_engine.models import STEP_STATUSES, BatchScoreboard, StatusCounts, SystemScoreboard
-from phh_engine.models.scoreboard import ResumeView
+from phh_engine.models.scoreboard import ResumeView, SystemNote
 from phh_engine.scoreboards import goal_preview
 
 STATUS_STYLES: dict[str, str] = {
@@ -121,9 +121,16 @@ def render_system(sb: SystemScoreboard) -> RenderableType:
             _count(c.blocked, "blocked"),
             goal,
         )
+    notes = _notes(sb.notes)
     if not sb.batches:
-        return Group(table, Text("no batches yet: `phh submit FILE`", style="dim"))
-    return table
+        return Group(*notes, table, Text("no batches yet: `phh submit FILE`", style="dim"))
+    return Group(*notes, table) if notes else table
+
+
+def _notes(notes: list[SystemNote]) -> list[Text]:
+    """System notes (start pauses, draining or blocked runners, lowered concurrency): one
+    line each above the board, so `phh scoreboard` shows why nothing starts."""
+    return [Text(f"! {n.message}", style="yellow") for n in notes]
 
 
 def render_batch(sb: BatchScoreboard) -> Group:
@@ -178,4 +185,4 @@ def render_batch(sb: BatchScoreboard) -> Group:
                       f.final_status or "-",
                       f.final_summary or ("; ".join(f.errors) if f.errors else ""))
         parts.append(t)
-    return Group(*parts)
+    return Group(*_notes(sb.notes), *parts)

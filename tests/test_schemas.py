@@ -41,7 +41,7 @@ def test_every_expected_file_is_generated() -> None:
     assert set(GENERATED) == {
         "launch_table.schema.json", "harness_config.schema.json", "batch_meta.schema.json",
         "meta.schema.json", "state.schema.json", "current.schema.json", "run_report.schema.json",
-        "runner_health.schema.json", "scoreboard.batch.schema.json",
+        "runner_health.schema.json", "pause.schema.json", "scoreboard.batch.schema.json",
         "scoreboard.system.schema.json", "credential_pause.schema.json",
     }
 

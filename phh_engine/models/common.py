@@ -77,7 +77,15 @@ FailureClass = Literal[
     "spawn_failed",
     "thread_mismatch",
     "auth",
+    "usage_limited",
+    "context_exhausted",
+    "invalid_request",
+    "shutdown",
 ]
+
+#: Classes that say nothing about the step itself (the account hit its usage limit, the
+#: engine was stopped): always retried, and never counted toward `max_attempts`.
+UNCOUNTED_FAILURE_CLASSES: frozenset[str] = frozenset({"usage_limited", "shutdown"})
 
 Selector = Literal["latest_successful", "latest", "run_id"]
 WorkspacePolicy = Literal["shared", "isolated"]

@@ -110,6 +110,11 @@ class Limits(Strict):
     )
     min_free_disk_bytes: int = Field(default=1 << 30, ge=0)
     min_available_memory_bytes: int = Field(default=512 << 20, ge=0)
+    usage_limit_pause_seconds: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="first start pause after a usage limit whose reset time is not known; "
+        "doubles on each further usage limit, up to usage_limit_pause_max_seconds")
+    usage_limit_pause_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
 
 
 class CodexSettings(Strict):

@@ -16,6 +16,9 @@ class RunnerHealth(Record):
     started_at: datetime
     last_seen_at: datetime
     capacity: int
+    effective_capacity: int | None = Field(
+        default=None, description="what it fills now: capacity lowered by AIMD after HTTP 429 "
+        "rate limits (halved per 429, +1 per success, 1..capacity)")
     running: int
     draining: bool
     disk_free_bytes: int | None = None

@@ -10,6 +10,7 @@ from .common import FailureClass, SandboxMode, Strict
 
 DEFAULT_RETRY_ON: list[FailureClass] = [
     "model_error", "rate_limited", "timeout", "runner_lost", "nonzero_exit",
+    "context_exhausted", "usage_limited", "shutdown",
 ]
 
 

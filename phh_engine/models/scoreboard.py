@@ -93,7 +93,10 @@ class SystemNote(Record):
     (draining, low disk/memory, health stale). Derived from runners/*/health.json."""
 
     kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable"
-                                  " | unexpected_entry")
+                      " | unexpected_entry (a stray file or directory in the store, skipped)"
+                      " | paused (a start pause of the root) | rate_limited (concurrency "
+                      "lowered after HTTP 429) | concurrency_capped | credential_paused"
+                      " | credential_refresh")
     runner_id: Id | None = None
     message: str
     since: datetime | None = None
