@@ -33,6 +33,7 @@ from . import __version__
 from .codex_cli import CodexInfo, build_command
 from .crash import crashpoint
 from .events import EventFacts, EventTail
+from .gitcmd import git_argv, git_env
 from .models import (
     AttemptMeta,
     AttemptState,
@@ -910,7 +911,7 @@ def _looks_like_git(dot_git: str) -> bool:
 
 def _git(workdir: Path, *args: str) -> tuple[int, bytes]:
     try:
-        p = subprocess.run(["git", "-C", str(workdir), *args], stdout=subprocess.PIPE,
+        p = subprocess.run(git_argv(workdir, *args), stdout=subprocess.PIPE, env=git_env(),
                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=False)
     except OSError:
         return 1, b""
@@ -927,7 +928,10 @@ def _write_git_artifacts(workdir: Path, path: Path, files_from_events: list[str]
             return
         head = b"(no commits)\n"
     _, status = _git(workdir, "status", "--porcelain=v1", "--untracked-files=all", ".")
-    _, diff = _git(workdir, "diff", "--binary", "HEAD", "--", ".") if rc == 0 else (0, b"")
+    # plumbing, not `git diff HEAD`: porcelain diff refreshes and rewrites the index under
+    # index.lock even with --no-optional-locks (git 2.39), racing an agent's commit
+    _, diff = (_git(workdir, "diff-index", "--binary", "-p", "HEAD", "--", ".") if rc == 0
+               else (0, b""))
     untracked = [ln[3:] for ln in status.decode(errors="replace").splitlines()
                  if ln.startswith("?? ")]
     for rel in untracked[:200]:
