@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
+from .diskguard import WriteGuard
 from .harness_config import load_config
 from .health import (
     Resources,
@@ -150,6 +151,8 @@ class Engine:
         self._drain: tuple[bool, str | None] = (False, None)
         self._resources = Resources()
         self._resource_problems: list[str] = []
+        #: store writes that failed (full disk, no inodes): no new starts until one succeeds
+        self.writes = WriteGuard()
         self._health_ok_at: float | None = None  # monotonic time of the last good write
         self._health_error: str | None = None
         self._peers: dict[str, RunnerHealth] = {}
@@ -238,6 +241,7 @@ class Engine:
             on_change=self._on_attempt_change,
             codex_config_toml=Path(cfg).expanduser().resolve() if cfg else None,
         )
+        self.runner.writes = self.writes
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.queue = DropQueue.from_config(self.layout, self.config)
         if self.queue is not None:
@@ -374,7 +378,13 @@ class Engine:
             extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
             override_nonce=marks.pending_nonce,
         )
-        claimed = self.runner.claim(plan)
+        try:
+            claimed = self.runner.claim(plan)
+        except OSError as exc:  # full disk, no inodes: pause starts, keep the loop alive
+            self.writes.failed(exc, f"a claim of {batch.batch_id}/{cand.job.job_id}/"
+                               f"{cand.step.step_id}")
+            self._after_sample()
+            return
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
@@ -779,6 +789,8 @@ class Engine:
         if draining:
             out.append(f"draining: {why}")
         out.extend(self._resource_problems)
+        if self.writes.problem:
+            out.append(self.writes.problem)
         stale_after = self.config.runner_health.stale_after_seconds
         if self._health_ok_at is not None and \
                 time.monotonic() - self._health_ok_at > stale_after:
@@ -793,6 +805,7 @@ class Engine:
         self._drain = drain_state(self.layout, self.config, self.runner_id)
         self._resources = sample_resources(self.layout.root)
         self._resource_problems = resource_problems(self._resources, self.config.limits)
+        self.writes.probe(self.layout.runs)  # space came back: starts resume
         try:
             self._write_health()
             self._health_ok_at = time.monotonic()
@@ -807,6 +820,10 @@ class Engine:
                 kind="health_unwritable", runner_id=self.runner_id,
                 message=f"runner {self.runner_id} cannot write its health.json "
                         f"({self._health_error})"))
+        if self.writes.problem:
+            self._notes.append(SystemNote(kind="write_error", runner_id=self.runner_id,
+                                          message=f"runner {self.runner_id}: "
+                                                  f"{self.writes.problem}"))
 
     def _after_sample(self) -> None:
         """Loop side of a health tick: report admission changes, wake the scheduler."""
@@ -845,11 +862,14 @@ class Engine:
         if self._stopping and not draining:
             draining, why = True, "engine stopping"
         problems = list(self._resource_problems)
+        if self.writes.problem:
+            problems.append(self.writes.problem)
         health = RunnerHealth(
             runner_id=self.runner_id, host=socket.gethostname(), pid=os.getpid(),
             started_at=self.started_at, last_seen_at=utcnow(),
             capacity=self.capacity if self.config else 0, running=len(self.tasks),
             draining=draining, disk_free_bytes=res.disk_free_bytes,
+            disk_free_inodes=res.disk_free_inodes,
             memory_available_bytes=res.memory_available_bytes,
             load_1m=res.load_1m, codex_cli_version=self.codex.version if self.codex else None,
             phh_version=__version__, drain_reason=why,
@@ -897,7 +917,11 @@ class Engine:
 
     def _timed_write(self, all_batches: bool) -> float:
         t0 = time.perf_counter()
-        self._write_scoreboards(all_batches=all_batches)
+        try:
+            self._write_scoreboards(all_batches=all_batches)
+        except OSError as exc:  # a full disk must not end the scoreboard loop
+            self.writes.failed(exc, "the scoreboards")
+            self._dirty.update(self.index.batches)  # all of them again once writes work
         return time.perf_counter() - t0
 
     def _write_scoreboards(self, all_batches: bool = False) -> None:

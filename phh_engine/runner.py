@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from . import __version__
 from .codex_cli import CodexInfo, build_command
 from .crash import crashpoint
+from .diskguard import WriteGuard, describe, retry_writes
 from .events import EventFacts, EventTail
 from .gitcmd import git_argv, git_env
 from .models import (
@@ -398,6 +399,8 @@ class LocalRunner:
         self.live: dict[str, LiveAttempt] = {}
         self.host = socket.gethostname()
         self._default_schema_obj = json.loads(default_schema.read_text())
+        #: failed store writes (the engine shares its own guard here)
+        self.writes = WriteGuard()
         self._pool: ThreadPoolExecutor | None = None
 
     async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -437,8 +440,13 @@ class LocalRunner:
             run_id = new_run_id(now)
             path = attempts / run_dir_name(now, run_id)
             path.mkdir(parents=True, exist_ok=False)
-            (path / CODEX_HOME).mkdir()
-            write_state(path / STATE, self._state(plan, run_id, "queued", now))
+            try:
+                (path / CODEX_HOME).mkdir()
+                write_state(path / STATE, self._state(plan, run_id, "queued", now))
+            except BaseException:
+                # a dir without state.json reads as queued and would block the step forever
+                shutil.rmtree(path, ignore_errors=True)
+                raise
         # registered now, so a cancel between claim and spawn ends it queued -> canceled
         self.live[run_id] = LiveAttempt(plan=plan, run_id=run_id, path=path)
         crashpoint("after_claim")
@@ -480,7 +488,12 @@ class LocalRunner:
         self._emit(plan, view)
         number = len(step.attempts) + (0 if step.find(live.run_id) else 1)
         # every file and the spawn in one worker-thread call: the loop stays free for events
-        prep = await self._in_io(self._prepare, plan, batch, job, step, live, state, number)
+        try:
+            prep = await self._in_io(self._prepare, plan, batch, job, step, live, state, number)
+        except OSError as exc:  # writing the prompt, meta.json, codex_home (before the spawn)
+            self.writes.failed(exc, f"the files of run {live.run_id}")
+            prep = _Prepared(state, error=f"could not write the attempt's files: "
+                             f"{describe(exc)}")
         if prep.meta is not None:
             view.meta = prep.meta
         if prep.error is not None:
@@ -618,7 +631,10 @@ class LocalRunner:
             "last_heartbeat_at": started, "pid": proc.pid, "pid_started_at": pid_started,
             "codex_thread_id": None,
         })
-        write_state(path / STATE, state)
+        try:
+            write_state(path / STATE, state)
+        except OSError as exc:  # Codex runs now: watch it; the next heartbeat writes this
+            self.writes.failed(exc, f"the running state of run {run_id}")
         # current.json follows once the thread id is known (_monitor), and at the end
         crashpoint("while_running")
         return _Prepared(state, meta=meta, watch=watch, proc=proc)
@@ -714,8 +730,12 @@ class LocalRunner:
                     next_beat = now_t + hb
                 # on the worker threads: with hundreds of agents streaming events this is up
                 # to one fsynced write per agent per second, which would stall the loop
-                with contextlib.suppress(TerminalStateError):
+                try:
                     await self._in_io(write_state, path / STATE, state)
+                except TerminalStateError:
+                    pass
+                except OSError as exc:  # full disk: keep watching Codex; retried next beat
+                    self.writes.failed(exc, f"the heartbeat of run {view.run_id}")
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)
@@ -737,10 +757,11 @@ class LocalRunner:
 
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
-        state, report, ready = await self._in_io(
-            self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
-            canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
-            cancel_reason=live.cancel_reason)
+        state, report, ready = await retry_writes(
+            self.writes, f"the end of run {view.run_id}", lambda: self._in_io(
+                self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
+                canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
+                cancel_reason=live.cancel_reason))
         view.state, view.report, view.resume_base_ready = state, report, ready
         self._emit(plan, view)
         return view
@@ -802,7 +823,9 @@ class LocalRunner:
                         ) -> AttemptView:
         """Disk work in a worker thread; the view and listeners are touched only on the
         loop (the index is not thread-safe)."""
-        state, ready = await self._in_io(self._finalize_files, plan, view.path, state)
+        state, ready = await retry_writes(
+            self.writes, f"the end of run {view.run_id}",
+            lambda: self._in_io(self._finalize_files, plan, view.path, state))
         view.state = state
         view.resume_base_ready = ready
         self._emit(plan, view)
@@ -826,7 +849,8 @@ class LocalRunner:
         # queued -> running -> failed keeps the transition rules without a special case
         running = state.model_copy(update={"status": "running", "started_at": now,
                                            "updated_at": now, "last_heartbeat_at": now})
-        write_state(view.path / STATE, running)
+        await retry_writes(self.writes, f"the state of run {view.run_id}",
+                           lambda: self._in_io(write_state, view.path / STATE, running))
         final = running.model_copy(update={
             "status": "failed", "ended_at": now, "termination_reason": "spawn_failed",
             "failure_class": "spawn_failed", "errors": [message],

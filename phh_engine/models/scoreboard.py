@@ -92,7 +92,8 @@ class SystemNote(Record):
     """A system-level attention item that belongs to no step: a runner that takes no new work
     (draining, low disk/memory, health stale). Derived from runners/*/health.json."""
 
-    kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable")
+    kind: str = Field(description="draining | low_resources | runner_stale | health_unwritable"
+                                  " | write_error")
     runner_id: Id | None = None
     message: str
     since: datetime | None = None
