@@ -749,11 +749,12 @@ class Engine:
         if not rem.enabled:
             return
         now = utcnow()
+        ages = self.runner.beat_ages() if self.runner else {}  # own attempts: monotonic
         for batch in self.index.batches.values():
             stale = batch.meta.effective_defaults.heartbeat_stale_after_seconds
             for job, step in batch.steps():
                 att = step.in_flight
-                if att is None or not is_stuck(att, now, stale):
+                if att is None or not is_stuck(att, now, stale, ages.get(att.run_id)):
                     continue
                 if step.marks.remediations >= rem.max_per_step:
                     continue
@@ -930,13 +931,14 @@ class Engine:
         if not dirty and not all_batches:
             return
         now = utcnow()
+        ages = self.runner.beat_ages() if self.runner else {}
         # O(changed batches): unchanged batches reuse their last board (all are recomputed
         # every 30 s, when heartbeat ages move)
         for bid in dirty:
             batch = self.index.batches.get(bid)
             if batch is None:
                 continue
-            sb = batch_scoreboard(batch, now)
+            sb = batch_scoreboard(batch, now, beat_ages=ages)
             if self._notes:
                 sb = sb.model_copy(update={"notes": list(self._notes)})
             self._announce(self._boards.get(bid), sb)

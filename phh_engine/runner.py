@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from .paths import (
     STDERR,
     STDOUT,
     Layout,
+    claim_time,
     new_run_id,
     run_dir_name,
 )
@@ -87,6 +89,8 @@ from .workspace import WorkspaceError, copy_tree, resolve_workspace
 _WRAPPER = 'trap : INT TERM HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$0"; exit "$rc"'
 PROMPT_FILE = "prompt.txt"
 STATE_WRITE_MIN_INTERVAL = 1.0
+#: a change of wall-minus-monotonic this large between two monitor wakes is a clock jump
+CLOCK_JUMP_SECONDS = 5.0
 _PLACEHOLDER = re.compile(r"\{\{\s*steps\.([A-Za-z0-9._-]+)\.([a-z_]+)\s*\}\}")
 _SECRET_ENV = ("CODEX_API_KEY", "OPENAI_API_KEY")
 
@@ -130,6 +134,8 @@ class LiveAttempt:
     pid: int | None = None
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = "canceled"
+    #: time.monotonic() of its last heartbeat (ages in this process ignore wall-clock jumps)
+    beat_mono: float | None = None
 
 
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
@@ -425,11 +431,13 @@ class LocalRunner:
         Another engine on the same root sees the queued state.json and will not start the step.
         """
         attempts = self.layout.attempts_dir(plan.batch_id, plan.job_id, plan.step_id)
+        names: list[str] = []
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
             if attempts.is_dir():
                 for d in attempts.iterdir():
                     if d.name.startswith("."):
                         continue
+                    names.append(d.name)
                     st = read_model(d / STATE, AttemptState)
                     status = st.status if st else "queued"
                     if status in ("queued", "running"):
@@ -437,8 +445,9 @@ class LocalRunner:
                     if status == "succeeded" and plan.trigger != "operator_resume":
                         return None
             now = utcnow()
-            run_id = new_run_id(now)
-            path = attempts / run_dir_name(now, run_id)
+            named = claim_time(now, names)  # sorts after every earlier attempt of the step
+            run_id = new_run_id(named)
+            path = attempts / run_dir_name(named, run_id)
             path.mkdir(parents=True, exist_ok=False)
             try:
                 (path / CODEX_HOME).mkdir()
@@ -469,6 +478,18 @@ class LocalRunner:
             return await self._run(plan, batch, job, step, live, view)
         finally:
             self.live.pop(run_id, None)
+
+    def beat_ages(self) -> dict[str, float]:
+        """Seconds since each monitored attempt's last heartbeat, on the monotonic clock:
+        {run_id: seconds}. A wall-clock jump (resume from sleep) does not age them."""
+        now = time.monotonic()
+        items: list[tuple[str, LiveAttempt]] = []
+        for _ in range(5):  # another thread (the dashboard's) may read while the loop adds
+            with contextlib.suppress(RuntimeError):
+                items = list(self.live.items())
+                break
+        return {rid: max(0.0, now - live.beat_mono) for rid, live in items
+                if live.beat_mono is not None}
 
     def cancel(self, run_id: str, reason: str = "canceled") -> bool:
         live = self.live.get(run_id)
@@ -680,7 +701,11 @@ class LocalRunner:
         # a started attempt's 'running' state already carries its first heartbeat; an adopted
         # one beats at once (the engine that wrote its last beat is gone)
         next_beat = t0 + hb if elapsed == 0.0 else t0
+        live.beat_mono = t0
         last_write = t0
+        # wall minus monotonic: when it moves (sleep/resume, NTP step), beat at once so the
+        # heartbeat others read from state.json is fresh on the new wall clock
+        wall_skew = utcnow().timestamp() - t0
         dirty = False
         poll = 0.1
         waiter = asyncio.ensure_future(proc.wait())
@@ -720,7 +745,9 @@ class LocalRunner:
                 live.cancel_requested.set()
             if live.cancel_requested.is_set() and killer is None:
                 killer = asyncio.ensure_future(self._stop_process(proc))
-            beat = now_t >= next_beat
+            skew = now.timestamp() - now_t
+            beat = now_t >= next_beat or abs(skew - wall_skew) > CLOCK_JUMP_SECONDS
+            wall_skew = skew
             new_thread = pointer is None and facts.thread_id is not None
             if beat or new_thread or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
                 state = self._merge_facts(state, facts, now).model_copy(
@@ -736,6 +763,9 @@ class LocalRunner:
                     pass
                 except OSError as exc:  # full disk: keep watching Codex; retried next beat
                     self.writes.failed(exc, f"the heartbeat of run {view.run_id}")
+                else:
+                    if beat:
+                        live.beat_mono = now_t
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)

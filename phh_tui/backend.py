@@ -309,6 +309,10 @@ class Backend:
     def live_run_ids(self) -> set[str]:
         return set()
 
+    def beat_ages(self) -> dict[str, float]:
+        """Monotonic heartbeat ages of the attempts this process monitors: {run_id: s}."""
+        return {}
+
     async def request(self, action: str, batch_id: str, job_id: str | None = None,
                       step_id: str | None = None, **kw: Any) -> Outcome:
         raise NotImplementedError
@@ -353,6 +357,10 @@ class EngineBackend(Backend):
             with contextlib.suppress(RuntimeError):
                 return set(self.engine.tasks)
         return set()
+
+    def beat_ages(self) -> dict[str, float]:
+        runner = self.engine.runner
+        return runner.beat_ages() if runner is not None else {}
 
     def setup(self) -> None:
         """Config, codex, index, recovery; raises EngineError when another engine serves this
