@@ -104,6 +104,8 @@ class RunsWatcher:
             while not self.stop_event.is_set():
                 self._drop_ended()
                 watched = self._watching = set(ws.dirs)
+                if not watched:  # runs/ itself is gone: poll (below) until it is back
+                    raise FileNotFoundError(self.layout.runs)
                 self._restart = asyncio.Event()
                 # runs once awatch has registered its watches and waits (as in the engine)
                 asyncio.get_running_loop().call_soon(self._catch_up, fresh)
