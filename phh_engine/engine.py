@@ -914,7 +914,10 @@ class Engine:
             spent = self._timed_write(all_batches=full)
             if full:
                 since_full = 0.0
-                self._check_stuck()
+                try:
+                    self._check_stuck()
+                except OSError as exc:  # its override files: a full disk must not end the loop
+                    self.writes.failed(exc, "a stuck-attempt remediation")
 
     def _timed_write(self, all_batches: bool) -> float:
         t0 = time.perf_counter()
