@@ -62,9 +62,11 @@ class WriteGuard:
             self.since = time.monotonic()
             log.warning("write error on the runs store while writing %s: %s", what,
                         describe(exc))
-        self.problem = (f"write error on the runs store: {describe(exc)} writing {what}; "
-                        "new attempts wait until writes succeed again (free space or "
-                        "inodes: `phh gc`, or remove files)")
+        where = f" at {exc.filename}" if exc.filename else ""
+        fix = ("free space or inodes: `phh gc`, or remove files" if is_space_error(exc)
+               else "fix or remove what is in the way")
+        self.problem = (f"write error on the runs store: {describe(exc)} writing {what}"
+                        f"{where}; new attempts wait until writes succeed again ({fix})")
 
     def clear(self) -> None:
         if self.problem is not None:

@@ -207,18 +207,19 @@ def test_rejections_are_clear(harness: Harness) -> None:
     harness.stop(eng)
 
 
-def test_a_claim_that_cannot_write_the_store_stops_the_engine(harness: Harness) -> None:
+def test_a_claim_that_cannot_write_the_store_pauses_the_engine(harness: Harness) -> None:
     """A claim that fails must not leave its step looking in flight, nor be retried in a
-    loop: the engine stops with the error (guards any move of the claim off the loop)."""
+    tight loop, nor end the engine (issue 11 E2): new starts pause with the error."""
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("never"))]}])
     eng = harness.engine()
     blocker = harness.layout.attempts_dir(bid, "j1", "s1")  # after the engine's first read
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the attempts directory belongs\n")
-    with pytest.raises(NotADirectoryError):
-        asyncio.run(asyncio.wait_for(eng.serve(), 60))
+    asyncio.run(asyncio.wait_for(eng.serve(), 60))  # --until-idle: nothing can start
     assert eng.index.batches[bid].jobs["j1"].steps["s1"].attempts == []
     assert not eng.runner.live  # type: ignore[union-attr]
+    (ev,) = [e for e in harness.events if e.kind == "admission_blocked"]
+    assert "write error" in (ev.detail or "") and "ENOTDIR" in (ev.detail or "")
 
 
 def test_second_engine_on_same_runner_refuses_and_another_runner_joins(
@@ -263,9 +264,15 @@ def test_stuck_attempt_is_shown_and_auto_remediation_recorded(harness: Harness) 
         assert view is not None and view.state is not None
         old = utcnow() - timedelta(seconds=2701)
         view.state = view.state.model_copy(update={"last_heartbeat_at": old})
+        # this engine's own attempts age on the monotonic clock (issue 11 E4): its monitor
+        # last beat 2701 s ago
+        live = eng.runner.live[view.run_id]  # type: ignore[union-attr]
+        assert live.beat_mono is not None
+        live.beat_mono -= 2701
         from phh_engine.scoreboards import batch_scoreboard
 
-        sb = batch_scoreboard(eng.index.batches[bid], utcnow())
+        sb = batch_scoreboard(eng.index.batches[bid], utcnow(),
+                              beat_ages=eng.runner.beat_ages())  # type: ignore[union-attr]
         assert [a.kind for a in sb.attention] == ["stuck"]
         assert sb.running[0].stuck is True
         eng._check_stuck()
