@@ -129,7 +129,7 @@ def test_full_disk_pauses_and_resumes_without_a_restart(small_fs: Path, standin:
                    for e in h.events)
 
         # -- a claim fails: the scheduling loop goes on, starts resume once space returns
-        retry = {"max_attempts": 2, "backoff_seconds": 4,
+        retry = {"max_attempts": 2, "backoff_seconds": 8,  # time to fill the disk
                  "retry_on": ["agent_reported_failure"]}
         b2 = h.submit([{"job_id": "j2", "steps": [
             step("s1", final("no", status="failed"), retry_policy=retry)]}])
