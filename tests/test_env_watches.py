@@ -81,6 +81,14 @@ def test_agent_directories_do_not_cost_dashboard_watches(harness: Harness) -> No
         # the second batch adds its own layout dirs (batch, job, steps, step, attempts)
         assert after <= watching + 6, (watching, after)
         assert not backend.watcher.polling
+
+        # the engine's own watch is bounded too (runs/, overrides/, the drop folder)
+        eng = h.start()
+        try:
+            wait_for(lambda: inotify_watches() - baseline > after, 30, "the engine's watch")
+            assert inotify_watches() - baseline - after <= 3
+        finally:
+            h.stop(eng)
     finally:
         backend.stop()
         t.join(30)
