@@ -43,7 +43,9 @@ def is_layout_dir(parts: tuple[str, ...], observer: bool) -> bool:
     if parts[0] == SYSTEM:
         return observer and (d == 1 or (d == 2 and parts[1] == OVERRIDES))
     name = parts[-1]
-    if d == 1 or d == 4 or d == 6:  # batch, step, attempt
+    if d == 6:  # an attempt dir is `<stamp>_<run_id>`; anything else there is stray
+        return "_" in name and bool(name.split("_", 1)[1])
+    if d == 1 or d == 4:  # batch, step
         return True
     if d == 2:  # job (batch-level names phh writes start with `_` or end in .json)
         return not name.startswith("_")
