@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .credentials import CredentialGate
+from .diskguard import WriteGuard
 from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
 from .harness_config import load_config
 from .health import (
@@ -168,6 +169,8 @@ class Engine:
         self._drain: tuple[bool, str | None] = (False, None)
         self._resources = Resources()
         self._resource_problems: list[str] = []
+        #: store writes that failed (full disk, no inodes): no new starts until one succeeds
+        self.writes = WriteGuard()
         self._health_ok_at: float | None = None  # monotonic time of the last good write
         self._health_error: str | None = None
         self._peers: dict[str, RunnerHealth] = {}
@@ -317,6 +320,7 @@ class Engine:
         )
         self._cred = CredentialGate(self.layout, self.config)
         self._cred.poll()
+        self.runner.writes = self.writes
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.queue = DropQueue.from_config(self.layout, self.config)
         if self.queue is not None:
@@ -497,6 +501,11 @@ class Engine:
             self._ready.touch(batch.batch_id, cand.job.job_id)
             self._dirty.add(batch.batch_id)
             self._poke()  # the loop looks again (and may go idle)
+            return
+        except OSError as exc:  # full disk, no inodes: pause starts, keep the loop alive
+            self.writes.failed(exc, f"a claim of {batch.batch_id}/{cand.job.job_id}/"
+                               f"{cand.step.step_id}")
+            self._after_sample()
             return
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
@@ -947,11 +956,12 @@ class Engine:
         if not rem.enabled:
             return
         now = utcnow()
+        ages = self.runner.beat_ages() if self.runner else {}  # own attempts: monotonic
         for batch in self.index.batches.values():
             stale = batch.meta.effective_defaults.heartbeat_stale_after_seconds
             for job, step in batch.steps():
                 att = step.in_flight
-                if att is None or not is_stuck(att, now, stale):
+                if att is None or not is_stuck(att, now, stale, ages.get(att.run_id)):
                     continue
                 if step.marks.remediations >= rem.max_per_step:
                     continue
@@ -990,6 +1000,8 @@ class Engine:
         if self._cred is not None:
             out.extend(self._cred.reasons())
         out.extend(pause_message(p) for p in active_pauses(self._pauses, utcnow()))
+        if self.writes.problem:
+            out.append(self.writes.problem)
         stale_after = self.config.runner_health.stale_after_seconds
         if self._health_ok_at is not None and \
                 time.monotonic() - self._health_ok_at > stale_after:
@@ -1004,6 +1016,7 @@ class Engine:
         self._drain = drain_state(self.layout, self.config, self.runner_id)
         self._resources = sample_resources(self.layout.root)
         self._resource_problems = resource_problems(self._resources, self.config.limits)
+        self.writes.probe(self.layout.runs)  # space came back: starts resume
         try:
             self._write_health()
             self._health_ok_at = time.monotonic()
@@ -1019,6 +1032,10 @@ class Engine:
                 kind="health_unwritable", runner_id=self.runner_id,
                 message=f"runner {self.runner_id} cannot write its health.json "
                         f"({self._health_error})"))
+        if self.writes.problem:
+            self._notes.append(SystemNote(kind="write_error", runner_id=self.runner_id,
+                                          message=f"runner {self.runner_id}: "
+                                                  f"{self.writes.problem}"))
 
     def _after_sample(self) -> None:
         """Loop side of a health tick: report admission changes, wake the scheduler."""
@@ -1057,12 +1074,15 @@ class Engine:
         if self._stopping and not draining:
             draining, why = True, "engine stopping"
         problems = list(self._resource_problems)
+        if self.writes.problem:
+            problems.append(self.writes.problem)
         health = RunnerHealth(
             runner_id=self.runner_id, host=socket.gethostname(), pid=os.getpid(),
             started_at=self.started_at, last_seen_at=utcnow(),
             capacity=self.capacity if self.config else 0, running=len(self.tasks),
             effective_capacity=self.effective_capacity if self.config else None,
             draining=draining, disk_free_bytes=res.disk_free_bytes,
+            disk_free_inodes=res.disk_free_inodes,
             memory_available_bytes=res.memory_available_bytes,
             load_1m=res.load_1m, codex_cli_version=self.codex.version if self.codex else None,
             phh_version=__version__, drain_reason=why,
@@ -1134,11 +1154,18 @@ class Engine:
             spent = self._timed_write(all_batches=full)
             if full:
                 since_full = 0.0
-                self._check_stuck()
+                try:
+                    self._check_stuck()
+                except OSError as exc:  # its override files: a full disk must not end the loop
+                    self.writes.failed(exc, "a stuck-attempt remediation")
 
     def _timed_write(self, all_batches: bool) -> float:
         t0 = time.perf_counter()
-        self._write_scoreboards(all_batches=all_batches)
+        try:
+            self._write_scoreboards(all_batches=all_batches)
+        except OSError as exc:  # a full disk must not end the scoreboard loop
+            self.writes.failed(exc, "the scoreboards")
+            self._dirty.update(self.index.batches)  # all of them again once writes work
         return time.perf_counter() - t0
 
     def _write_scoreboards(self, all_batches: bool = False) -> None:
@@ -1148,13 +1175,14 @@ class Engine:
             return
         now = utcnow()
         notes = self._all_notes(now)
+        ages = self.runner.beat_ages() if self.runner else {}
         # O(changed batches): unchanged batches reuse their last board (all are recomputed
         # every 30 s, when heartbeat ages move)
         for bid in dirty:
             batch = self.index.batches.get(bid)
             if batch is None:
                 continue
-            sb = batch_scoreboard(batch, now)
+            sb = batch_scoreboard(batch, now, beat_ages=ages)
             if notes:
                 sb = sb.model_copy(update={"notes": list(notes)})
             self._announce(self._boards.get(bid), sb)

@@ -19,8 +19,9 @@ Semantics:
   global concurrency. For an engine's own runner, stale means it could not publish its health
   for that long (store unwritable, disk full, stalled loop): others would think it dead, so it
   starts nothing until a write succeeds again.
-- low resources: disk free under `limits.min_free_disk_bytes` (on the runs store) or memory
-  available under `limits.min_available_memory_bytes` stops new starts (running ones go on),
+- low resources: disk free under `limits.min_free_disk_bytes` or free inodes under
+  `limits.min_free_inodes` (on the runs store) or memory available under
+  `limits.min_available_memory_bytes` stops new starts (running ones go on),
   shown as a system note in the scoreboards and an `admission_blocked` EngineEvent.
 """
 
@@ -43,6 +44,8 @@ from .paths import Layout
 from .store import atomic_write_json, read_model
 
 DRAIN_FILE = "drain.json"
+#: inodes one attempt takes on the runs store (its files and Codex's codex_home/), measured
+INODES_PER_ATTEMPT = 90
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -89,6 +92,8 @@ def drain_state(layout: Layout, config: HarnessConfig, runner_id: str) -> tuple[
 @dataclass(slots=True)
 class Resources:
     disk_free_bytes: int | None = None
+    #: None where the filesystem has no inode limit (statvfs reports 0 inodes in all)
+    disk_free_inodes: int | None = None
     memory_available_bytes: int | None = None
     load_1m: float | None = None
 
@@ -99,6 +104,10 @@ def sample_resources(path: Path) -> Resources:
     r = Resources()
     with contextlib.suppress(OSError):
         r.disk_free_bytes = shutil.disk_usage(path).free
+    with contextlib.suppress(OSError):
+        vfs = os.statvfs(path)
+        if vfs.f_files > 0:  # btrfs and some network filesystems have no fixed inode count
+            r.disk_free_inodes = vfs.f_favail
     with contextlib.suppress(Exception):
         r.memory_available_bytes = int(psutil.virtual_memory().available)
     with contextlib.suppress(OSError):
@@ -112,6 +121,11 @@ def resource_problems(res: Resources, limits: Limits) -> list[str]:
     if res.disk_free_bytes is not None and res.disk_free_bytes < limits.min_free_disk_bytes:
         out.append(f"low disk: {fmt_bytes(res.disk_free_bytes)} free on the runs store, below "
                    f"limits.min_free_disk_bytes = {fmt_bytes(limits.min_free_disk_bytes)}")
+    inodes = res.disk_free_inodes
+    if inodes is not None and inodes < limits.min_free_inodes:
+        out.append(f"low inodes: {inodes} free on the runs store, below "
+                   f"limits.min_free_inodes = {limits.min_free_inodes} (an attempt takes "
+                   f"about {INODES_PER_ATTEMPT})")
     mem = res.memory_available_bytes
     if mem is not None and mem < limits.min_available_memory_bytes:
         out.append(f"low memory: {fmt_bytes(mem)} available, below "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 META = "meta.json"
@@ -85,6 +86,28 @@ def new_batch_id(now: datetime) -> str:
 def run_dir_name(started: datetime, run_id: str) -> str:
     """Sorts by start time and carries the run_id, so no JSON is needed to find an attempt."""
     return f"{started:%Y%m%dT%H%M%SZ}_{run_id}"
+
+
+def dir_name_time(dir_name: str) -> datetime | None:
+    """The start time a run dir name encodes (second from the name, microseconds from the
+    run id), or None for a name not of this form."""
+    try:
+        stamp, run_id = dir_name.split("_", 1)
+        at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return at.replace(microsecond=int(run_id[1:7]))
+    except ValueError:
+        return None
+
+
+def claim_time(now: datetime, existing: Iterable[str]) -> datetime:
+    """The time to name a new attempt dir by: `now`, or just after the newest existing
+    attempt of the step when the wall clock stepped back since it was claimed. Names then
+    sort in claim order (the per-step sequence every reader orders by: `latest`, current.json,
+    views, GC), whatever the clock did; the real times are in state.json."""
+    newest = max((t for t in map(dir_name_time, existing) if t is not None), default=None)
+    if newest is not None and now <= newest:
+        return newest + timedelta(microseconds=1)
+    return now
 
 
 def run_id_of(dir_name: str) -> str:

@@ -222,10 +222,15 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     )
 
 
-def is_stuck(attempt: AttemptView, now: datetime, stale_after_seconds: float) -> bool:
-    """SPEC §7.8: running with a heartbeat older than the threshold. Status is not changed."""
+def is_stuck(attempt: AttemptView, now: datetime, stale_after_seconds: float,
+             beat_age: float | None = None) -> bool:
+    """SPEC §7.8: running with a heartbeat older than the threshold. Status is not changed.
+    `beat_age` (seconds, monotonic: from the process monitoring it) wins over the wall-clock
+    age of `last_heartbeat_at`, which a clock jump would inflate."""
     st = attempt.state
     if st is None or st.status != "running":
         return False
+    if beat_age is not None:
+        return beat_age > stale_after_seconds
     beat = st.last_heartbeat_at or st.started_at
     return beat is not None and (now - beat).total_seconds() > stale_after_seconds

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from pydantic import ValidationError
 from . import __version__, credentials
 from .codex_cli import CodexInfo, build_command
 from .crash import crashpoint
+from .diskguard import WriteGuard, describe, retry_writes
 from .doctor import startup_error_line
 from .events import EventFacts, EventTail
+from .gitcmd import git_argv, git_env
 from .models import (
     AttemptMeta,
     AttemptState,
@@ -63,6 +66,7 @@ from .paths import (
     STDOUT,
     Layout,
     attempt_dir_names,
+    claim_time,
     new_run_id,
     run_dir_name,
 )
@@ -87,6 +91,8 @@ from .workspace import WorkspaceError, copy_tree, resolve_workspace
 _WRAPPER = 'trap : INT TERM HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$0"; exit "$rc"'
 PROMPT_FILE = "prompt.txt"
 STATE_WRITE_MIN_INTERVAL = 1.0
+#: a change of wall-minus-monotonic this large between two monitor wakes is a clock jump
+CLOCK_JUMP_SECONDS = 5.0
 _PLACEHOLDER = re.compile(r"\{\{\s*steps\.([A-Za-z0-9._-]+)\.([a-z_]+)\s*\}\}")
 _SECRET_ENV = ("CODEX_API_KEY", "OPENAI_API_KEY")
 
@@ -130,6 +136,8 @@ class LiveAttempt:
     pid: int | None = None
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = "canceled"
+    #: time.monotonic() of its last heartbeat (ages in this process ignore wall-clock jumps)
+    beat_mono: float | None = None
 
 
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
@@ -446,6 +454,8 @@ class LocalRunner:
         self.live: dict[str, LiveAttempt] = {}
         self.host = socket.gethostname()
         self._default_schema_obj = json.loads(default_schema.read_text())
+        #: failed store writes (the engine shares its own guard here)
+        self.writes = WriteGuard()
         self._pool: ThreadPoolExecutor | None = None
 
     async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -470,9 +480,11 @@ class LocalRunner:
         Another engine on the same root sees the queued state.json and will not start the step.
         """
         attempts = self.layout.attempts_dir(plan.batch_id, plan.job_id, plan.step_id)
+        names: list[str] = []
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
             if attempts.is_dir():
                 for name in attempt_dir_names(attempts):  # stray files are not attempts
+                    names.append(name)
                     st = read_model(attempts / name / STATE, AttemptState)
                     status = st.status if st else "queued"
                     if status in ("queued", "running"):
@@ -480,11 +492,17 @@ class LocalRunner:
                     if status == "succeeded" and plan.trigger != "operator_resume":
                         return None
             now = utcnow()
-            run_id = new_run_id(now)
-            path = attempts / run_dir_name(now, run_id)
+            named = claim_time(now, names)  # sorts after every earlier attempt of the step
+            run_id = new_run_id(named)
+            path = attempts / run_dir_name(named, run_id)
             path.mkdir(parents=True, exist_ok=False)
-            (path / CODEX_HOME).mkdir()
-            write_state(path / STATE, self._state(plan, run_id, "queued", now))
+            try:
+                (path / CODEX_HOME).mkdir()
+                write_state(path / STATE, self._state(plan, run_id, "queued", now))
+            except BaseException:
+                # a dir without state.json reads as queued and would block the step forever
+                shutil.rmtree(path, ignore_errors=True)
+                raise
         # registered now, so a cancel between claim and spawn ends it queued -> canceled
         self.live[run_id] = LiveAttempt(plan=plan, run_id=run_id, path=path)
         crashpoint("after_claim")
@@ -508,6 +526,18 @@ class LocalRunner:
         finally:
             self.live.pop(run_id, None)
 
+    def beat_ages(self) -> dict[str, float]:
+        """Seconds since each monitored attempt's last heartbeat, on the monotonic clock:
+        {run_id: seconds}. A wall-clock jump (resume from sleep) does not age them."""
+        now = time.monotonic()
+        items: list[tuple[str, LiveAttempt]] = []
+        for _ in range(5):  # another thread (the dashboard's) may read while the loop adds
+            with contextlib.suppress(RuntimeError):
+                items = list(self.live.items())
+                break
+        return {rid: max(0.0, now - live.beat_mono) for rid, live in items
+                if live.beat_mono is not None}
+
     def cancel(self, run_id: str, reason: str = "canceled") -> bool:
         live = self.live.get(run_id)
         if live is None:
@@ -526,7 +556,12 @@ class LocalRunner:
         self._emit(plan, view)
         number = len(step.attempts) + (0 if step.find(live.run_id) else 1)
         # every file and the spawn in one worker-thread call: the loop stays free for events
-        prep = await self._in_io(self._prepare, plan, batch, job, step, live, state, number)
+        try:
+            prep = await self._in_io(self._prepare, plan, batch, job, step, live, state, number)
+        except OSError as exc:  # writing the prompt, meta.json, codex_home (before the spawn)
+            self.writes.failed(exc, f"the files of run {live.run_id}")
+            prep = _Prepared(state, error=f"could not write the attempt's files: "
+                             f"{describe(exc)}")
         if prep.meta is not None:
             view.meta = prep.meta
         if prep.error is not None:
@@ -668,7 +703,10 @@ class LocalRunner:
             "last_heartbeat_at": started, "pid": proc.pid, "pid_started_at": pid_started,
             "codex_thread_id": None,
         })
-        write_state(path / STATE, state)
+        try:
+            write_state(path / STATE, state)
+        except OSError as exc:  # Codex runs now: watch it; the next heartbeat writes this
+            self.writes.failed(exc, f"the running state of run {run_id}")
         # current.json follows once the thread id is known (_monitor), and at the end
         crashpoint("while_running")
         return _Prepared(state, meta=meta, watch=watch, proc=proc)
@@ -717,7 +755,11 @@ class LocalRunner:
         # a started attempt's 'running' state already carries its first heartbeat; an adopted
         # one beats at once (the engine that wrote its last beat is gone)
         next_beat = t0 + hb if elapsed == 0.0 else t0
+        live.beat_mono = t0
         last_write = t0
+        # wall minus monotonic: when it moves (sleep/resume, NTP step), beat at once so the
+        # heartbeat others read from state.json is fresh on the new wall clock
+        wall_skew = utcnow().timestamp() - t0
         dirty = False
         poll = 0.1
         waiter = asyncio.ensure_future(proc.wait())
@@ -757,7 +799,9 @@ class LocalRunner:
                 live.cancel_requested.set()
             if live.cancel_requested.is_set() and killer is None:
                 killer = asyncio.ensure_future(self._stop_process(proc))
-            beat = now_t >= next_beat
+            skew = now.timestamp() - now_t
+            beat = now_t >= next_beat or abs(skew - wall_skew) > CLOCK_JUMP_SECONDS
+            wall_skew = skew
             new_thread = pointer is None and facts.thread_id is not None
             if beat or new_thread or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
                 state = self._merge_facts(state, facts, now).model_copy(
@@ -767,8 +811,15 @@ class LocalRunner:
                     next_beat = now_t + hb
                 # on the worker threads: with hundreds of agents streaming events this is up
                 # to one fsynced write per agent per second, which would stall the loop
-                with contextlib.suppress(TerminalStateError):
+                try:
                     await self._in_io(write_state, path / STATE, state)
+                except TerminalStateError:
+                    pass
+                except OSError as exc:  # full disk: keep watching Codex; retried next beat
+                    self.writes.failed(exc, f"the heartbeat of run {view.run_id}")
+                else:
+                    if beat:
+                        live.beat_mono = now_t
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)
@@ -790,10 +841,11 @@ class LocalRunner:
 
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
-        state, report, ready = await self._in_io(
-            self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
-            canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
-            cancel_reason=live.cancel_reason)
+        state, report, ready = await retry_writes(
+            self.writes, f"the end of run {view.run_id}", lambda: self._in_io(
+                self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
+                canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
+                cancel_reason=live.cancel_reason))
         view.state, view.report, view.resume_base_ready = state, report, ready
         self._emit(plan, view)
         return view
@@ -885,7 +937,9 @@ class LocalRunner:
                         ) -> AttemptView:
         """Disk work in a worker thread; the view and listeners are touched only on the
         loop (the index is not thread-safe)."""
-        state, ready = await self._in_io(self._finalize_files, plan, view.path, state)
+        state, ready = await retry_writes(
+            self.writes, f"the end of run {view.run_id}",
+            lambda: self._in_io(self._finalize_files, plan, view.path, state))
         view.state = state
         view.resume_base_ready = ready
         self._emit(plan, view)
@@ -909,7 +963,8 @@ class LocalRunner:
         # queued -> running -> failed keeps the transition rules without a special case
         running = state.model_copy(update={"status": "running", "started_at": now,
                                            "updated_at": now, "last_heartbeat_at": now})
-        write_state(view.path / STATE, running)
+        await retry_writes(self.writes, f"the state of run {view.run_id}",
+                           lambda: self._in_io(write_state, view.path / STATE, running))
         final = running.model_copy(update={
             "status": "failed", "ended_at": now, "termination_reason": "spawn_failed",
             "failure_class": "spawn_failed", "errors": [message],
@@ -995,7 +1050,7 @@ def _looks_like_git(dot_git: str) -> bool:
 
 def _git(workdir: Path, *args: str) -> tuple[int, bytes]:
     try:
-        p = subprocess.run(["git", "-C", str(workdir), *args], stdout=subprocess.PIPE,
+        p = subprocess.run(git_argv(workdir, *args), stdout=subprocess.PIPE, env=git_env(),
                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=False)
     except OSError:
         return 1, b""
@@ -1012,7 +1067,10 @@ def _write_git_artifacts(workdir: Path, path: Path, files_from_events: list[str]
             return
         head = b"(no commits)\n"
     _, status = _git(workdir, "status", "--porcelain=v1", "--untracked-files=all", ".")
-    _, diff = _git(workdir, "diff", "--binary", "HEAD", "--", ".") if rc == 0 else (0, b"")
+    # plumbing, not `git diff HEAD`: porcelain diff refreshes and rewrites the index under
+    # index.lock even with --no-optional-locks (git 2.39), racing an agent's commit
+    _, diff = (_git(workdir, "diff-index", "--binary", "-p", "HEAD", "--", ".") if rc == 0
+               else (0, b""))
     untracked = [ln[3:] for ln in status.decode(errors="replace").splitlines()
                  if ln.startswith("?? ")]
     for rel in untracked[:200]:

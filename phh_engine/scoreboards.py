@@ -76,7 +76,7 @@ def _resume_view(job: JobView, step: StepView, r: Readiness) -> ResumeView | Non
 
 def _running_row(
     job: JobView, step: StepView, a: AttemptView, now: datetime, stuck: bool,
-    resume: ResumeView | None,
+    resume: ResumeView | None, beat_age: float | None = None,
 ) -> RunningRow:
     st = a.state
     beat = st.last_heartbeat_at if st else None
@@ -89,7 +89,8 @@ def _running_row(
         state_status=a.status,
         current_item=st.current_item if st else None,
         last_heartbeat_at=beat,
-        seconds_since_last_heartbeat=_seconds(now, beat),
+        seconds_since_last_heartbeat=(round(beat_age, 3) if beat_age is not None
+                                      else _seconds(now, beat)),
         started_at=a.started_at,
         run_duration_seconds=_seconds(now, a.started_at),
         stuck=stuck,
@@ -115,9 +116,13 @@ def _failure_row(job: JobView, step: StepView, a: AttemptView) -> FailureRow:
 
 
 def batch_scoreboard(
-    batch: BatchView, now: datetime, stale_after: float | None = None
+    batch: BatchView, now: datetime, stale_after: float | None = None,
+    beat_ages: Mapping[str, float] | None = None,
 ) -> BatchScoreboard:
-    """The batch view: header, counts, attention/running/blocked/failures and every step."""
+    """The batch view: header, counts, attention/running/blocked/failures and every step.
+    `beat_ages` ({run_id: seconds}, monotonic) are the heartbeat ages of the attempts the
+    caller monitors itself: they win over wall-clock ages (see `is_stuck`)."""
+    ages = beat_ages or {}
     threshold = (
         stale_after if stale_after is not None
         else batch.meta.effective_defaults.heartbeat_stale_after_seconds
@@ -144,10 +149,11 @@ def batch_scoreboard(
             resume = _resume_view(job, step, r)
             flight = step.in_flight
             shown = flight or step.latest
-            stuck = flight is not None and is_stuck(flight, now, threshold)
+            age = ages.get(flight.run_id) if flight is not None else None
+            stuck = flight is not None and is_stuck(flight, now, threshold, age)
 
             if flight is not None:
-                row = _running_row(job, step, flight, now, stuck, resume)
+                row = _running_row(job, step, flight, now, stuck, resume, age)
                 running.append(row)
                 if stuck:
                     stuck_rows.append(AttentionRow(

@@ -64,8 +64,12 @@ def _write_temp(path: str, data: bytes, durable: bool = True) -> str:
             view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
-    finally:
+    except BaseException:  # e.g. ENOSPC: leave no half-written temp file taking space
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     return tmp
 
 

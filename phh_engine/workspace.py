@@ -37,6 +37,7 @@ from typing import Literal
 from filelock import FileLock
 from pydantic import Field
 
+from .gitcmd import git_argv, git_env
 from .models import utcnow
 from .models.common import Record, WorkspacePolicy
 from .paths import Layout
@@ -73,8 +74,8 @@ class WorkspaceRecord(Record):
 
 # ----------------------------------------------------------------------------- git
 def _git(cwd: Path, *args: str, timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(git_argv(cwd, *args), capture_output=True, text=True,
+                          timeout=timeout, env=git_env())
 
 
 def _git_toplevel(path: Path) -> Path | None:

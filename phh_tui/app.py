@@ -302,7 +302,8 @@ class PhhApp(App[int]):
     def _compute_board(self, dirty: set[str] | None) -> BoardReady:
         t0 = time.perf_counter()
         try:
-            board, alerts = compute_board(self.backend.views(), self.clock(), self.board, dirty)
+            board, alerts = compute_board(self.backend.views(), self.clock(), self.board, dirty,
+                                          beat_ages=self.backend.beat_ages())
         except Exception as exc:  # a view changed under us (engine thread): try again
             with self._dirty_lock:
                 if dirty is None:

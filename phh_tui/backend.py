@@ -6,8 +6,9 @@
   for snapshots and benchmarks). A StoreIndex of our own, kept current by the watcher; actions
   are override request files that whichever engine serves the root applies.
 
-Both run `watch_runs` (watchfiles on the runs tree, recursive, 50 ms debounce) on the loop that
-owns their index, so index mutations stay on one thread: state changes written by other
+Both run a `RunsWatcher` (watchfiles, 50 ms debounce, non-recursive watches on the store's own
+layout directories only: `watchset.WatchSet`; never agent workspaces or codex_home) on the
+loop that owns their index, so index mutations stay on one thread: state changes written by other
 processes (another runner's engine on the same root, a headless engine we are observing) are
 re-read into the index, and every change pokes the app, which redraws at most ~10 times/s.
 """
@@ -34,9 +35,6 @@ from phh_engine.overrides import (
     replay_marks,
 )
 from phh_engine.paths import (
-    FINAL_JSON,
-    META,
-    STATE,
     Layout,
     attempt_dir_names,
     is_attempt_dir_name,
@@ -44,13 +42,14 @@ from phh_engine.paths import (
 )
 from phh_engine.views import BatchView
 
+from .watchset import WatchSet, is_interesting
+
 log = logging.getLogger(__name__)
 
 WATCH_DEBOUNCE_MS = 50
 WATCH_STEP_MS = 20
 RESCAN_SECONDS = 30.0
 POLL_FALLBACK_SECONDS = 2.0
-ATTEMPT_FILES = frozenset({STATE, META, FINAL_JSON})
 REQUEST_WAIT_SECONDS = 15.0
 
 
@@ -67,12 +66,6 @@ class Outcome:
         return cls(res.outcome, res.message, res.run_id)
 
 
-def _interesting(_change: Any, path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return (name in ATTEMPT_FILES or name == "batch_meta.json" or name == CLOSED_MARKER
-            or name.endswith(".result.json"))
-
-
 class RunsWatcher:
     """Keeps an index current with writes made by other processes; calls `on_change(batch_ids)`
     after each burst. Runs on the loop that owns the index."""
@@ -85,29 +78,65 @@ class RunsWatcher:
         self.skip = skip
         self.observer = observer
         self.stop_event = asyncio.Event()  # binds to a loop only when first awaited
+        #: set to end the current watch (stop, or the watch set grew: restart with it)
+        self._restart = asyncio.Event()
+        self._watching: set[Path] = set()
+        self.watchset = WatchSet(layout.runs, observer)
         self.polling = False
 
     def stop(self) -> None:
         """Call on the loop that runs the watcher (call_soon_threadsafe from elsewhere)."""
         self.stop_event.set()
+        self._restart.set()
 
     async def run(self) -> None:
+        """Watch the store's layout directories (`WatchSet`), non-recursively, until `stop`.
+
+        The set changes as batches, steps and attempts appear; watchfiles cannot add a path
+        to a running watch, so the watch restarts with the new set (once per burst) and a
+        catch-up re-reads what the restart could have missed. Falls back to polling if
+        watching fails (e.g. out of inotify watches)."""
         from watchfiles import awatch
 
         if self.stop_event.is_set():
             return
         last_rescan = time.monotonic()
+        ws = self.watchset
+        ws.initial(self._terminal_attempt_dirs())
+        fresh: list[Path] = []
+        missing = 0
         try:
-            async for changes in awatch(
-                self.layout.runs, watch_filter=_interesting, debounce=WATCH_DEBOUNCE_MS,
-                step=WATCH_STEP_MS, stop_event=self.stop_event,
-                rust_timeout=int(RESCAN_SECONDS * 1000), yield_on_timeout=True,
-            ):
-                if changes:
-                    self.apply(sorted(path for _, path in changes))
-                if time.monotonic() - last_rescan >= RESCAN_SECONDS:
-                    last_rescan = time.monotonic()
-                    self.rescan()  # inotify drops events on overflow (watchfiles #348)
+            while not self.stop_event.is_set():
+                self._drop_ended()
+                watched = self._watching = set(ws.dirs)
+                if not watched:  # runs/ itself is gone: poll (below) until it is back
+                    raise FileNotFoundError(self.layout.runs)
+                self._restart = asyncio.Event()
+                # runs once awatch has registered its watches and waits (as in the engine)
+                asyncio.get_running_loop().call_soon(self._catch_up, fresh)
+                fresh = []
+                try:
+                    async with contextlib.aclosing(awatch(
+                        *sorted(watched), watch_filter=self._interesting, recursive=False,
+                        debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
+                        stop_event=self._restart,
+                        rust_timeout=int(RESCAN_SECONDS * 1000), yield_on_timeout=True,
+                    )) as batches:
+                        async for changes in batches:
+                            if changes:
+                                fresh += self._grow(changes)
+                                self.apply(sorted(path for _, path in changes))
+                            if time.monotonic() - last_rescan >= RESCAN_SECONDS:
+                                last_rescan = time.monotonic()
+                                self.rescan()  # inotify drops events on overflow (#348)
+                            if ws.dirs - watched:
+                                break
+                    missing = 0
+                except FileNotFoundError:  # a dir went (GC, cleanup) before its watch began
+                    missing += 1
+                    if missing > 5:
+                        raise
+                    ws.dirs = {d for d in ws.dirs if d.is_dir()}
         except (OSError, RuntimeError) as exc:  # e.g. out of inotify watches
             log.warning("watching %s failed (%s); polling every %ss", self.layout.runs, exc,
                         POLL_FALLBACK_SECONDS)
@@ -116,6 +145,74 @@ class RunsWatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), POLL_FALLBACK_SECONDS)
                 self.rescan()
+
+    def _interesting(self, _change: Any, path: str) -> bool:
+        parts = self.watchset.parts(path)
+        return parts is not None and is_interesting(parts, self.observer)
+
+    def _grow(self, changes: set[tuple[Any, str]]) -> list[Path]:
+        """New layout dirs in a burst: watch them (from the next restart); gone ones: drop."""
+        added: list[Path] = []
+        for _, p in changes:
+            path = Path(p)
+            if path.is_dir():
+                added += self.watchset.grow(path)
+            elif path in self.watchset.dirs:
+                self.watchset.drop(path)
+        return added
+
+    def _catch_up(self, fresh: list[Path]) -> None:
+        """After a restart: what changed while no watch was on it. New attempt dirs and the
+        live attempts being watched are re-read (O(live attempts)); new batches scanned."""
+        runs = self.layout.runs
+        dirty: set[str] = set()
+        new_batch = False
+        skip = self.skip()
+        seen: set[Path] = set()
+        live = [d for d in self.watchset.dirs if len(d.relative_to(runs).parts) == 6]
+        for path in [*fresh, *live]:
+            if path in seen:
+                continue
+            seen.add(path)
+            parts = path.relative_to(runs).parts
+            if len(parts) == 1 and parts[0] != "_system":
+                new_batch = True
+            elif len(parts) == 6 and run_id_of(parts[5]) not in skip:
+                bid, job_id, step_id = parts[0], parts[1], parts[3]
+                batch = self.index.batches.get(bid)
+                job = batch.jobs.get(job_id) if batch else None
+                if job is None or step_id not in job.steps:
+                    continue
+                self.index.refresh_attempt(bid, job_id, step_id, parts[5])
+                dirty.add(bid)
+        if new_batch and self.observer:
+            dirty.update(self.index.scan_new_batches())
+        self._drop_ended()
+        if self.watchset.dirs - self._watching:
+            self._restart.set()
+        if dirty:
+            self.on_change(dirty)
+
+    def _attempt_view(self, path: Path) -> Any:
+        parts = path.relative_to(self.layout.runs).parts
+        batch = self.index.batches.get(parts[0])
+        job = batch.jobs.get(parts[1]) if batch else None
+        step = job.steps.get(parts[3]) if job else None
+        if step is None:
+            return None
+        return next((a for a in reversed(step.attempts) if a.dir_name == parts[5]), None)
+
+    def _terminal_attempt_dirs(self) -> set[Path]:
+        return {a.path for batch in self.index.batches.values() for _, step in batch.steps()
+                for a in step.attempts if a.terminal}
+
+    def _drop_ended(self) -> None:
+        """Attempts known to be terminal need no watch any more (O(watched attempts))."""
+        runs = self.layout.runs
+        for d in [d for d in self.watchset.dirs if len(d.relative_to(runs).parts) == 6]:
+            view = self._attempt_view(d)
+            if view is not None and view.terminal:
+                self.watchset.drop(d)
 
     def apply(self, paths: list[str]) -> None:
         runs = self.layout.runs
@@ -219,6 +316,10 @@ class Backend:
     def live_run_ids(self) -> set[str]:
         return set()
 
+    def beat_ages(self) -> dict[str, float]:
+        """Monotonic heartbeat ages of the attempts this process monitors: {run_id: s}."""
+        return {}
+
     async def request(self, action: str, batch_id: str, job_id: str | None = None,
                       step_id: str | None = None, **kw: Any) -> Outcome:
         raise NotImplementedError
@@ -266,6 +367,10 @@ class EngineBackend(Backend):
             with contextlib.suppress(RuntimeError):
                 return set(self.engine.tasks)
         return set()
+
+    def beat_ages(self) -> dict[str, float]:
+        runner = self.engine.runner
+        return runner.beat_ages() if runner is not None else {}
 
     def setup(self) -> None:
         """Config, codex, index, recovery; raises EngineError when another engine serves this

@@ -141,10 +141,11 @@ def live_runners(runners: Iterable[RunnerHealth], now: datetime) -> list[RunnerH
 
 def compute_board(
     views: Mapping[str, BatchView], now: datetime, previous: Board | None = None,
-    dirty: set[str] | None = None,
+    dirty: set[str] | None = None, beat_ages: Mapping[str, float] | None = None,
 ) -> tuple[Board, list[Alert]]:
     """Recompute the scoreboards of `dirty` batches (all when None; batches new since
-    `previous` always), reuse the rest, and list the alerts the changes raise."""
+    `previous` always), reuse the rest, and list the alerts the changes raise. `beat_ages`:
+    monotonic heartbeat ages of attempts this process monitors (see `batch_scoreboard`)."""
     board = Board(computed_at=now, runners=list(previous.runners) if previous else [])
     alerts: list[Alert] = []
     old = previous.batches if previous else {}
@@ -155,7 +156,7 @@ def compute_board(
             if bid in previous.progress:
                 board.progress[bid] = previous.progress[bid]
                 continue
-        sb = batch_scoreboard(view, now)
+        sb = batch_scoreboard(view, now, beat_ages=beat_ages)
         board.batches[bid] = sb
         board.progress[bid] = progress(view, sb, now)
         if prev is not None:

@@ -243,6 +243,7 @@ def test_own_health_unwritable_stops_new_starts(harness: Harness,
 
 @pytest.mark.parametrize(("limit", "needle"), [
     ("min_free_disk_bytes", "low disk"), ("min_available_memory_bytes", "low memory"),
+    ("min_free_inodes", "low inodes"),
 ])
 def test_low_resources_stop_new_starts_with_a_clear_attention_item(
         harness: Harness, limit: str, needle: str) -> None:

@@ -268,9 +268,15 @@ def test_stuck_attempt_is_shown_and_auto_remediation_recorded(harness: Harness) 
         assert view is not None and view.state is not None
         old = utcnow() - timedelta(seconds=2701)
         view.state = view.state.model_copy(update={"last_heartbeat_at": old})
+        # this engine's own attempts age on the monotonic clock (issue 11 E4): its monitor
+        # last beat 2701 s ago
+        live = eng.runner.live[view.run_id]  # type: ignore[union-attr]
+        assert live.beat_mono is not None
+        live.beat_mono -= 2701
         from phh_engine.scoreboards import batch_scoreboard
 
-        sb = batch_scoreboard(eng.index.batches[bid], utcnow())
+        sb = batch_scoreboard(eng.index.batches[bid], utcnow(),
+                              beat_ages=eng.runner.beat_ages())  # type: ignore[union-attr]
         assert [a.kind for a in sb.attention] == ["stuck"]
         assert sb.running[0].stuck is True
         eng._check_stuck()

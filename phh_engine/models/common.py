@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -92,8 +92,20 @@ WorkspacePolicy = Literal["shared", "isolated"]
 SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
 
 
+_wall_skew = timedelta(0)
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The wall clock (UTC, aware): what phh records. Durations measured inside one process
+    use time.monotonic() instead: the wall clock jumps (sleep/resume, NTP steps)."""
+    return datetime.now(UTC) + _wall_skew
+
+
+def set_wall_clock_skew(seconds: float) -> None:
+    """Shift `utcnow()` by `seconds` from now on (tests: a wall clock that jumps forward or
+    steps back while the monotonic clock goes on)."""
+    global _wall_skew
+    _wall_skew = timedelta(seconds=seconds)
 
 
 class Strict(BaseModel):

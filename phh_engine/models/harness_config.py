@@ -109,6 +109,10 @@ class Limits(Strict):
         default=1, ge=1, description="max concurrent steps sharing a working dir (shared policy)"
     )
     min_free_disk_bytes: int = Field(default=1 << 30, ge=0)
+    min_free_inodes: int = Field(
+        default=20_000, ge=0,
+        description="free inodes on the runs store below which no attempt starts (an attempt "
+                    "takes about 90; ignored where the filesystem has no inode limit)")
     min_available_memory_bytes: int = Field(default=512 << 20, ge=0)
     usage_limit_pause_seconds: float = Field(
         default=60.0, gt=0, le=86400,

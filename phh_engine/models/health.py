@@ -22,6 +22,8 @@ class RunnerHealth(Record):
     running: int
     draining: bool
     disk_free_bytes: int | None = None
+    disk_free_inodes: int | None = Field(
+        default=None, description="free inodes on the runs store (null: no inode limit)")
     memory_available_bytes: int | None = None
     load_1m: float | None = None
     codex_cli_version: str | None = None

@@ -96,7 +96,7 @@ class SystemNote(Record):
                       " | unexpected_entry (a stray file or directory in the store, skipped)"
                       " | paused (a start pause of the root) | rate_limited (concurrency "
                       "lowered after HTTP 429) | concurrency_capped | credential_paused"
-                      " | credential_refresh")
+                      " | credential_refresh | write_error (a store write failed: starts paused)")
     runner_id: Id | None = None
     message: str
     since: datetime | None = None
