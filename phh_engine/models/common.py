@@ -47,6 +47,7 @@ FailureClass = Literal[
     "nonzero_exit",
     "spawn_failed",
     "thread_mismatch",
+    "internal_error",
 ]
 
 Selector = Literal["latest_successful", "latest", "run_id"]
