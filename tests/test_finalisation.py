@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -191,3 +192,83 @@ def test_operator_actions_on_a_step_running_without_a_process(harness: Harness) 
 
 async def _refresh(eng: object, bid: str, job: str) -> None:
     eng._refresh_step(bid, job, "s1")  # type: ignore[attr-defined]
+
+
+#: only an attempt's run lingers (`exec --json`), not phh's `--version` / `--help` probes
+LINGER_IF_RUN = 'case " $* " in *" --json "*) ;; *) exit $rc ;; esac;'
+
+
+def test_lingering_codex_after_a_valid_report_succeeds(
+        harness: Harness, codex_bin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11 C3: a wrapper that sleeps 120 s after Codex exits 0, step timeout 30 s: the
+    report is in, so after the grace phh ends the group and records `succeeded`."""
+    wrapper = harness.root / "codex_lingers.sh"
+    marker = f"linger-{os.getpid()}-{harness.root.name}"
+    wrapper.write_text(f'#!/bin/sh\n"{codex_bin}" "$@"\nrc=$?\n'
+                       f'[ "$rc" = 0 ] && {LINGER_IF_RUN} sleep 120 # {marker}\nexit $rc\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PHH_CODEX_BIN", str(wrapper))
+    harness.settings.codex.linger_grace_seconds = 1.0
+    harness.write_settings()
+    bid = harness.submit([{"job_id": "j1", "steps": [
+        step("s1", final("reported, then lingered"), timeout_seconds=30)]}])
+    harness.run(timeout=120)
+    (att,) = harness.attempts(bid, "j1", "s1")
+    st = harness.state(att)
+    assert st["status"] == "succeeded", st
+    assert st["termination_reason"] == "lingered" and st.get("failure_class") is None, st
+    started, ended = (datetime.fromisoformat(st[k]) for k in ("started_at", "ended_at"))
+    assert (ended - started).total_seconds() < 30, "ended by the grace, not the timeout"
+    assert json.loads((att / "final.json").read_text())["summary"] == "reported, then lingered"
+    assert (att / "handoff.json").exists()
+    wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                          if any(marker in c for c in (p.info["cmdline"] or []))],
+             10, "the lingering wrapper's group to end")
+
+
+def test_lingering_without_a_valid_report_is_still_a_timeout(
+        harness: Harness, codex_bin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace needs a valid final message: an invalid one waits for the step timeout."""
+    wrapper = harness.root / "codex_lingers.sh"
+    wrapper.write_text(f'#!/bin/sh\n"{codex_bin}" "$@"\nrc=$?\n'
+                       f'{LINGER_IF_RUN} sleep 120\nexit $rc\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PHH_CODEX_BIN", str(wrapper))
+    harness.settings.codex.linger_grace_seconds = 0.5
+    harness.write_settings()
+    bid = harness.submit([{"job_id": "j1", "steps": [
+        step("s1", {"final_text": "not json"}, timeout_seconds=8)]}],
+        retries={"max_attempts": 1})
+    harness.run(timeout=120)
+    (att,) = harness.attempts(bid, "j1", "s1")
+    st = harness.state(att)
+    assert (st["status"], st["failure_class"]) == ("failed", "timeout"), st
+
+
+def test_monitor_event_parsing_survives_hostile_lines(tmp_path: Path) -> None:
+    """Deep nesting, non-finite numbers, invalid UTF-8, wrong field types: skipped, and
+    the events after them still count."""
+    from phh_engine.events import EventFacts, EventTail, read_facts
+
+    path = tmp_path / "codex.events.jsonl"
+    good_start = json.dumps({"type": "thread.started", "thread_id": "t-1"}).encode()
+    hostile = [
+        b"[" * 50000 + b"]" * 50000,
+        b'{"type": "turn.completed", "usage": {"input_tokens": NaN, "output_tokens": 1e400}}',
+        b'{"type": "error", "message": "\xff\xfe bad bytes"}',
+        b"\xff\xfe\xfd not even json",
+        b'{"type": "turn.completed", "usage": [1, 2]}',
+        b'{"type": "item.completed", "item": {"type": "file_change", "changes": 7}}',
+        b'{"type": "turn.failed", "error": {"message": {"deep": [1]}}}',
+    ]
+    done = json.dumps({"type": "turn.completed", "usage": {"input_tokens": 5}}).encode()
+    path.write_bytes(b"\n".join([good_start, *hostile, done]) + b"\n")
+    tail = EventTail(path)
+    events = tail.read_new() + tail.flush_partial()
+    facts = EventFacts()
+    for ev in events:
+        facts.apply(ev)
+    assert facts.thread_id == "t-1" and facts.turn_completed
+    assert facts.usage.get("input_tokens") == 5
+    assert facts.skipped_events >= 1  # the list usage / non-string message lines
+    assert read_facts(path).thread_id == "t-1"
