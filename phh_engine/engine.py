@@ -716,10 +716,15 @@ class Engine:
         inflight = step.in_flight
         if inflight is not None and self._orphan(inflight):
             # a step left `running` with nothing behind it must not refuse every action
+            orphan = inflight
             with contextlib.suppress(Exception):
-                if self._end_orphan(req.batch_id, req.job_id, req.step_id, inflight,
+                if self._end_orphan(req.batch_id, req.job_id, req.step_id, orphan,
                                     adopt=False):
                     inflight = step.in_flight
+                    if req.action == "cancel" and (not req.run_id or
+                                                   req.run_id == orphan.run_id):
+                        return result("applied", f"{orphan.run_id} had no process; "
+                                      f"recorded {orphan.status}", orphan.run_id)
         if req.action == "cancel":
             att = step.find(req.run_id) if req.run_id else inflight
             if att is None:

@@ -159,13 +159,14 @@ def test_operator_actions_on_a_step_running_without_a_process(harness: Harness) 
                                           {"hang": 120})]},
         {"job_id": "j2", "steps": [step("s1", final("x"))]},
         {"job_id": "j3", "steps": [step("s1", final("x"))]},
+        {"job_id": "j4", "steps": [step("s1", final("x"))]},
     ])
     eng = harness.start()
     wait_for(lambda: any(harness.state(a)["status"] == "running"
                          for a in harness.attempts(bid, "busy", "s1")), 60, "busy running")
     now = utcnow()
     orphans = {}
-    for job in ("j2", "j3"):
+    for job in ("j2", "j3", "j4"):
         d = harness.layout.attempts_dir(bid, job, "s1") / f"{now:%Y%m%dT%H%M%SZ}_r000000dead{job}"
         d.mkdir(parents=True)
         atomic_write_json(d / "state.json", {
@@ -186,6 +187,9 @@ def test_operator_actions_on_a_step_running_without_a_process(harness: Harness) 
         res = harness.call(eng, eng.request(action, bid, "j3", "s1"))
         assert res.outcome == "applied", (action, res)
     assert harness.state(orphans["j3"])["status"] == "failed"
+    res = harness.call(eng, eng.request("cancel", bid, "j4", "s1"))
+    assert res.outcome == "applied" and "had no process" in res.message, res
+    assert harness.state(orphans["j4"])["status"] == "failed"
     harness.stop(eng)
     assert_invariant(harness, bid)
 
