@@ -7,6 +7,7 @@ Only what orchestration needs is kept (thread id, turn outcome, usage, a one-lin
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,16 +155,28 @@ class EventTail:
 def parse_event_line(raw: bytes | str) -> dict[str, Any] | None:
     """One JSONL line as an event object, or None for anything else: blank lines, non-JSON
     noise (Codex sometimes prints some on stdout), invalid UTF-8 (a ValueError), nesting
-    too deep for the parser (RecursionError, not a ValueError), a JSON value that is no
-    object. Never raises."""
+    too deep for the parser (RecursionError, not a ValueError), non-finite numbers (NaN,
+    1e400: strict JSON writers would fail on them later), a JSON value that is no object.
+    Never raises."""
     raw = raw.strip()
     if not raw:
         return None
     try:
-        ev = json.loads(raw)
+        ev = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return None
     return ev if isinstance(ev, dict) else None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")  # NaN / Infinity: no reader could echo it
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"non-finite number {text}")
+    return value
 
 
 def read_facts(path: Path) -> EventFacts:

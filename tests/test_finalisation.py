@@ -170,7 +170,7 @@ def test_operator_actions_on_a_step_running_without_a_process(harness: Harness) 
         d = harness.layout.attempts_dir(bid, job, "s1") / f"{now:%Y%m%dT%H%M%SZ}_r000000dead{job}"
         d.mkdir(parents=True)
         atomic_write_json(d / "state.json", {
-            "schema_version": "1.0.0", "batch_id": bid, "job_id": job, "step_id": "s1",
+            "batch_id": bid, "job_id": job, "step_id": "s1",
             "run_id": f"r000000dead{job}", "runner_id": "local", "status": "running",
             "updated_at": now.isoformat(), "started_at": now.isoformat(),
             "pid": _dead_pid()})
@@ -276,3 +276,6 @@ def test_monitor_event_parsing_survives_hostile_lines(tmp_path: Path) -> None:
     assert facts.usage.get("input_tokens") == 5
     assert facts.skipped_events >= 1  # the list usage / non-string message lines
     assert read_facts(path).thread_id == "t-1"
+    from phh_engine.events import parse_event_line
+    assert parse_event_line(hostile[1]) is None  # NaN / 1e400: no reader could echo them
+    assert parse_event_line(b'{"type": "x", "v": 1.5}') == {"type": "x", "v": 1.5}

@@ -53,6 +53,9 @@ def sse_events(c: httpx.Client, url: str) -> tuple[list[dict[str, Any]], dict[st
             if line.startswith("event: "):
                 kind = line[7:]
             elif line.startswith("data: "):
+                if kind == "raw":
+                    events.append({"raw": line[6:]})
+                    continue
                 data = json.loads(line[6:])
                 if kind == "end":
                     end = data
@@ -134,3 +137,39 @@ def test_unterminated_last_line_and_stderr_tail_of_a_compressed_log(tmp_path: Pa
     (tmp_path / STDERR).write_bytes(b"".join(b"line %d\n" % i for i in range(100000)))
     logs.compress_log(tmp_path / STDERR)
     assert logs.read_log_tail(tmp_path, STDERR, 20).endswith(b"line 99999\n")
+
+
+def test_hostile_event_lines_never_make_a_reader_fail(harness: Harness,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """NaN, 1e400, nesting 50000 deep, invalid UTF-8: shown as raw lines (never a 5xx, a
+    traceback or invalid JSON), and the events after them still arrive."""
+    from phh_engine.models import utcnow
+    from phh_engine.store import atomic_write_json
+
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1")]}])
+    now = utcnow()
+    att = harness.layout.attempts_dir(bid, "j1", "s1") / f"{now:%Y%m%dT%H%M%SZ}_r000000hostile"
+    att.mkdir(parents=True)
+    atomic_write_json(att / "state.json", {
+        "batch_id": bid, "job_id": "j1", "step_id": "s1",
+        "run_id": "r000000hostile", "runner_id": "local", "status": "failed",
+        "updated_at": now.isoformat(), "ended_at": now.isoformat()})
+    hostile = [b'{"type": "x", "v": NaN}', b'{"type": "x", "v": 1e400}',
+               b"[" * 50000 + b"]" * 50000, b'{"type": "\xff\xfe"}']
+    last = b'{"type": "turn.completed"}'
+    (att / EVENTS).write_bytes(b"\n".join([*hostile, last]) + b"\n")
+    url = f"/v1/batches/{bid}/jobs/j1/steps/s1/events"
+    with serving(harness.layout, harness.settings) as c:
+        page = c.get(url)
+        assert page.status_code == 200, page.text
+        items = page.json()["events"]
+        assert [i["event"] for i in items] == [None] * 4 + [{"type": "turn.completed"}]
+        assert items[3]["raw"] == '{"type": "\ufffd\ufffd"}'
+        events, end = sse_events(c, url)
+        assert events[-1] == {"type": "turn.completed"} and end["status"] == "failed"
+    assert main(["--root", str(harness.root), "tail", bid, "j1", "s1", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["event"] == {"type": "turn.completed"} and len(lines) == 5
+    shown = [ln.text for ln in EventLog(att / EVENTS).read_new(final=True)]
+    assert shown[-1].startswith("turn completed")
