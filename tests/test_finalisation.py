@@ -112,14 +112,16 @@ def test_any_fault_ends_the_attempt_and_the_engine_goes_on(
     assert_invariant(harness, bid)
 
 
-def test_restart_with_a_dead_adopted_pid_whose_conclude_raises(harness: Harness) -> None:
+@pytest.mark.parametrize("point", ["conclude", "adopt"])
+def test_restart_with_a_dead_adopted_pid_whose_conclude_raises(harness: Harness,
+                                                               point: str) -> None:
     """Every restart adopted the dead pid and crashed again: now it ends once, for good."""
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("done"))]}])
     crashed = run_cli_engine(harness, PHH_CRASH_AT="before_finalize")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     (att,) = harness.attempts(bid, "j1", "s1")
     assert harness.state(att)["status"] == "running"
-    first = run_cli_engine(harness, PHH_FAULT_AT="conclude")
+    first = run_cli_engine(harness, PHH_FAULT_AT=point)
     assert first.returncode == 0, first.stderr
     st = harness.state(att)
     assert (st["status"], st["failure_class"]) == ("failed", "internal_error"), st
