@@ -369,6 +369,10 @@ class EventItem(BaseModel):
     offset: int = Field(description="byte offset after this line: read again from here")
     event: dict[str, Any] | None
     raw: str | None = Field(default=None, description="the line when it is not JSON")
+    truncated: bool | None = Field(
+        default=None, description="true: the line was longer than phh hands out whole; `raw` "
+        "holds its start and a marker")
+    line_bytes: int | None = Field(default=None, description="a truncated line's real length")
 
 
 class EventsPage(BaseModel):
@@ -508,12 +512,13 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     def _artifact(ref: AttemptRef, name: str) -> Response:
         check_name(name)
         chunks, size = iter_artifact(ref, name)
-        return StreamingResponse(chunks, media_type=media_type(name), headers={
-            "content-length": str(size), "x-phh-attempt-dir": str(ref.path),
-            "x-phh-run-id": ref.run_id})
+        headers = {"x-phh-attempt-dir": str(ref.path), "x-phh-run-id": ref.run_id}
+        if size is not None:
+            headers["content-length"] = str(size)
+        return StreamingResponse(chunks, media_type=media_type(name), headers=headers)
 
     artifact_doc = ("One attempt file by name: " + ", ".join(ARTIFACT_NAMES) +
-                    ". The bytes as on disk.")
+                    ". The bytes as on disk (a log GC compressed: its original bytes).")
 
     @app.get("/v1/batches/{batch_id}/jobs/{job_id}/steps/{step_id}/artifacts/{name}",
              tags=["attempts"], response_class=Response, description=artifact_doc,

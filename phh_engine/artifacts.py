@@ -12,15 +12,15 @@ opened with `O_NOFOLLOW` and must be a regular file.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .events import describe_item
+from . import logs
+from .events import describe_item, parse_event_line
 from .models import TERMINAL_STATUSES, AttemptMeta, AttemptState, check_id
 from .paths import (
     ARTIFACT_NAMES,
@@ -175,14 +175,43 @@ def open_artifact(ref: AttemptRef, name: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def _open_compressed(ref: AttemptRef, name: str) -> IO[bytes] | None:
+    """A raw log GC compressed (plain file gone, `.gz` there): its original bytes."""
+    if name not in logs.RAW_LOGS or (ref.path / name).exists() or not logs.is_compressed(
+            ref.path, name):
+        return None
+    try:
+        return logs.open_log(ref.path, name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise bad(f"{name} in attempt {ref.run_id} is not a regular file ({exc.strerror}); "
+                  "refused") from None
+
+
 def read_artifact(ref: AttemptRef, name: str) -> bytes:
+    check_name(name)
+    gz = _open_compressed(ref, name)
+    if gz is not None:
+        with gz:
+            return gz.read()
     fd, _ = open_artifact(ref, name)
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
 
 
-def iter_artifact(ref: AttemptRef, name: str) -> tuple[Iterator[bytes], int]:
-    """A chunked reader (opened now, so errors surface before any byte is sent)."""
+def iter_artifact(ref: AttemptRef, name: str) -> tuple[Iterator[bytes], int | None]:
+    """A chunked reader (opened now, so errors surface before any byte is sent) and the
+    size in bytes; None for a GC-compressed log (served decompressed, length unknown)."""
+    check_name(name)
+    gz = _open_compressed(ref, name)
+    if gz is not None:
+        def unzipped(fh: IO[bytes] = gz) -> Iterator[bytes]:
+            with fh:
+                while block := fh.read(CHUNK):
+                    yield block
+
+        return unzipped(), None
     fd, size = open_artifact(ref, name)
 
     def chunks() -> Iterator[bytes]:
@@ -245,85 +274,65 @@ def attempt_status(ref: AttemptRef) -> str:
 @dataclass(slots=True)
 class EventLine:
     """One complete line of the event log; `offset` is the byte offset just after it (a
-    cursor: reading again from `offset` continues with the next line)."""
+    cursor: reading again from `offset` continues with the next line). A line longer than
+    `logs.MAX_LINE_BYTES` comes cut: `event` None, `raw` its start plus a marker, and
+    `line_bytes` its real length."""
 
     offset: int
     event: dict[str, Any] | None
     raw: str
+    line_bytes: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        if self.line_bytes is not None:
+            return {"offset": self.offset, "event": None, "raw": self.raw, "truncated": True,
+                    "line_bytes": self.line_bytes}
         return {"offset": self.offset, "event": self.event} if self.event is not None else {
             "offset": self.offset, "event": None, "raw": self.raw}
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+def _event_line(line: logs.RawLine) -> EventLine:
+    text = line.data.decode("utf-8", errors="replace")
+    if line.truncated:
+        return EventLine(line.offset, None,
+                         f"{text}… [truncated: line of {line.size} bytes]", line.size)
+    return EventLine(line.offset, parse_event_line(line.data), text)
+
+
+def _lines_or_refuse(ref: AttemptRef, name: str, read: Callable[[], list[logs.RawLine]]
+                     ) -> list[EventLine]:
+    check_name(name)
     try:
-        ev = json.loads(text)
-    except ValueError:
-        return None, text
-    return (ev if isinstance(ev, dict) else None), text
+        return [_event_line(ln) for ln in read()]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # ELOOP: a symlink; EINVAL: not a regular file
+        raise bad(f"{name} in attempt {ref.run_id} is not a regular file ({exc.strerror}); "
+                  "refused") from None
 
 
 def read_lines(ref: AttemptRef, name: str, offset: int = 0,
-               max_bytes: int = MAX_TAIL_BYTES) -> list[EventLine]:
-    """Complete lines from `offset` on (a partial last line is left for the next read)."""
+               max_bytes: int = MAX_TAIL_BYTES, final: bool = False) -> list[EventLine]:
+    """Complete lines from `offset` on (a partial last line is left for the next read unless
+    `final`), plain or GC-compressed, at least one line per call however long it is."""
     if offset < 0:
         raise bad("offset must be >= 0")
-    try:
-        fd, size = open_artifact(ref, name)
-    except LookupFailed as exc:
-        if exc.status == 404:
-            return []
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        if offset >= size:
-            return []
-        fh.seek(offset)
-        data = fh.read(min(size - offset, max_bytes))
-    out: list[EventLine] = []
-    pos = offset
-    for raw in data.split(b"\n")[:-1]:  # the piece after the last newline is incomplete
-        pos += len(raw) + 1
-        if not raw.strip():
-            continue
-        ev, text = _parse(raw)
-        out.append(EventLine(pos, ev, text))
-    return out
+    return _lines_or_refuse(ref, name, lambda: logs.read_lines(
+        ref.path, name, offset, max_bytes=max_bytes, final=final))
+
+
+def iter_lines(ref: AttemptRef, name: str, offset: int = 0) -> Iterator[EventLine]:
+    """Every complete line from `offset` to the end, a page at a time (memory: one page)."""
+    while page := read_lines(ref, name, offset):
+        yield from page
+        offset = page[-1].offset
 
 
 def last_lines(ref: AttemptRef, name: str, n: int) -> list[EventLine]:
-    """The last `n` complete lines, reading backwards from the end (cheap on huge logs)."""
+    """The last `n` complete lines (cheap on huge plain logs; a compressed one is streamed)."""
     if n <= 0:
         return []
-    try:
-        fd, size = open_artifact(ref, name)
-    except LookupFailed as exc:
-        if exc.status == 404:
-            return []
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        start, data = size, b""
-        # grow the window until it holds more than n newlines (so n complete lines) or all
-        while start > 0 and data.count(b"\n") <= n and size - start < MAX_TAIL_BYTES:
-            new_start = max(0, start - CHUNK)
-            fh.seek(new_start)
-            data = fh.read(start - new_start) + data
-            start = new_start
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        return []
-    pieces = data[: cut + 1].split(b"\n")[:-1]
-    pos = start
-    rows: list[EventLine] = []
-    for i, raw in enumerate(pieces):
-        pos += len(raw) + 1
-        if i == 0 and start > 0:
-            continue  # may be the tail of a line that began before the window
-        if raw.strip():
-            ev, text = _parse(raw)
-            rows.append(EventLine(pos, ev, text))
-    return rows[-n:]
+    return _lines_or_refuse(ref, name, lambda: logs.last_lines(ref.path, name, n))
 
 
 def describe_event(ev: dict[str, Any] | None, raw: str = "") -> str:
@@ -377,10 +386,12 @@ async def follow_lines(
             quiet = 0.0
             continue
         if status in TERMINAL_STATUSES:
-            # the runner writes the last events before finalising state: one more read
-            for line in read_lines(ref, name, offset):
-                offset = line.offset
-                yield line
+            # the runner writes the last events before finalising state: read to the end
+            # (an unterminated last line included: nothing will complete it now)
+            while more := read_lines(ref, name, offset, final=True):
+                for line in more:
+                    offset = line.offset
+                    yield line
             yield status
             return
         await asyncio.sleep(poll)

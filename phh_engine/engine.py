@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .codex_cli import CodexInfo, locate_codex, probe_codex
+from .crash import faultpoint
 from .credentials import CredentialGate
 from .diskguard import WriteGuard
 from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
@@ -397,6 +398,8 @@ class Engine:
             pause_end = self._pause_end(now) if sel.waiting else None
             if not sel.start and not self.tasks and sel.next_wakeup is None \
                     and pause_end is None:
+                if self._sweep_orphans():
+                    continue  # an attempt nobody watched was ended or adopted: look again
                 if self.until_idle:
                     self._emit(EngineEvent("idle", now, detail="nothing running or runnable"))
                     return
@@ -507,6 +510,16 @@ class Engine:
                                f"{cand.step.step_id}")
             self._after_sample()
             return
+        except Exception as exc:  # a fault of phh's own: this step waits, the rest run
+            log.exception("claim of %s/%s/%s failed", batch.batch_id, cand.job.job_id,
+                          cand.step.step_id)
+            cand.step.marks.unstartable = (
+                f"internal_error while claiming: {type(exc).__name__}: {exc} (see the engine "
+                "log; restart the engine to try again)")
+            self._ready.touch(batch.batch_id, cand.job.job_id)
+            self._dirty.add(batch.batch_id)
+            self._poke()
+            return
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
@@ -537,6 +550,7 @@ class Engine:
             return
         if not task.cancelled() and task.exception() is not None:
             log.error("attempt %s crashed", run_id, exc_info=task.exception())
+            self._sweep_orphans()  # its attempt may still say running: end it now
         self._poke()
 
     def _refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
@@ -639,33 +653,46 @@ class Engine:
 
     def _recover(self) -> None:
         """SPEC §7.4: attempts left queued/running by a dead engine end as runner_lost (or
-        with their recorded exit code); a live Codex process is left alone."""
+        with their recorded exit code); a live Codex process is left alone. Total: a fault
+        recovering one attempt ends that attempt and never stops the engine from starting."""
         for batch in self.index.batches.values():
             for job, step in batch.steps():
                 for att in step.attempts:
                     if att.terminal:
                         continue
-                    owner = att.runner_id or self.runner_id
-                    if self._runner_is_served(owner):
-                        continue
-                    st = att.state
                     key = (batch.batch_id, job.job_id, step.step_id, att)
-                    if att.meta is None or st is None:
-                        self._finalize_lost(*key)  # never spawned: nothing can be running
-                        continue
-                    pid = st.pid if st.pid and _alive(st.pid, st.pid_started_at) else None
-                    if pid is None and st.status == "queued":
-                        # crashed between spawn and the first 'running' write: find the wrapper
-                        pid = _find_wrapper(att.path)
-                    ended = (att.path / EXIT_CODE).exists()
-                    if pid is not None or ended:
-                        # alive: watch it to the end; ended with a recorded exit code: finalize
-                        # it normally from its files
-                        if st.status == "queued":
-                            self._mark_running(att, pid)
-                        self._to_adopt.append(key)
-                        continue
-                    self._finalize_lost(*key)
+                    try:
+                        self._recover_one(*key)
+                    except Exception as exc:
+                        log.exception("recovering attempt %s failed", att.run_id)
+                        with contextlib.suppress(Exception):
+                            self._finalize_lost(*key, why=f"recovery failed: "
+                                                f"{type(exc).__name__}: {exc}")
+
+    def _recover_one(self, batch_id: str, job_id: str, step_id: str, att: AttemptView
+                     ) -> None:
+        owner = att.runner_id or self.runner_id
+        if self._runner_is_served(owner):
+            return
+        faultpoint("recover")
+        st = att.state
+        key = (batch_id, job_id, step_id, att)
+        if att.meta is None or st is None:
+            self._finalize_lost(*key)  # never spawned: nothing can be running
+            return
+        pid = st.pid if st.pid and _alive(st.pid, st.pid_started_at) else None
+        if pid is None and st.status == "queued":
+            # crashed between spawn and the first 'running' write: find the wrapper
+            pid = _find_wrapper(att.path)
+        ended = (att.path / EXIT_CODE).exists()
+        if pid is not None or ended:
+            # alive: watch it to the end; ended with a recorded exit code: finalize
+            # it normally from its files
+            if st.status == "queued":
+                self._mark_running(att, pid)
+            self._to_adopt.append(key)
+            return
+        self._finalize_lost(*key)
 
     def _repair_pointers(self) -> None:
         """A crash between a terminal state write and the current.json update leaves the
@@ -689,7 +716,8 @@ class Engine:
                             f"({exc.strerror or exc}); the engine works from the attempts")
                         log.warning("store: %s", self.index.unexpected[where])
 
-    def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView) -> None:
+    def _finalize_lost(self, batch_id: str, job_id: str, step_id: str, att: AttemptView,
+                       why: str = "engine stopped while this attempt was in flight") -> None:
         now = utcnow()
         st = att.state or AttemptState(
             batch_id=batch_id, job_id=job_id, step_id=step_id, run_id=att.run_id,
@@ -707,7 +735,7 @@ class Engine:
                     "status": "failed", "updated_at": now, "ended_at": now,
                     "exit_code": exit_code, "termination_reason": "runner_lost",
                     "failure_class": "runner_lost",
-                    "errors": [*st.errors, "engine stopped while this attempt was in flight"],
+                    "errors": [*st.errors[-19:], why],
                 })
                 write_state(att.path / STATE, final)
             except TerminalStateError:
@@ -716,6 +744,51 @@ class Engine:
         att.state = final
         self._emit(EngineEvent("recovered", now, batch_id, job_id, step_id, att.run_id,
                                final.status, detail="runner_lost"))
+
+    def _orphan(self, att: AttemptView) -> bool:
+        """In flight on disk, ours (or its runner is served by no engine), and no task of
+        this engine watches it."""
+        if att.terminal or att.run_id in self.tasks:
+            return False
+        return not self._runner_is_served(att.runner_id or self.runner_id)
+
+    def _end_orphan(self, batch_id: str, job_id: str, step_id: str, att: AttemptView,
+                    *, adopt: bool = True) -> bool:
+        """Make an orphaned attempt (see `_orphan`) true again: adopt it while its process
+        lives (when `adopt`), else record it failed / runner_lost. True when it changed."""
+        if not self._orphan(att):
+            return False
+        st = att.state
+        pid = st.pid if st and st.pid and _alive(st.pid, st.pid_started_at) else None
+        if pid is None and (st is None or st.status == "queued"):
+            pid = _find_wrapper(att.path)
+        if pid is not None:
+            if not adopt or att.meta is None or st is None or self._stopping:
+                return False
+            if st.status == "queued":
+                self._mark_running(att, pid)
+            self._adopt(batch_id, job_id, step_id, att)
+            return True
+        self._finalize_lost(batch_id, job_id, step_id, att,
+                            why="no process and no monitor: phh lost track of this attempt")
+        self._on_attempt_change(batch_id, job_id, step_id, att)
+        return True
+
+    def _sweep_orphans(self) -> bool:
+        """Before saying idle (and after an attempt task died): no attempt may stay
+        `running` without a process or a monitor. O(attempts), only on those occasions.
+        True when one was ended or adopted."""
+        changed = False
+        for batch in list(self.index.batches.values()):
+            for job, step in batch.steps():
+                att = step.in_flight
+                if att is None or not self._orphan(att):
+                    continue
+                try:
+                    changed |= self._end_orphan(batch.batch_id, job.job_id, step.step_id, att)
+                except Exception:
+                    log.exception("could not end orphaned attempt %s", att.run_id)
+        return changed
 
     def _mark_running(self, att: AttemptView, pid: int | None) -> None:
         assert att.state is not None
@@ -868,6 +941,17 @@ class Engine:
             return result("rejected", f"unknown step {req.job_id}.{req.step_id} in {req.batch_id}")
         key = f"{req.job_id}.{req.step_id}"
         inflight = step.in_flight
+        if inflight is not None and self._orphan(inflight):
+            # a step left `running` with nothing behind it must not refuse every action
+            orphan = inflight
+            with contextlib.suppress(Exception):
+                if self._end_orphan(req.batch_id, req.job_id, req.step_id, orphan,
+                                    adopt=False):
+                    inflight = step.in_flight
+                    if req.action == "cancel" and (not req.run_id or
+                                                   req.run_id == orphan.run_id):
+                        return result("applied", f"{orphan.run_id} had no process; "
+                                      f"recorded {orphan.status}", orphan.run_id)
         if req.action == "cancel":
             att = step.find(req.run_id) if req.run_id else inflight
             if att is None:

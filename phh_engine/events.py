@@ -7,6 +7,7 @@ Only what orchestration needs is kept (thread id, turn outcome, usage, a one-lin
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,20 @@ class EventFacts:
     errors: list[str] = field(default_factory=list)
     files_changed: list[str] = field(default_factory=list)
     events_seen: int = 0
+    skipped_events: int = 0
 
     def apply(self, ev: dict[str, Any]) -> bool:
-        """Fold one event in; True when something worth persisting changed."""
+        """Fold one event in; True when something worth persisting changed. An event of an
+        unexpected shape (a field of the wrong type, absurd nesting) is counted and skipped:
+        the monitor never dies on a line Codex or an agent wrote."""
         self.events_seen += 1
+        try:
+            return self._apply(ev)
+        except (AttributeError, TypeError, ValueError, RecursionError):
+            self.skipped_events += 1
+            return False
+
+    def _apply(self, ev: dict[str, Any]) -> bool:
         kind = ev.get("type")
         if kind == "thread.started":
             self.thread_id = ev.get("thread_id") or self.thread_id
@@ -129,27 +140,43 @@ class EventTail:
         self._partial = lines.pop()
         out: list[dict[str, Any]] = []
         for raw in lines:
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue  # Codex sometimes prints non-JSON noise on stdout
-            if isinstance(ev, dict):
+            ev = parse_event_line(raw)
+            if ev is not None:
                 out.append(ev)
         return out
 
     def flush_partial(self) -> list[dict[str, Any]]:
         """At process end a last line may lack its newline."""
-        raw, self._partial = self._partial.strip(), b""
-        if not raw:
-            return []
-        try:
-            ev = json.loads(raw)
-        except ValueError:
-            return []
-        return [ev] if isinstance(ev, dict) else []
+        raw, self._partial = self._partial, b""
+        ev = parse_event_line(raw)
+        return [ev] if ev is not None else []
+
+
+def parse_event_line(raw: bytes | str) -> dict[str, Any] | None:
+    """One JSONL line as an event object, or None for anything else: blank lines, non-JSON
+    noise (Codex sometimes prints some on stdout), invalid UTF-8 (a ValueError), nesting
+    too deep for the parser (RecursionError, not a ValueError), non-finite numbers (NaN,
+    1e400: strict JSON writers would fail on them later), a JSON value that is no object.
+    Never raises."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        ev = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        return None
+    return ev if isinstance(ev, dict) else None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")  # NaN / Infinity: no reader could echo it
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"non-finite number {text}")
+    return value
 
 
 def read_facts(path: Path) -> EventFacts:

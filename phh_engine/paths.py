@@ -23,6 +23,8 @@ GIT_HEAD = "git_head.txt"
 GIT_STATUS = "git_status.txt"
 GIT_DIFF = "git_diff.patch"
 FILES_TOUCHED = "files_touched.json"
+#: Traceback of an exception phh itself raised while running the attempt (internal_error).
+INTERNAL_LOG = "internal_error.log"
 
 #: Every name phh itself writes in a store, with where: an id (batch, job, step, run or
 #: runner) becomes a directory name beside or below these, so an id equal to one of them
@@ -68,7 +70,7 @@ def store_name_clash(value: str) -> str | None:
 #: Attempt files an interface may hand out by name (never a path the caller chooses).
 ARTIFACT_NAMES: tuple[str, ...] = (
     META, STATE, FINAL_JSON, FINAL_TXT, HANDOFF, EVENTS, STDOUT, STDERR,
-    GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED,
+    GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED, INTERNAL_LOG,
 )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from pydantic import ValidationError
 
 from . import __version__, credentials
 from .codex_cli import CodexInfo, build_command
-from .crash import crashpoint
+from .crash import crashpoint, faultpoint
 from .diskguard import WriteGuard, describe, retry_writes
 from .doctor import startup_error_line
 from .events import EventFacts, EventTail
@@ -59,6 +61,7 @@ from .paths import (
     GIT_HEAD,
     GIT_STATUS,
     HANDOFF,
+    INTERNAL_LOG,
     META,
     OUTPUT_SCHEMA,
     STATE,
@@ -69,6 +72,7 @@ from .paths import (
     claim_time,
     new_run_id,
     run_dir_name,
+    run_id_of,
 )
 from .pointers import update_current
 from .readiness import ResumeResolution
@@ -89,6 +93,8 @@ from .workspace import WorkspaceError, copy_tree, resolve_workspace
 # sees no file, an empty one (treated as "not recorded", like none) or the whole number,
 # and the wrapper spawns no process of its own.
 _WRAPPER = 'trap : INT TERM HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$0"; exit "$rc"'
+log = logging.getLogger(__name__)
+
 PROMPT_FILE = "prompt.txt"
 STATE_WRITE_MIN_INTERVAL = 1.0
 #: a change of wall-minus-monotonic this large between two monitor wakes is a clock jump
@@ -194,11 +200,14 @@ def classify(
     thread_mismatch: str | None,
     stderr_tail: str = "",
     cancel_reason: str | None = None,
+    lingered: bool = False,
 ) -> Outcome:
     """Attempt status from everything observed. Success needs exit 0, turn.completed and a
     schema-valid report (CODEX_NOTES: Codex may exit 0 after a failed turn). A cancel for
     `cancel_reason="shutdown"` (the engine stopping) is class `shutdown`, retried by the
-    next engine; any other cancel is the operator's `canceled`."""
+    next engine; any other cancel is the operator's `canceled`. `lingered`: phh ended a
+    process that stayed up after turn.completed with a valid final message, so its exit code
+    is phh's signal, not Codex's verdict."""
     if canceled:
         if cancel_reason == "shutdown":
             return Outcome("canceled", "shutdown", "shutdown")
@@ -207,7 +216,7 @@ def classify(
         return Outcome("failed", "timeout", "timeout")
     if thread_mismatch:
         return Outcome("failed", "thread_mismatch", "thread_mismatch")
-    if exit_code != 0 or not facts.turn_completed or facts.turn_failed:
+    if (exit_code != 0 and not lingered) or not facts.turn_completed or facts.turn_failed:
         # auth from Codex's own messages only: its stderr also logs refresh failures it
         # recovered from (another process's refresh, re-read from the file)
         if _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
@@ -228,7 +237,7 @@ def classify(
     if report.status == "needs_attention":
         return Outcome("needs_attention", "agent_reported_needs_attention",
                        "agent_reported_failure")
-    return Outcome("succeeded", "exit")
+    return Outcome("succeeded", "lingered" if lingered and exit_code != 0 else "exit")
 
 
 _VALIDATORS: dict[str, Any] = {}
@@ -251,18 +260,27 @@ def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None
     """(report for the default schema, raw object, error). Custom schemas yield no RunReport."""
     if not text.strip():
         return None, None, "no final message (final.txt empty or missing)"
+    # Any exception while reading the agent's text is a bad report, never a stuck attempt:
+    # `json.loads` raises RecursionError (not ValueError) on deep nesting such as "[" * 50000.
     try:
+        faultpoint("report_parse")
         obj = json.loads(text)
+    except RecursionError:
+        return None, None, "final message is not JSON phh accepts: nested too deep"
     except ValueError as exc:
         return None, None, f"final message is not JSON: {exc}"
+    except Exception as exc:
+        return None, None, f"final message could not be read: {type(exc).__name__}: {exc}"
     try:
         _validator(schema).validate(obj)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "$"
         return None, None, f"final message does not match the schema at {where}: {exc.message}"
+    except RecursionError:
+        return None, None, "final message is nested too deep to check against the schema"
     try:
         return RunReport.model_validate(obj), obj, None
-    except ValidationError:
+    except (ValidationError, RecursionError):
         return None, obj, None
 
 
@@ -482,6 +500,7 @@ class LocalRunner:
         attempts = self.layout.attempts_dir(plan.batch_id, plan.job_id, plan.step_id)
         names: list[str] = []
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
+            faultpoint("claim")
             if attempts.is_dir():
                 for name in attempt_dir_names(attempts):  # stray files are not attempts
                     names.append(name)
@@ -523,6 +542,8 @@ class LocalRunner:
         view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
         try:
             return await self._run(plan, batch, job, step, live, view)
+        except Exception as exc:  # finalisation is total: any fault still ends the attempt
+            return await self._internal_failure(plan, view, live, exc)
         finally:
             self.live.pop(run_id, None)
 
@@ -587,6 +608,7 @@ class LocalRunner:
         path, run_id = live.path, live.run_id
         spec = step.spec
         policy = batch.meta.effective_defaults.execution_policy
+        faultpoint("start")
         # -- where it runs, what it continues, what it is told
         try:
             ws_policy, workdir = resolve_workspace(self.layout, batch, job)
@@ -694,6 +716,7 @@ class LocalRunner:
             return _Prepared(state, meta=meta, error=f"spawn failed: {exc}")
         crashpoint("after_spawn")
         live.pid = proc.pid
+        faultpoint("after_spawn")
         started = utcnow()
         pid_started: float | None = None
         with contextlib.suppress(psutil.Error):
@@ -719,24 +742,28 @@ class LocalRunner:
         meta, state = view.meta, view.state
         live = LiveAttempt(plan=plan, run_id=view.run_id, path=view.path, pid=state.pid)
         self.live[view.run_id] = live
-        custom = view.path / OUTPUT_SCHEMA
-        snap = meta.policy_snapshot
-        watch = _Watch(
-            events_path=view.path / (EVENTS if snap.execution_policy.capture_events else STDOUT),
-            expected_thread=meta.codex_thread_id if meta.invocation == "resume" else None,
-            schema=json.loads(custom.read_text()) if custom.exists() else
-            self._default_schema_obj,
-            workdir=Path(meta.environment_snapshot.working_directory),
-            timeout_seconds=snap.timeout_seconds, capture_git=snap.execution_policy.
-            capture_git_artifacts, artifacts_expected=spec_artifacts,
-        )
-        if (view.path / CODEX_HOME / "auth.json").is_symlink():
-            # the file at its start is unknown: an `auth` end counts as "unchanged" (pause)
-            watch.credential = (credentials.source_path(self.config), None)
-        elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
         try:
-            return await self._monitor(plan, view, live, state, _AdoptedHandle(state.pid or 0),
-                                       watch, elapsed=elapsed)
+            faultpoint("adopt")
+            custom = view.path / OUTPUT_SCHEMA
+            snap = meta.policy_snapshot
+            watch = _Watch(
+                events_path=view.path / (EVENTS if snap.execution_policy.capture_events
+                                         else STDOUT),
+                expected_thread=meta.codex_thread_id if meta.invocation == "resume" else None,
+                schema=json.loads(custom.read_text()) if custom.exists() else
+                self._default_schema_obj,
+                workdir=Path(meta.environment_snapshot.working_directory),
+                timeout_seconds=snap.timeout_seconds, capture_git=snap.execution_policy.
+                capture_git_artifacts, artifacts_expected=spec_artifacts,
+            )
+            if (view.path / CODEX_HOME / "auth.json").is_symlink():
+                # the file at its start is unknown: an `auth` end counts as "unchanged" (pause)
+                watch.credential = (credentials.source_path(self.config), None)
+            elapsed = (utcnow() - (state.started_at or utcnow())).total_seconds()
+            return await self._monitor(plan, view, live, state,
+                                       _AdoptedHandle(state.pid or 0), watch, elapsed=elapsed)
+        except Exception as exc:  # a restart must not crash on the same fault every time
+            return await self._internal_failure(plan, view, live, exc)
         finally:
             self.live.pop(view.run_id, None)
 
@@ -765,14 +792,19 @@ class LocalRunner:
         waiter = asyncio.ensure_future(proc.wait())
         canceller = asyncio.ensure_future(live.cancel_requested.wait())
         killer: asyncio.Future[None] | None = None
+        # Codex that stays up after turn.completed with a valid final message (seen in the
+        # wild) is ended after a short grace and recorded by its report, not by the timeout
+        linger = _Linger(self.config.codex.linger_grace_seconds)
         # current.json gets the live attempt and its thread id as soon as Codex names it
         # (SPEC 5.4/6.5); an attempt that is already over gets only the final update
         pointer: asyncio.Future[None] | None = None
         while True:
             now_t = loop.time()
-            timeout = max(0.0, min(poll, deadline - now_t, next_beat - now_t))
+            timeout = max(0.0, min(poll, deadline - now_t, next_beat - now_t,
+                                   linger.until - now_t))
             await asyncio.wait({waiter, canceller}, timeout=timeout,
                                return_when=asyncio.FIRST_COMPLETED)
+            faultpoint("monitor")
             new = tail.read_new()
             if waiter.done():
                 new += tail.flush_partial()
@@ -793,7 +825,15 @@ class LocalRunner:
                 live.cancel_requested.set()
             if waiter.done():
                 break
-            if now_t >= deadline and not timed_out:
+            if (linger.until == _NEVER and facts.turn_completed and not facts.turn_failed
+                    and killer is None and await self._in_io(linger.final_ready, path, watch)):
+                linger.until = now_t + linger.grace
+            if killer is None and (now_t >= linger.until
+                                   or (linger.until < _NEVER and now_t >= deadline)):
+                # the report is in: a timeout reached while Codex lingers does not discard it
+                linger.ended = True
+                killer = asyncio.ensure_future(self._stop_process(proc, signal.SIGTERM))
+            if now_t >= deadline and not timed_out and not linger.ended:
                 timed_out = True
                 live.cancel_reason = "timeout"
                 live.cancel_requested.set()
@@ -845,16 +885,17 @@ class LocalRunner:
             self.writes, f"the end of run {view.run_id}", lambda: self._in_io(
                 self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
                 canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
-                cancel_reason=live.cancel_reason))
+                cancel_reason=live.cancel_reason, lingered=linger.ended))
         view.state, view.report, view.resume_base_ready = state, report, ready
         self._emit(plan, view)
         return view
 
     def _conclude(self, plan: AttemptPlan, path: Path, run_id: str, state: AttemptState,
                   facts: EventFacts, watch: _Watch, returncode: int | None, *, canceled: bool,
-                  timed_out: bool, thread_mismatch: str | None, cancel_reason: str | None
-                  ) -> tuple[AttemptState, RunReport | None, bool]:
+                  timed_out: bool, thread_mismatch: str | None, cancel_reason: str | None,
+                  lingered: bool = False) -> tuple[AttemptState, RunReport | None, bool]:
         """Classify the ended process and write its results (worker thread; no views)."""
+        faultpoint("conclude")
         exit_code = self._read_exit_code(path, returncode)
         final_text = ""
         with contextlib.suppress(OSError):
@@ -865,7 +906,7 @@ class LocalRunner:
             report=report if (report or obj is None) else _custom_ok(obj),
             report_error=report_error, canceled=canceled, timed_out=timed_out,
             thread_mismatch=thread_mismatch, stderr_tail=_tail_text(path / STDERR, 2000),
-            cancel_reason=cancel_reason,
+            cancel_reason=cancel_reason, lingered=lingered,
         )
         if obj is not None:
             with contextlib.suppress(FileExistsError):
@@ -889,13 +930,18 @@ class LocalRunner:
             errors.append("canceled by an engine shutdown; the next engine retries it")
         elif canceled and cancel_reason != "canceled":
             errors.append(f"canceled: {cancel_reason}")
+        if lingered:
+            errors.append(f"Codex stayed up {self.config.codex.linger_grace_seconds:g}s after "
+                          "turn.completed with its final message written; phh ended it")
         if watch.capture_git:
             with contextlib.suppress(FileExistsError):
+                faultpoint("git_capture")
                 _write_git_artifacts(watch.workdir, path, facts.files_changed)
         missing = [a for a in watch.artifacts_expected if not (watch.workdir / a).exists()]
         errors += [f"expected artifact missing: {a}" for a in missing]
         if outcome.status == "succeeded" and obj is not None:
             with contextlib.suppress(FileExistsError):
+                faultpoint("handoff_write")
                 write_once_json(path / HANDOFF, {
                     "schema_version": "1.0.0", "batch_id": plan.batch_id,
                     "job_id": plan.job_id, "step_id": plan.step_id, "run_id": run_id,
@@ -950,6 +996,7 @@ class LocalRunner:
         """Terminal state and current.json under the job lock: one terminal status, ever."""
         with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
             try:
+                faultpoint("final_state_write")
                 write_state(path / STATE, state)
             except TerminalStateError:
                 state = read_model(path / STATE, AttemptState) or state
@@ -971,6 +1018,70 @@ class LocalRunner:
         })
         return await self._finalize(plan, view, final)
 
+    async def _internal_failure(self, plan: AttemptPlan, view: AttemptView, live: LiveAttempt,
+                                exc: Exception) -> AttemptView:
+        """End an attempt phh itself failed on: stop its process (nothing watches it any
+        more), keep the traceback in `internal_error.log`, record `failed` / `internal_error`
+        with the exception in `errors`. Never raises: a fault here is logged, not spread."""
+        log.error("attempt %s: internal error", live.run_id, exc_info=exc)
+        if live.pid is not None:
+            kill_tree(live.pid, signal.SIGKILL)
+        try:
+            state = await self._in_io(self._write_internal_failure, plan, live.path,
+                                      view.state, exc)
+        except Exception:
+            log.exception("attempt %s: could not record its internal error", live.run_id)
+            return view
+        view.state = state
+        with contextlib.suppress(Exception):
+            view.resume_base_ready = (live.path / CODEX_HOME / "sessions").is_dir()
+        with contextlib.suppress(Exception):
+            self._emit(plan, view)
+        return view
+
+    def _write_internal_failure(self, plan: AttemptPlan, path: Path,
+                                known: AttemptState | None, exc: Exception) -> AttemptState:
+        """The terminal state for an internal error (worker thread); falls back to
+        a plain state write if the locked finalisation fails."""
+        now = utcnow()
+        with contextlib.suppress(Exception), open(path / INTERNAL_LOG, "a",
+                                                  encoding="utf-8") as fh:
+            fh.write(f"{now.isoformat()} {type(exc).__name__} in phh "
+                     f"{__version__}\n{''.join(traceback.format_exception(exc))}\n")
+        faultpoint("internal_record")
+        disk = read_model(path / STATE, AttemptState)
+        if disk is not None and disk.status not in ("queued", "running"):
+            return disk  # already terminal: one terminal status, ever
+        st = disk or known or self._state(plan, run_id_of(path.name), "queued", now)
+        if st.status == "queued":  # queued -> running -> failed keeps the transition rules
+            st = st.model_copy(update={"status": "running", "started_at": now,
+                                       "updated_at": now})
+            write_state(path / STATE, st)
+        with contextlib.suppress(OSError, ValueError):
+            st = st.model_copy(update={
+                "exit_code": int((path / EXIT_CODE).read_text().strip())})
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        artifacts: list[str] = []
+        with contextlib.suppress(OSError):
+            artifacts = sorted(n for n in os.listdir(path) if not n.startswith("."))
+        final = st.model_copy(update={
+            "status": "failed", "updated_at": now, "ended_at": now,
+            "termination_reason": "internal_error", "failure_class": "internal_error",
+            "errors": [*st.errors[-19:], _one_line_error(message)], "artifacts": artifacts,
+        })
+        try:
+            final, _ = self._finalize_files(plan, path, final)
+        except Exception:
+            log.exception("attempt %s: locked finalisation failed; writing its state directly",
+                          final.run_id)
+            try:
+                write_state(path / STATE, final)
+            except TerminalStateError:
+                final = read_model(path / STATE, AttemptState) or final
+            with contextlib.suppress(Exception):
+                update_current(self.layout, plan.batch_id, plan.job_id)
+        return final
+
     @staticmethod
     def _merge_facts(state: AttemptState, facts: EventFacts, now: datetime) -> AttemptState:
         return state.model_copy(update={
@@ -982,9 +1093,9 @@ class LocalRunner:
             "errors": facts.errors[-20:],
         })
 
-    async def _stop_process(self, proc: _Handle) -> None:
+    async def _stop_process(self, proc: _Handle, sig: int = signal.SIGINT) -> None:
         """SIGINT first (Codex stops gracefully and ends its commands), SIGKILL after grace."""
-        kill_tree(proc.pid, signal.SIGINT)
+        kill_tree(proc.pid, sig)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()),
                                    self.config.codex.cancel_grace_seconds)
@@ -1025,6 +1136,43 @@ class LocalRunner:
         env = dict(os.environ)
         env["CODEX_HOME"] = str(home)
         return env
+
+
+_NEVER = float("inf")
+
+
+def _one_line_error(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(slots=True)
+class _Linger:
+    """After turn.completed: when a valid final message is on disk, Codex gets `grace`
+    seconds to exit by itself (`until`, loop time) before phh ends its process group."""
+
+    grace: float
+    until: float = _NEVER
+    ended: bool = False
+    _seen: tuple[int, int] | None = None
+
+    def final_ready(self, path: Path, watch: _Watch) -> bool:
+        """Is `final.txt` written and valid against the attempt's schema? Re-read only when
+        its size or mtime changed (worker thread: a message can be megabytes)."""
+        try:
+            st = os.stat(path / FINAL_TXT)
+        except OSError:
+            return False
+        key = (st.st_size, st.st_mtime_ns)
+        if st.st_size == 0 or key == self._seen:
+            return False
+        self._seen = key
+        try:
+            text = (path / FINAL_TXT).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        report, obj, _ = validate_report(text, watch.schema)
+        return report is not None or obj is not None
 
 
 def in_git_work_tree(workdir: Path) -> bool:

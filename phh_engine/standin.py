@@ -14,6 +14,8 @@ seconds between SSE events):
 - ``{"apply_patch": "*** Begin Patch ..."}``: an ``apply_patch`` (free-form) tool call.
 - ``{"final": {...}}``: an assistant message holding a valid Run Report (defaults merged).
 - ``{"final_text": "raw"}``: an assistant message with exactly that text.
+- ``{"final": {...}, "pad_summary": N}``: the report's summary padded with N more "x" (a
+  message of megabytes without a prompt of megabytes).
 - ``{"echo_thread": true}``: a final report whose summary counts the user messages seen.
 - ``{"http_error": 500, "body"?: str | dict}``: that HTTP status with a JSON error body
   (a dict is sent as it is: e.g. 429 ``{"error": {"type": "usage_limit_reached",
@@ -311,6 +313,8 @@ def _final_text(body: dict[str, Any], action: dict[str, Any]) -> str:
     report = copy.deepcopy(DEFAULT_REPORT)
     if isinstance(action.get("final"), dict):
         report.update(action["final"])
+    if isinstance(action.get("pad_summary"), int):
+        report["summary"] = str(report.get("summary", "")) + "x" * action["pad_summary"]
     if action.get("echo_thread"):
         summary = summarize("", body)
         n_users, n_prompts = len(summary["user_texts"]), len(summary["prompts"])

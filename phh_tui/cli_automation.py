@@ -160,21 +160,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
     same items as the API's `events`); --follow keeps going until the attempt ends."""
     import asyncio
 
-    from phh_engine.artifacts import LookupFailed, events_file, last_lines, read_lines
+    from phh_engine.artifacts import LookupFailed, events_file, iter_lines, last_lines
 
     layout = Layout(_root(args))
     try:
         ref = _locate(layout, args, args.ids)
         name = events_file(ref)
-        if args.offset is not None:
-            lines = read_lines(ref, name, args.offset)
-        else:
-            lines = last_lines(ref, name, args.lines) if args.lines else read_lines(ref, name)
+        start = args.offset or 0
+        # every line to the end, a page at a time: no line is too long to pass
+        lines = (last_lines(ref, name, args.lines) if args.lines and args.offset is None
+                 else iter_lines(ref, name, start))
         for line in lines:
             _emit(line, args.json)
+            start = line.offset
         if not args.follow:
             return EXIT_OK
-        start = lines[-1].offset if lines else (args.offset or 0)
         return asyncio.run(_follow(ref, start, args.json))
     except LookupFailed as exc:
         return fail(exc, args.json)

@@ -2,7 +2,8 @@
 
 Plain Python (no Textual) so `phh tail` or the API could print the same lines. Incremental:
 `EventLog` remembers its byte offset, so each poll of a growing `codex.events.jsonl` costs only
-the bytes appended since the last one (phh_engine.events.EventTail does the reading).
+the bytes appended since the last one. The reading is phh_engine.logs' (the one reader of
+attempt logs): a GC-compressed log reads like the plain one, and no line is too long to pass.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phh_engine.events import EventTail, describe_item
+from phh_engine.events import describe_item, parse_event_line
+from phh_engine.logs import LogFollower
 
 MAX_OUTPUT_LINES = 6
 MAX_MESSAGE_LINES = 30
@@ -113,17 +115,25 @@ def event_lines(ev: dict[str, Any]) -> list[Line]:
 
 
 class EventLog:
-    """Readable lines of one attempt's event file, read incrementally."""
+    """Readable lines of one attempt's event file (`path`: where the plain file is or was;
+    its `.gz` is read once GC compressed it), read incrementally. Blocking file reads: call
+    it off a UI thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._tail = EventTail(path)
+        self._follower = LogFollower(path.parent, path.name)
 
     def read_new(self, final: bool = False) -> list[Line]:
-        events = self._tail.read_new()
-        if final:
-            events += self._tail.flush_partial()
+        """Lines for every event appended since the last call; with `final`, an unterminated
+        last line too. A line too long to hand out whole shows as a marker."""
         out: list[Line] = []
-        for ev in events:
-            out.extend(event_lines(ev))
+        while raw := self._follower.read_new(final=final):
+            for ln in raw:
+                if ln.truncated:
+                    out.append(Line(f"[event line of {ln.size:,} bytes, too long to show]",
+                                    "dim"))
+                    continue
+                ev = parse_event_line(ln.data)
+                if ev is not None:
+                    out.extend(event_lines(ev))
         return out

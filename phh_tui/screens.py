@@ -3,6 +3,7 @@ j/k/g/G on the main table, and the operator actions (c r R m space l d s)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane
 
+from phh_engine.logs import log_path, read_log_tail
 from phh_engine.models import BatchScoreboard, StatusCounts
 from phh_engine.models.scoreboard import ResumeView, StepRow
 from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
@@ -673,6 +675,7 @@ class StepScreen(PhhScreen):
         self._tail: EventLog | None = None
         self._tail_run: str | None = None
         self._tail_done = False
+        self._tail_busy = False
         self._shown: tuple[str | None, int, int] = (None, 0, 0)
         self._diff_for: str | None = None
         self.autoscroll = True
@@ -941,31 +944,43 @@ class StepScreen(PhhScreen):
         if a is None:
             log.write(Text("no attempt yet", style="dim"))
             return
-        path = a.path / EVENTS
-        if not path.exists() and (a.path / STDOUT).exists():
-            path = a.path / STDOUT
-        self._tail = EventLog(path)
+        # plain or GC-compressed alike (phh_engine.logs); stdout.log when events were off
+        name = EVENTS
+        if log_path(a.path, EVENTS) is None and log_path(a.path, STDOUT) is not None:
+            name = STDOUT
+        self._tail = EventLog(a.path / name)
         self.poll_tail()
 
     def poll_tail(self) -> None:
-        if self._tail is None or self._tail_done:
+        """Read new events on a worker thread (a log can be megabytes, or compressed), then
+        write them here on the UI thread; one read at a time."""
+        if self._tail is None or self._tail_done or self._tail_busy:
             return
         a = self.attempt()
         final = a is not None and a.terminal and a.run_id == self._tail_run
-        lines = self._tail.read_new(final=final)
+        self._tail_busy = True
+        self.run_worker(self._poll_tail(self._tail, a, final), group="tail",
+                        exit_on_error=False)
+
+    async def _poll_tail(self, tail: EventLog, a: AttemptView | None, final: bool) -> None:
+        try:
+            lines = await asyncio.to_thread(tail.read_new, final)
+            if final and a is not None and a.status != "succeeded":
+                stderr = await asyncio.to_thread(self._stderr_tail, a)
+                if stderr:
+                    lines += [Line("stderr (last lines):", "bold red"), *stderr]
+        finally:
+            self._tail_busy = False
+        if tail is not self._tail:
+            return  # another attempt is shown now
         if final:
             self._tail_done = True
-            stderr = self._stderr_tail(a) if a is not None else []
-            if a is not None and a.status != "succeeded" and stderr:
-                lines += [Line("stderr (last lines):", "bold red"), *stderr]
         if lines:
             self._write(lines)
 
-    def _stderr_tail(self, a: AttemptView) -> list[Line]:
-        try:
-            text = (a.path / STDERR).read_text(errors="replace")
-        except OSError:
-            return []
+    @staticmethod
+    def _stderr_tail(a: AttemptView) -> list[Line]:
+        text = read_log_tail(a.path, STDERR, 16 << 10).decode("utf-8", errors="replace")
         return [Line("  " + ln, "red") for ln in text.splitlines()[-8:] if ln.strip()]
 
     def _write(self, lines: list[Line]) -> None:

@@ -81,6 +81,7 @@ FailureClass = Literal[
     "context_exhausted",
     "invalid_request",
     "shutdown",
+    "internal_error",
 ]
 
 #: Classes that say nothing about the step itself (the account hit its usage limit, the

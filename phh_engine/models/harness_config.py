@@ -127,6 +127,11 @@ class CodexSettings(Strict):
     credential_dir: str | None = Field(default=None, description="runner-local dir with auth.json")
     heartbeat_seconds: float = Field(default=30.0, gt=0, le=900)
     cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    linger_grace_seconds: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="seconds Codex may stay up after turn.completed with a valid final "
+                    "message before phh ends its process group and records the attempt",
+    )
     extra_args: list[str] = Field(default_factory=list)
 
 
