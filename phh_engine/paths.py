@@ -40,6 +40,7 @@ STORE_NAMES: dict[str, str] = {
     "overrides": "runs/_system/overrides/", "cache": "runs/_system/cache/",
     "submissions": "runs/_system/submissions/", "locks": "runs/_system/locks/",
     "gc_log.jsonl": "runs/_system/gc_log.jsonl", "gc.lock": "runs/_system/gc.lock",
+    "pauses": "runs/_system/pauses/", "credential_pauses": "runs/_system/credential_pauses/",
     "batch_meta.json": "runs/<batch>/batch_meta.json",
     "scoreboard.batch.json": "runs/<batch>/scoreboard.batch.json",
     "closed.json": "runs/<batch>/closed.json", "_overrides": "runs/<batch>/_overrides/",
