@@ -686,7 +686,8 @@ def _existing(marker: Path) -> SubmitResult | None:
     return None
 
 
-def _valid_id(value: str) -> bool:
+def is_valid_id(value: str) -> bool:
+    """Whether `value` is a well-formed id (docs/README.md#identifiers), without saying why not."""
     try:
         check_id(value)
     except ValueError:
@@ -753,7 +754,7 @@ def submit(
 
     issues: list[Issue] = []
     wanted = raw.get("batch_id") if isinstance(raw.get("batch_id"), str) else batch_id
-    if wanted and _valid_id(wanted) and layout.batch_dir(wanted).exists():
+    if wanted and is_valid_id(wanted) and layout.batch_dir(wanted).exists():
         issues.append(Issue("batch_id", f"batch {wanted!r} already exists under {layout.runs}"))
     notes: list[Note] = []
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .dialect import Note
-from .models import HarnessConfig, check_id, utcnow
+from .models import HarnessConfig, utcnow
 from .paths import Layout
-from .submit import Issue, SubmitError, load_launch_table, validate
+from .submit import Issue, SubmitError, is_valid_id, load_launch_table, validate
 
 #: what a directory given to --check contributes (directly in it; dotfiles skipped)
 TABLE_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml")
@@ -78,7 +78,7 @@ def check_file(layout: Layout, path: Path, config: HarnessConfig) -> Verdict:
         raw, data = load_launch_table(path)
         given = raw.get("batch_id")
         issues: list[Issue] = []
-        if isinstance(given, str) and _valid_id(given) and layout.batch_dir(given).exists():
+        if isinstance(given, str) and is_valid_id(given) and layout.batch_dir(given).exists():
             issues.append(Issue("batch_id", f"batch {given!r} already exists under "
                                             f"{layout.runs}"))
         try:
@@ -112,11 +112,3 @@ def check_paths(layout: Layout, paths: list[Path], config: HarnessConfig) -> lis
                                                         f"the batch_id of {first}"))
         verdicts.append(verdict)
     return verdicts
-
-
-def _valid_id(value: str) -> bool:
-    try:
-        check_id(value)
-    except ValueError:
-        return False
-    return True
