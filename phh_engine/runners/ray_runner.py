@@ -116,7 +116,8 @@ class RayRunner:
         except Exception as exc:
             raise RayUnavailable(f"cannot connect to the Ray cluster at {self.address}: "
                                  f"{exc}") from None
-        self._refresh_nodes()
+        for kind, label, detail in self._refresh_nodes():
+            self.on_node(kind, label, detail)
 
     def close(self) -> None:
         import ray
