@@ -104,6 +104,7 @@ class RayRunner:
         #: lease watchdog has ended any Codex still running there)
         self.lost_after = lost_after_seconds(config.codex.heartbeat_seconds)
         self._turn = 0  # round-robin among equally free nodes
+        self._closed = False
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -122,6 +123,7 @@ class RayRunner:
     def close(self) -> None:
         import ray
 
+        self._closed = True
         self._local.close()
         with contextlib.suppress(Exception):
             ray.shutdown()  # the detached agents and their Codex processes live on
@@ -165,7 +167,7 @@ class RayRunner:
     async def _watch(self) -> None:
         """Every POLL: the node table, then each live agent's status (which makes a restarted
         agent adopt its running attempts)."""
-        while True:
+        while not self._closed:
             try:
                 for kind, label, detail in await asyncio.to_thread(self._refresh_nodes):
                     self.on_node(kind, label, detail)
@@ -177,7 +179,8 @@ class RayRunner:
                     except Exception as exc:
                         node.error = f"{type(exc).__name__}: {exc}"[:200]
             except Exception:
-                log.exception("ray node watch failed")
+                if not self._closed:
+                    log.exception("ray node watch failed")
             await asyncio.sleep(POLL)
 
     def _ensure_watch(self) -> None:
@@ -252,7 +255,8 @@ class RayRunner:
                         plan, view, state, f"node {node.label}: {_short(exc)}")
             if live.cancel_requested.is_set():
                 node.agent.cancel.remote(run_id, live.cancel_reason)
-            return await self._follow(plan, view, node.label)
+            return await self._follow(plan, view, node.label,
+                                      list(step.spec.artifacts_expected))
         finally:
             self.live.pop(run_id, None)
             self._where.pop(run_id, None)
@@ -271,7 +275,7 @@ class RayRunner:
         if node is not None:
             node.used.add(view.run_id)
         try:
-            return await self._follow(plan, view, label)
+            return await self._follow(plan, view, label, spec_artifacts)
         finally:
             self.live.pop(view.run_id, None)
             self._where.pop(view.run_id, None)
@@ -279,7 +283,8 @@ class RayRunner:
                 node.used.discard(view.run_id)
 
     # ------------------------------------------------------------ following
-    async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str) -> AttemptView:
+    async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,
+                      artifacts: list[str]) -> AttemptView:
         """Until the attempt's files say it ended (or it is lost): its node agent's `wait`
         wakes us at the end, its state.json is re-read every POLL for the engine's index."""
         thread: str | None = view.thread_id
@@ -311,7 +316,13 @@ class RayRunner:
             finally:
                 if fut is not None and not fut.done():
                     fut.cancel()
-            if self._lost(view):
+            if self._stale(view):
+                if (view.path / EXIT_CODE).exists():
+                    # it ended while no agent watched it (its node is gone): conclude it
+                    # here from its files, with the local runner's own code
+                    if view.state is not None:
+                        view.state = view.state.model_copy(update={"pid": None})
+                    return await self._local.adopt(plan, view, artifacts)
                 view = await asyncio.to_thread(self._finalize_lost, plan, view, label)
                 self._emit(plan, view)
                 return view
@@ -326,9 +337,9 @@ class RayRunner:
             return new
         return view if new.state is None else new
 
-    def _lost(self, view: AttemptView) -> bool:
-        if (view.path / EXIT_CODE).exists():
-            return False
+    def _stale(self, view: AttemptView) -> bool:
+        """No heartbeat for lost_after: no agent watches it (with no exit code as well, the
+        attempt is lost)."""
         st = view.state
         if st is None:
             return False
