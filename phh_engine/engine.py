@@ -40,6 +40,7 @@ from .health import (
 )
 from .index import StoreIndex
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, utcnow
+from .models.health import RunnerNode
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
     OverrideRequest,
@@ -935,6 +936,11 @@ class Engine:
             accepting_work=not (draining or problems or stopped), problems=problems,
             interval_seconds=self.config.runner_health.interval_seconds if self.config else None,
             stopped_at=utcnow() if stopped else None,
+            nodes=[RunnerNode(label=n.label, node_id=n.node_id, alive=n.alive,
+                              slots_total=n.slots_total, slots_used=n.slots_used,
+                              agents_running=n.agents_running, last_seen_at=n.last_seen,
+                              error=n.error)
+                   for n in (self.runner.nodes() if self.runner is not None else [])],
         )
         atomic_write_json(self.layout.runner_health(self.runner_id), health)
 

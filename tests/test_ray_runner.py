@@ -198,6 +198,15 @@ def test_cancel_on_a_worker_node_leaves_no_process(rh: Harness) -> None:
     pid = rh.state(att)["pid"]
     members = _group(pid)
     assert pid in members and len(members) >= 2, "wrapper and Codex in one group"
+    node = rh.meta(att)["environment_snapshot"]["node"]
+
+    def listed() -> str | None:  # `phh runner list`: a row per node, from health.json
+        out = subprocess.run([sys.executable, "-m", "phh_tui.cli", "--root", str(rh.root),
+                              "runner", "list"], capture_output=True, text=True, timeout=60
+                             ).stdout
+        return out if f"node {node:<10} alive      1/{SLOTS} slots" in out else None
+    out = wait_for(listed, 60, "runner list with the node rows")
+    assert "node a" in out and "node b" in out, out
     res = rh.call(eng, eng.request("cancel", bid, "j1", "s1"))
     assert res.outcome == "applied"
     wait_for(lambda: rh.state(att)["status"] == "canceled", 60, "canceled")
