@@ -151,6 +151,32 @@ def _running(h: Harness, bid: str, job: str, n: int = 1) -> Path:
     return wait_for(ready, 90, f"{job} attempt {n} running")
 
 
+def test_config_and_doctor(harness: Harness, sim: Sim) -> None:
+    """A ray runner without an address is refused naming its path; `phh doctor` says whether
+    each configured cluster answers."""
+    from phh_engine.harness_config import ConfigError, load_config
+
+    harness.settings.runners = [RunnerSpec(runner_id="c1", kind="ray")]
+    raw = harness.settings.model_dump(mode="json", exclude_none=True)
+    harness.layout.settings_path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(harness.layout)
+    assert "runners[0].address" in str(err.value)
+    free = __import__("socket").socket()
+    free.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{free.getsockname()[1]}"
+    free.close()
+    harness.settings.runners = [RunnerSpec(runner_id="up", kind="ray", address=sim.address),
+                                RunnerSpec(runner_id="down", kind="ray", address=dead)]
+    harness.write_settings()
+    out = subprocess.run([sys.executable, "-m", "phh_tui.cli", "--root", str(harness.root),
+                          "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    rows = {r["name"]: r for r in json.loads(out.stdout)["checks"]}
+    assert rows["ray runner up"]["status"] == "ok", rows["ray runner up"]
+    assert rows["ray runner down"]["status"] == "fail"
+    assert dead in rows["ray runner down"]["found"]
+
+
 def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> None:
     jobs = [{"job_id": f"j{i}", "steps": [step("s1", {"hang": 1.5}, prompt=f"spread {i}")]}
             for i in range(6)]
