@@ -50,7 +50,7 @@ import ray  # noqa: E402
 from common import cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from phh_engine.engine import Engine  # noqa: E402
+from phh_engine.engine import Engine, EngineEvent  # noqa: E402
 from phh_engine.harness_config import materialize  # noqa: E402
 from phh_engine.models import HarnessSettings  # noqa: E402
 from phh_engine.models.harness_config import RunnerSpec  # noqa: E402
@@ -120,18 +120,25 @@ def run_floor(n: int, slots: int) -> float:
     return wall
 
 
-def run_phh(root: Path, address: str) -> tuple[float, float, dict[str, int]]:
-    eng = Engine(root, until_idle=True, ray_address=address)
+def run_phh(root: Path, address: str) -> tuple[float, float, float, dict[str, int]]:
+    """(wall incl. connect, dispatch wall from the first start to the last end, CPU, statuses)"""
+    marks: list[float] = []
+
+    def on_event(ev: EngineEvent) -> None:
+        if ev.kind in ("attempt_started", "attempt_ended"):
+            marks.append(time.perf_counter())
+    eng = Engine(root, until_idle=True, ray_address=address, on_event=on_event)
     c0, t0 = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
     eng.setup()
     asyncio.run(eng.serve())
     wall = time.perf_counter() - t0
+    dispatch = marks[-1] - marks[0] if marks else wall
     cpu = cpu_seconds(resource.RUSAGE_SELF) - c0
     statuses: dict[str, int] = {}
     for st in root.glob("runs/*/*/steps/*/attempts/*/state.json"):
         s = json.loads(st.read_text())["status"]
         statuses[s] = statuses.get(s, 0) + 1
-    return wall, cpu, statuses
+    return wall, dispatch, cpu, statuses
 
 
 def third_node(cluster: Cluster, root: Path, address: str, slots: int) -> float | None:
@@ -183,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=cluster.address, namespace="phh-bench-floor", log_to_driver=False)
         floor = run_floor(n, args.slots)
         ray.shutdown()
-        wall, cpu, statuses = run_phh(root, cluster.address)
+        wall, dispatch, cpu, statuses = run_phh(root, cluster.address)
         print(f"floor (same spawns by the nodes, no phh): {n} attempts in {floor:.2f}s "
               f"= {n / floor:.1f}/s")
-        print(f"phh through Ray:                          {n} attempts in {wall:.2f}s "
-              f"= {n / wall:.1f}/s  ({wall / floor:.2f}x the floor; target <= 1.2x, >= 50/s)")
+        print(f"phh through Ray, first start to last end: {n} attempts in {dispatch:.2f}s "
+              f"= {n / dispatch:.1f}/s  ({dispatch / floor:.2f}x the floor; target <= 1.2x, "
+              ">= 50/s)")
+        print(f"  with engine start (ray.init, node agents, index): {wall:.2f}s "
+              f"= {n / wall:.1f}/s")
         print(f"  statuses {statuses}; engine CPU {cpu:.2f}s = {1000 * cpu / n:.1f} ms/attempt "
               f"(engine + its Ray driver, incl. connect)")
         root2 = TMP / "root2"

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between looks at the cluster (node table, agents) and at a followed attempt
 POLL = 1.0
+#: ray.init attempts before the engine gives up on the cluster
+CONNECT_TRIES = 3
 #: an agent call that takes longer than this counts as unanswered (a hint, never a verdict)
 CALL_TIMEOUT = 10.0
 
@@ -111,12 +114,21 @@ class RayRunner:
         """ray.init and the first look at the nodes (blocking). Raises RayUnavailable."""
         import ray
 
-        try:
-            ray.init(address=self.address, namespace=self.namespace, ignore_reinit_error=True,
-                     log_to_driver=False, logging_level=logging.WARNING)
-        except Exception as exc:
-            raise RayUnavailable(f"cannot connect to the Ray cluster at {self.address}: "
-                                 f"{exc}") from None
+        for attempt in range(CONNECT_TRIES):
+            try:
+                ray.init(address=self.address, namespace=self.namespace,
+                         ignore_reinit_error=True, log_to_driver=False,
+                         logging_level=logging.WARNING)
+                break
+            except Exception as exc:
+                # seen once right after another driver's shutdown in the same process
+                # ("'NoneType' object has no attribute 'address_info'"): a second try works
+                if attempt == CONNECT_TRIES - 1:
+                    raise RayUnavailable(f"cannot connect to the Ray cluster at "
+                                         f"{self.address}: {exc}") from None
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                time.sleep(1.0)
         for kind, label, detail in self._refresh_nodes():
             self.on_node(kind, label, detail)
 
