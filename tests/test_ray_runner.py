@@ -177,6 +177,15 @@ def test_config_and_doctor(harness: Harness, sim: Sim) -> None:
     assert dead in rows["ray runner down"]["found"]
 
 
+def test_a_node_that_cannot_see_the_root_refuses_naming_node_and_path(tmp_path: Path) -> None:
+    from phh_engine.runners.ray_node import NodeAgent
+
+    missing = tmp_path / "not-mounted-here"
+    with pytest.raises(RuntimeError) as err:
+        NodeAgent(str(missing), "local", "gpu-7")
+    assert "gpu-7" in str(err.value) and str(missing / "runs") in str(err.value)
+
+
 def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> None:
     jobs = [{"job_id": f"j{i}", "steps": [step("s1", {"hang": 1.5}, prompt=f"spread {i}")]}
             for i in range(6)]

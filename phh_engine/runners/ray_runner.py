@@ -64,6 +64,12 @@ class _Node:
     agents_running: int = 0
     error: str | None = None
 
+    @property
+    def usable(self) -> bool:
+        """Alive, and its agent answered its last call (a node that cannot see the runs root
+        never does: its agent refuses to start, naming the node and the path)."""
+        return self.alive and self.error is None
+
 
 def _agent_class() -> Any:
     import ray
@@ -205,7 +211,12 @@ class RayRunner:
 
     # ------------------------------------------------------------ protocol
     def slots(self) -> int | None:
-        return sum(n.slots_total for n in self._nodes.values() if n.alive)
+        """codex_slots of the usable nodes (alive, agent answering). Called on the loop by
+        the scheduler: it also keeps the node watch running while the engine is idle."""
+        with contextlib.suppress(RuntimeError):  # no loop in this thread: nothing to start
+            asyncio.get_running_loop()
+            self._ensure_watch()
+        return sum(n.slots_total for n in self._nodes.values() if n.usable)
 
     def nodes(self) -> list[NodeStatus]:
         return [NodeStatus(self.runner_id, n.label, n.alive, n.slots_total, len(n.used),
@@ -229,7 +240,7 @@ class RayRunner:
     def _pick(self) -> _Node | None:
         """The live node with the most free slots; ties in turn (consecutive starts, e.g. a
         resume chain, spread over the nodes instead of packing one)."""
-        free = [n for n in self._nodes.values() if n.alive and n.slots_total > len(n.used)]
+        free = [n for n in self._nodes.values() if n.usable and n.slots_total > len(n.used)]
         if not free:
             return None
         best = max(n.slots_total - len(n.used) for n in free)
