@@ -171,9 +171,9 @@ class Engine:
     @property
     def capacity(self) -> int:
         assert self.config is not None
-        if self.concurrency is not None:
-            return self.concurrency
         slots = self.runner.slots() if self.runner is not None else None
+        if self.concurrency is not None:
+            return self.concurrency if slots is None else min(self.concurrency, slots)
         if slots is not None:  # a cluster: the live nodes' codex_slots
             return min(slots, self.config.limits.global_concurrency)
         spec = next((r for r in self.config.runners if r.runner_id == self.runner_id), None)
