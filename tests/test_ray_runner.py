@@ -175,6 +175,15 @@ def test_config_and_doctor(harness: Harness, sim: Sim) -> None:
     assert rows["ray runner up"]["status"] == "ok", rows["ray runner up"]
     assert rows["ray runner down"]["status"] == "fail"
     assert dead in rows["ray runner down"]["found"]
+    # `phh run --ray` at a dead address: a clear error at once, not Ray's minute of retries
+    harness.settings.runners = [RunnerSpec(runner_id="local")]
+    harness.write_settings()
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "phh_tui.cli", "--root", str(harness.root),
+                          "run", "--no-ui", "--ray", dead], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and time.monotonic() - t0 < 60
+    assert f"cannot reach the Ray cluster at {dead}" in run.stderr, run.stderr
 
 
 def test_a_node_that_cannot_see_the_root_refuses_naming_node_and_path(tmp_path: Path) -> None:

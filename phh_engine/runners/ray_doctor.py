@@ -8,22 +8,11 @@ never join a cluster as a driver.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..doctor import CheckResult, DoctorContext, register_check
-
-CONNECT_TIMEOUT = 3.0
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """HOST:PORT of `ray://HOST:PORT`, `HOST:PORT`; None for `auto` and the like."""
-    rest = address.split("://", 1)[-1].strip().rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return None
-    return host.strip("[]"), int(port)
+from .ray_runner import host_port, probe
 
 
 @register_check
@@ -40,18 +29,15 @@ def check_ray_cluster(ctx: DoctorContext) -> Iterable[CheckResult]:
         return
     for i, r in runners:
         name = f"ray runner {r.runner_id}"
-        hp = _host_port(r.address or "")
-        if hp is None:
+        if host_port(r.address or "") is None:
             yield CheckResult(name, "warn", f"address {r.address!r} is resolved by Ray at run "
                               "time; not checked here", f"give runners[{i}].address as HOST:PORT")
             continue
-        try:
-            with socket.create_connection(hp, timeout=CONNECT_TIMEOUT):
-                pass
-        except OSError as exc:
+        why = probe(r.address or "")
+        if why is not None:
             yield CheckResult(name, "fail", f"cannot reach the Ray cluster at {r.address}: "
-                              f"{exc.strerror or exc}",
-                              f"start it (`ray start --head`) or fix runners[{i}].address")
+                              f"{why}", f"start it (`ray start --head`) or fix "
+                              f"runners[{i}].address")
             continue
         token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
                  or (Path.home() / ".ray" / "auth_token").is_file())

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,28 @@ CALL_TIMEOUT = 10.0
 
 class RayUnavailable(Exception):
     """The Ray cluster cannot be reached or used (message names the address and cause)."""
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """HOST:PORT of `ray://HOST:PORT` or `HOST:PORT`; None for `auto` and the like."""
+    rest = address.split("://", 1)[-1].strip().rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, timeout: float = 3.0) -> str | None:
+    """Why the address does not answer a TCP connect (None: it does, or it is not HOST:PORT).
+    ray.init on a dead address retries for over a minute before it says so."""
+    hp = host_port(address)
+    if hp is None:
+        return None
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 @dataclass(slots=True)
@@ -120,6 +143,10 @@ class RayRunner:
         """ray.init and the first look at the nodes (blocking). Raises RayUnavailable."""
         import ray
 
+        why = probe(self.address)
+        if why is not None:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {self.address}: {why}; "
+                                 "start it (`ray start --head`) or fix the address")
         for attempt in range(CONNECT_TRIES):
             try:
                 ray.init(address=self.address, namespace=self.namespace,
