@@ -195,6 +195,36 @@ def test_a_node_that_cannot_see_the_root_refuses_naming_node_and_path(tmp_path: 
     assert "gpu-7" in str(err.value) and str(missing / "runs") in str(err.value)
 
 
+def test_agent_scan_kills_agents_of_terminal_attempts(harness: Harness) -> None:
+    """What a (re)started node agent does first, without Ray: a live wrapper whose attempt is
+    already terminal (e.g. finalised runner_lost meanwhile) is killed; a live one whose
+    attempt is current is its to adopt."""
+    from phh_engine.models import AttemptState, utcnow
+    from phh_engine.runners.ray_node import NodeAgent, spawn_detached
+    from phh_engine.store import atomic_write_json
+
+    agent = NodeAgent(str(harness.root), "local", "a")
+    pids = {}
+    for name, status in (("done", "failed"), ("live", "running")):
+        d = harness.layout.attempts_dir("b1", "j1", name) / "20260101T000000Z_r1"
+        d.mkdir(parents=True)
+        atomic_write_json(d / "state.json", AttemptState(
+            batch_id="b1", job_id="j1", step_id=name, run_id="r1", runner_id="local",
+            status=status, updated_at=utcnow()))
+        with open(os.devnull, "rb") as i, open(d / "out", "ab") as o:
+            pids[name] = spawn_detached(d / "exit_code", ["sleep", "60"], stdin=i, stdout=o,
+                                        stderr=o, cwd=d, env=dict(os.environ), lease=600)
+    try:
+        found = agent._scan()
+        wait_for(lambda: not _group(pids["done"]), 10, "the terminal attempt's group gone")
+        assert _group(pids["live"]), "a current attempt's agent is left alone"
+        assert found == []  # no meta.json naming node a: not this node's to adopt
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+
+
 def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> None:
     jobs = [{"job_id": f"j{i}", "steps": [step("s1", {"hang": 1.5}, prompt=f"spread {i}")]}
             for i in range(6)]
