@@ -61,9 +61,10 @@ def sim() -> Iterator[Sim]:
     env = {**_ENV, "RAY_TMPDIR": tmp, "HOME": tmp}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "resources": {"codex_slots": 0}, "include_dashboard": False})
+    cluster = None
     try:
+        cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "resources": {"codex_slots": 0}, "include_dashboard": False})
         nodes = {label: cluster.add_node(num_cpus=1, resources={"codex_slots": SLOTS},
                                          labels={"phh-node": label}) for label in ("a", "b")}
         cluster.wait_for_nodes(60)
@@ -71,7 +72,8 @@ def sim() -> Iterator[Sim]:
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
