@@ -366,6 +366,8 @@ class RayRunner:
             finally:
                 if fut is not None and not fut.done():
                     fut.cancel()
+                elif fut is not None and not fut.cancelled():
+                    fut.exception()  # a dead agent's error is only a hint: read, not raised
             if self._stale(view):
                 if (view.path / EXIT_CODE).exists():
                     # it ended while no agent watched it (its node is gone): conclude it
