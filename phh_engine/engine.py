@@ -42,6 +42,7 @@ from .health import (
 )
 from .index import StoreIndex, unexpected_notes
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from .models.health import RunnerNode
 from .models.pause import StartPause
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
@@ -71,6 +72,7 @@ from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck, step_readiness
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
+from .runners.base import Runner
 from .scheduler import Caps, ReadySet, Selection, running_counts, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
@@ -138,8 +140,11 @@ class Engine:
         runner_id: str = "local",
         until_idle: bool = False,
         on_event: Callable[[EngineEvent], None] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.layout = Layout(root)
+        #: `phh run --ray ADDRESS`: this engine's runner is a Ray cluster (docs/scale-out.md)
+        self.ray_address = ray_address
         self.concurrency = concurrency
         self.runner_id = runner_id
         self.until_idle = until_idle
@@ -147,7 +152,9 @@ class Engine:
         self.index = _TrackedIndex(self.layout)
         self.config: HarnessConfig | None = None
         self.codex: CodexInfo | None = None
-        self.runner: LocalRunner | None = None
+        self.runner: Runner | None = None
+        #: the runner runs attempts on other nodes (a Ray cluster): no local pid checks
+        self._cluster = False
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.started_at = utcnow()
         self._wake: asyncio.Event | None = None
@@ -190,8 +197,12 @@ class Engine:
         """The configured cap: `--concurrency` (else the runner's `capacity`), never above
         the harness config's `limits.global_concurrency`."""
         assert self.config is not None
+        slots = self.runner.slots() if self.runner is not None else None
         if self.concurrency is not None:
-            return min(self.concurrency, self.config.limits.global_concurrency)
+            cap = self.concurrency if slots is None else min(self.concurrency, slots)
+            return min(cap, self.config.limits.global_concurrency)
+        if slots is not None:  # a cluster: the live nodes' codex_slots
+            return min(slots, self.config.limits.global_concurrency)
         spec = next((r for r in self.config.runners if r.runner_id == self.runner_id), None)
         cap = spec.capacity if spec else self.config.runners[0].capacity
         return min(cap, self.config.limits.global_concurrency)
@@ -313,7 +324,7 @@ class Engine:
         preflight(self.layout, self.config, ENGINE_PREFLIGHT)
         bin_path = locate_codex(self.config.codex.bin)
         self.codex = probe_codex(bin_path)
-        self.runner = LocalRunner(
+        self.runner = self._cluster_runner() or LocalRunner(
             self.layout, self.config, self.codex, self.runner_id,
             default_schema=default_run_report_schema_path(),
             on_change=self._on_attempt_change,
@@ -330,6 +341,41 @@ class Engine:
         self._replay_overrides()
         self._recover()
         self._repair_pointers()
+
+    # ---------------------------------------------------------- cluster (issue 13)
+    def _cluster_runner(self) -> Runner | None:
+        """A RayRunner when `--ray ADDRESS` was given or this runner id is configured with
+        kind "ray"; connected (blocking). Raises EngineError when Ray is missing or the
+        cluster cannot be reached."""
+        assert self.config is not None and self.codex is not None
+        spec = next((r for r in self.config.runners if r.runner_id == self.runner_id), None)
+        address = self.ray_address or (spec.address if spec and spec.kind == "ray" else None)
+        if not address:
+            return None
+        try:
+            from .runners.ray_runner import RayRunner, RayUnavailable
+        except ImportError as exc:
+            raise EngineError(f"the Ray runner needs Ray: pip install 'phh[ray]' ({exc})"
+                              ) from None
+        runner = RayRunner(
+            self.layout, self.config, self.codex, self.runner_id, address=address,
+            namespace=spec.namespace if spec else None,
+            slots_resource=spec.slots_resource if spec else "codex_slots",
+            node_labels=spec.node_labels if spec else None,
+            default_schema=default_run_report_schema_path(),
+            on_change=self._on_attempt_change, on_node=self._on_node,
+            codex_config_toml=codex_config_path(self.config))
+        try:
+            runner.connect()
+        except RayUnavailable as exc:
+            raise EngineError(str(exc)) from None
+        self._cluster = True
+        return runner
+
+    def _on_node(self, kind: str, label: str, detail: str) -> None:
+        self._emit(EngineEvent(kind, utcnow(), detail=f"node {label}: {detail}",
+                               data={"runner_id": self.runner_id, "node": label}))
+        self._poke()  # capacity changed
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -677,6 +723,11 @@ class Engine:
         faultpoint("recover")
         st = att.state
         key = (batch_id, job_id, step_id, att)
+        if self._cluster and owner == self.runner_id and att.meta is not None:
+            # on a cluster node: its agent holds it, or its heartbeat goes stale and the
+            # runner finalises it runner_lost (no local pid says anything)
+            self._to_adopt.append(key)
+            return
         if att.meta is None or st is None:
             self._finalize_lost(*key)  # never spawned: nothing can be running
             return
@@ -1173,6 +1224,11 @@ class Engine:
             accepting_work=not (draining or problems or stopped), problems=problems,
             interval_seconds=self.config.runner_health.interval_seconds if self.config else None,
             stopped_at=utcnow() if stopped else None,
+            nodes=[RunnerNode(label=n.label, node_id=n.node_id, alive=n.alive,
+                              slots_total=n.slots_total, slots_used=n.slots_used,
+                              agents_running=n.agents_running, last_seen_at=n.last_seen,
+                              error=n.error)
+                   for n in (self.runner.nodes() if self.runner is not None else [])],
         )
         atomic_write_json(self.layout.runner_health(self.runner_id), health)
 

@@ -291,6 +291,9 @@ def _check_settings(layout: Layout, settings: HarnessSettings) -> None:
             problems.append((f"runners[{i}].runner_id",
                              f"duplicate runner_id {runner.runner_id!r}"))
         seen.add(runner.runner_id)
+        if runner.kind == "ray" and not (runner.address or "").strip():
+            problems.append((f"runners[{i}].address",
+                             "required for a runner of kind 'ray' (e.g. \"10.0.0.5:6379\")"))
     for i, entry in enumerate(settings.allowed_overrides):
         problem = _override_problem(entry)
         if problem:

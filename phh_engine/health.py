@@ -194,6 +194,7 @@ class RunnerStatus:
             "seconds_since_last_seen": round(self.age_seconds, 3)
             if self.age_seconds is not None else None,
             "host": h.host if h else None, "pid": h.pid if h else None,
+            "nodes": [n.model_dump(mode="json") for n in h.nodes] if h else [],
             "disk_free_bytes": h.disk_free_bytes if h else None,
             "memory_available_bytes": h.memory_available_bytes if h else None,
             "load_1m": h.load_1m if h else None,

@@ -349,7 +349,7 @@ class _Prepared:
     state: AttemptState
     meta: AttemptMeta | None = None
     watch: _Watch | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: _Handle | None = None
     error: str | None = None
 
 
@@ -475,6 +475,21 @@ class LocalRunner:
         #: failed store writes (the engine shares its own guard here)
         self.writes = WriteGuard()
         self._pool: ThreadPoolExecutor | None = None
+        #: the cluster node this runner's attempts run on (meta.json environment_snapshot.node);
+        #: None on a single host. Set by the Ray node agent (runners/ray_node.py).
+        self.node: str | None = None
+        #: current.json is written by whoever schedules: this runner when it is the engine's
+        #: own, the engine when this runner is a cluster node agent (the engine's single writer)
+        self.writes_pointers = True
+
+    # ------------------------------------------------- Runner protocol (runners/base.py)
+    def slots(self) -> int | None:
+        """Attempts this runner can hold at once; None: the config's runner capacity."""
+        return None
+
+    def nodes(self) -> list[Any]:
+        """Per-node status rows (runners/base.py NodeStatus); a single host has none."""
+        return []
 
     async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on the attempts' own worker threads (IO_THREADS)."""
@@ -598,8 +613,7 @@ class LocalRunner:
             return await self._finalize(plan, view, state)
         view.state = prep.state
         self._emit(plan, view)
-        return await self._monitor(plan, view, live, prep.state, _ChildHandle(prep.proc),
-                                   prep.watch)
+        return await self._monitor(plan, view, live, prep.state, prep.proc, prep.watch)
 
     def _prepare(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
                  live: LiveAttempt, state: AttemptState, number: int) -> _Prepared:
@@ -685,6 +699,7 @@ class LocalRunner:
             command=argv,
             environment_snapshot=EnvironmentSnapshot(
                 codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,
+                node=self.node,
                 working_directory=str(workdir), workspace_policy=ws_policy,  # type: ignore[arg-type]
                 workspace_root=str(workdir),
             ),
@@ -707,11 +722,8 @@ class LocalRunner:
         try:
             with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _WRAPPER, str(path / EXIT_CODE), *argv],
-                    stdin=stdin, stdout=out, stderr=err, cwd=str(workdir),
-                    env=self._env(path / CODEX_HOME), start_new_session=True,
-                )
+                proc = self._spawn(path / EXIT_CODE, argv, stdin=stdin, stdout=out, stderr=err,
+                                   cwd=workdir, env=self._env(path / CODEX_HOME))
         except OSError as exc:
             return _Prepared(state, meta=meta, error=f"spawn failed: {exc}")
         crashpoint("after_spawn")
@@ -733,6 +745,18 @@ class LocalRunner:
         # current.json follows once the thread id is known (_monitor), and at the end
         crashpoint("while_running")
         return _Prepared(state, meta=meta, watch=watch, proc=proc)
+
+    def _spawn(self, exit_code_path: Path, argv: list[str], *, stdin: Any, stdout: Any,
+               stderr: Any, cwd: Path, env: dict[str, str]) -> _Handle:
+        """Start the exit-code wrapper around `argv` as a new session (its pid leads the
+        process group a cancel signals). Raises OSError. The Ray node agent overrides this
+        to double-fork (runners/ray_node.py)."""
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", _WRAPPER, str(exit_code_path), *argv],
+            stdin=stdin, stdout=stdout, stderr=stderr, cwd=str(cwd), env=env,
+            start_new_session=True,
+        )
+        return _ChildHandle(proc)
 
     async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
                     ) -> AttemptView:
@@ -863,7 +887,7 @@ class LocalRunner:
                 view.state = state
                 last_write, dirty = now_t, False
                 self._emit(plan, view)
-                if new_thread:
+                if new_thread and self.writes_pointers:
                     pointer = asyncio.ensure_future(self._in_io(
                         update_current, self.layout, plan.batch_id, plan.job_id))
         canceller.cancel()
@@ -1001,7 +1025,8 @@ class LocalRunner:
             except TerminalStateError:
                 state = read_model(path / STATE, AttemptState) or state
             crashpoint("after_final_state")
-            update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
+            if self.writes_pointers:
+                update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
         return state, (path / CODEX_HOME / "sessions").is_dir()
 
     async def _spawn_failed(self, plan: AttemptPlan, view: AttemptView, state: AttemptState,

@@ -112,13 +112,14 @@ class PhhApp(App[int]):
         exit_policy: ExitPolicy = "ask",
         tick_seconds: float = 1.0,
         compute: Literal["inline", "thread"] = "thread",
+        ray_address: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).resolve()
         self.runner_id = runner_id
         self.backend: Backend = backend or EngineBackend(
             self.root, concurrency=concurrency, runner_id=runner_id,
-            on_event=self._engine_event)
+            on_event=self._engine_event, ray_address=ray_address)
         self.alerts: AlertMode = alerts
         self.clock = clock
         self.allow_detach = allow_detach
@@ -519,8 +520,8 @@ def headless_log(root: Path, runner_id: str) -> Path:
     return root / "runners" / runner_id / "headless.log"
 
 
-def spawn_headless(root: Path, runner_id: str = "local", concurrency: int | None = None
-                   ) -> tuple[int, Path]:
+def spawn_headless(root: Path, runner_id: str = "local", concurrency: int | None = None,
+                   ray_address: str | None = None) -> tuple[int, Path]:
     """`phh --root ROOT run --no-ui` in its own session: it adopts the attempts the dashboard
     left running and carries on scheduling after the terminal closes."""
     log_path = headless_log(root, runner_id)
@@ -529,6 +530,8 @@ def spawn_headless(root: Path, runner_id: str = "local", concurrency: int | None
             "--runner-id", runner_id]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
+    if ray_address:
+        argv += ["--ray", ray_address]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -538,7 +541,7 @@ def spawn_headless(root: Path, runner_id: str = "local", concurrency: int | None
 
 def run_app(root: Path | str, *, concurrency: int | None = None, runner_id: str = "local",
             alerts: AlertMode = "bell", allow_detach: bool = True,
-            observe: bool = False) -> int:
+            observe: bool = False, ray_address: str | None = None) -> int:
     """The dashboard with the engine inside (with `observe`: watching the store an engine
     elsewhere serves); returns the exit code. `alerts`: ring the bell and notify (bell),
     notify only, or neither (off) when a step becomes stuck, needs_attention or failed, and
@@ -547,10 +550,10 @@ def run_app(root: Path | str, *, concurrency: int | None = None, runner_id: str 
     backend = (StoreBackend(root, runner_id, reason="an engine already serves this root")
                if observe else None)
     app = PhhApp(root, backend=backend, concurrency=concurrency, runner_id=runner_id,
-                 alerts=alerts, allow_detach=allow_detach)
+                 alerts=alerts, allow_detach=allow_detach, ray_address=ray_address)
     rc = app.run()
     if app.detached and app.left_running:
-        pid, log = spawn_headless(root, runner_id, concurrency)
+        pid, log = spawn_headless(root, runner_id, concurrency, ray_address)
         print(f"phh: {app.left_running} attempt(s) keep running under a headless engine "
               f"(pid {pid}, log {log}); `phh --root {root} run` reopens the dashboard",
               file=sys.stderr)

@@ -344,10 +344,11 @@ class EngineBackend(Backend):
     mode = "engine"
 
     def __init__(self, root: Path, *, concurrency: int | None = None, runner_id: str = "local",
-                 on_event: Callable[[EngineEvent], None] | None = None) -> None:
+                 on_event: Callable[[EngineEvent], None] | None = None,
+                 ray_address: str | None = None) -> None:
         super().__init__(root, runner_id)
         self.engine = Engine(root, concurrency=concurrency, runner_id=runner_id,
-                             on_event=on_event)
+                             on_event=on_event, ray_address=ray_address)
         self.index = self.engine.index
         self.serving = False
 

@@ -125,7 +125,7 @@ class HeadlessLog:
             print(f"{ts} finished {where}: {ev.detail}", flush=True)
         elif ev.kind in ("batch_added", "recovered", "stopping", "idle", "admission_blocked",
                          "admission_resumed", "gc", "queue", "adopted", "override",
-                         "concurrency", "concurrency_capped"):
+                         "concurrency", "concurrency_capped", "node_joined", "node_lost"):
             print(f"{ts} {ev.kind} {where} {ev.status or ''} {ev.detail or ''}".rstrip(),
                   flush=True)
             if ev.kind == "idle":
@@ -212,13 +212,13 @@ def _run(args: argparse.Namespace) -> int:
             _err("the dashboard is not available in this build; use --no-ui")
             return EXIT_FAIL
         return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
-                       alerts=args.alerts)
+                       alerts=args.alerts, ray_address=args.ray)
     from phh_engine.doctor import PreflightError
     from phh_engine.engine import Engine, EngineError
     from phh_engine.harness_config import ConfigError
 
     engine = Engine(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
-                    until_idle=args.until_idle)
+                    until_idle=args.until_idle, ray_address=args.ray)
     engine.on_event = HeadlessLog(engine, json_log=args.json_log)
     try:
         engine.setup()
@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, help="max attempts this engine runs at once")
     sp.add_argument("--runner-id", default="local", type=id_arg,
                     help="this engine's runner id")
+    sp.add_argument("--ray", metavar="ADDRESS",
+                    help="run attempts on the nodes of the Ray cluster at ADDRESS, one node "
+                    "agent per node (needs phh[ray]; docs/scale-out.md)")
     sp.add_argument("--json-log", action="store_true", help="one JSON object per line")
     sp.add_argument("--alerts", choices=("bell", "notify", "off"), default="bell",
                     help="dashboard: bell and/or notification when a step needs attention "

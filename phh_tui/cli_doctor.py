@@ -52,7 +52,9 @@ class VersionAction(argparse.Action):
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from phh_engine.doctor import context_for, run_checks
+    from phh_engine.runners import ray_doctor  # registers the Ray cluster check
 
+    del ray_doctor
     rows = run_checks(context_for(Layout(root_of(args))))
     failed = any(r.status == "fail" for r in rows)
     if args.json:

@@ -94,6 +94,13 @@ def cmd_runner(args: argparse.Namespace) -> int:
                 print(f"{'':<16} draining: {r.drain_reason}")
             for prob in r.problems:
                 print(f"{'':<16} {prob}")
+            for n in h.nodes if h else []:  # a cluster runner: one row per node
+                ago = (f"seen {(utcnow() - n.last_seen_at).total_seconds():.0f}s ago"
+                       if n.last_seen_at else "never seen")
+                print(f"{'':<2}node {n.label:<10} {'alive' if n.alive else 'lost':<10} "
+                      f"{f'{n.slots_used}/{n.slots_total} slots':<14} "
+                      f"{n.agents_running} agent(s) running, {ago}"
+                      + (f" ({n.error})" if n.error else ""))
         return EXIT_OK
     draining = args.runner_command == "drain"
     known = {r.runner_id for r in cfg.runners} | (

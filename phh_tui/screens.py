@@ -364,6 +364,13 @@ class SystemScreen(PhhScreen):
             out.append(f"{r.runner_id} {r.running}/{r.capacity}"
                        + (" draining" if r.draining else ""),
                        style="yellow" if r.draining else "")
+            for j, n in enumerate(r.nodes):  # a cluster runner's nodes
+                out.append(" [" if j == 0 else ", ", style="dim")
+                out.append(f"{n.label} {n.slots_used}/{n.slots_total}"
+                           + ("" if n.alive else " lost"),
+                           style="" if n.alive else "bold red")
+                if j == len(r.nodes) - 1:
+                    out.append("]", style="dim")
         return out
 
     @staticmethod

@@ -209,3 +209,22 @@ def test_engine_never_imports_textual() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_system_totals_show_each_cluster_node() -> None:
+    """A Ray runner's nodes appear next to it on the system screen; a lost one says so."""
+    from phh_engine.models import RunnerHealth, utcnow
+    from phh_engine.models.health import RunnerNode
+    from phh_engine.scoreboards import system_scoreboard
+    from phh_tui.board import Board
+    from phh_tui.screens import SystemScreen
+
+    now = utcnow()
+    nodes = [RunnerNode(label="a", alive=True, slots_total=8, slots_used=3, agents_running=3),
+             RunnerNode(label="b", alive=False, slots_total=8, slots_used=1, agents_running=0)]
+    health = RunnerHealth(runner_id="cluster", host="h", pid=1, started_at=now,
+                          last_seen_at=now, capacity=8, running=4, draining=False,
+                          phh_version="0", nodes=nodes)
+    board = Board(computed_at=now, system=system_scoreboard([], now), runners=[health])
+    text = SystemScreen._totals(None, board).plain  # type: ignore[arg-type]
+    assert "cluster 4/8 [a 3/8, b 1/8 lost]" in text, text

@@ -24,6 +24,8 @@ class EnvironmentSnapshot(Record):
     working_directory: str
     workspace_policy: WorkspacePolicy
     workspace_root: str
+    node: str | None = Field(default=None, description="cluster node label the attempt ran "
+                             "on (Ray runner, docs/scale-out.md); absent on a single host")
 
 
 class PolicySnapshot(Record):

@@ -66,6 +66,17 @@ class ScoreboardDefaults(Strict):
 class RunnerSpec(Strict):
     runner_id: Id = "local"
     capacity: int = Field(default=4, ge=0)
+    kind: Literal["local", "ray"] = Field(
+        default="local", description="local: this host; ray: the nodes of a Ray cluster, "
+        "one node agent per node (docs/scale-out.md)")
+    address: str | None = Field(default=None, description="kind ray: the cluster address "
+                                "as `ray.init(address=...)` takes it (HOST:PORT, ray://..., auto)")
+    namespace: str | None = Field(default=None, description="kind ray: Ray namespace of the "
+                                  "node agents; default derived from the runs root")
+    slots_resource: str = Field(default="codex_slots", min_length=1, description="kind ray: "
+                                "the custom node resource that counts Codex agents per node")
+    node_labels: dict[str, str] = Field(default_factory=dict, description="kind ray: only "
+                                        "nodes carrying all these labels run attempts")
     draining: bool = Field(
         default=False,
         description="static drain in the pool config; the runtime toggle is "

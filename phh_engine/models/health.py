@@ -9,6 +9,19 @@ from pydantic import Field
 from .common import Id, Record
 
 
+class RunnerNode(Record):
+    """One node of a cluster runner (Ray, docs/scale-out.md), as its engine last saw it."""
+
+    label: str = Field(description="the node's phh-node label, else its node id's prefix")
+    node_id: str | None = None
+    alive: bool = Field(description="false once the cluster reports the node dead")
+    slots_total: int = Field(description="its codex_slots resource")
+    slots_used: int = Field(description="attempts this engine runs there")
+    agents_running: int = Field(description="attempts its node agent reported holding")
+    last_seen_at: datetime | None = Field(default=None, description="its agent's last answer")
+    error: str | None = Field(default=None, description="why its agent did not answer")
+
+
 class RunnerHealth(Record):
     runner_id: Id
     host: str
@@ -41,6 +54,8 @@ class RunnerHealth(Record):
     stopped_at: datetime | None = Field(
         default=None, description="set by the last write of an engine that stopped cleanly"
     )
+    nodes: list[RunnerNode] = Field(
+        default_factory=list, description="a cluster runner's nodes (empty on a single host)")
 
 
 class DrainRequest(Record):

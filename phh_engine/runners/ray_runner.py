@@ -1,0 +1,439 @@
+"""RayRunner: the engine's side of the Ray cluster runner (docs/scale-out.md).
+
+The engine stays the only scheduler and the only writer of claims, current.json and boards.
+This runner picks a node with a free `codex_slots` slot, hands the claimed attempt to that
+node's agent (ray_node.NodeAgent, one detached named actor per node), and follows the
+attempt through its files on the shared runs root. Ray errors are hints only: an attempt is
+finalised `runner_lost` when its heartbeat is stale and it has no exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..codex_cli import CodexInfo
+from ..index import load_attempt
+from ..models import AttemptState, HarnessConfig, utcnow
+from ..paths import EXIT_CODE, STATE, Layout
+from ..pointers import update_current
+from ..runner import AttemptPlan, LiveAttempt, LocalRunner
+from ..store import TerminalStateError, job_lock, read_model, write_state
+from ..views import AttemptView, BatchView, JobView, StepView
+from .base import NodeStatus
+from .ray_node import (
+    NODE_LABEL,
+    SLOTS_RESOURCE,
+    NodeAgent,
+    actor_name,
+    default_namespace,
+    lost_after_seconds,
+)
+
+log = logging.getLogger(__name__)
+
+#: seconds between looks at the cluster (node table, agents) and at a followed attempt
+POLL = 1.0
+#: ray.init attempts before the engine gives up on the cluster
+CONNECT_TRIES = 3
+#: an agent call that takes longer than this counts as unanswered (a hint, never a verdict)
+CALL_TIMEOUT = 10.0
+
+
+class RayUnavailable(Exception):
+    """The Ray cluster cannot be reached or used (message names the address and cause)."""
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """HOST:PORT of `ray://HOST:PORT` or `HOST:PORT`; None for `auto` and the like."""
+    rest = address.split("://", 1)[-1].strip().rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, timeout: float = 3.0) -> str | None:
+    """Why the address does not answer a TCP connect (None: it does, or it is not HOST:PORT).
+    ray.init on a dead address retries for over a minute before it says so."""
+    hp = host_port(address)
+    if hp is None:
+        return None
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+@dataclass(slots=True)
+class _Node:
+    label: str
+    node_id: str
+    slots_total: int
+    agent: Any
+    alive: bool = True
+    used: set[str] = field(default_factory=set)
+    last_seen: datetime | None = None
+    agents_running: int = 0
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Alive, and its agent answered its last call (a node that cannot see the runs root
+        never does: its agent refuses to start, naming the node and the path)."""
+        return self.alive and self.error is None
+
+
+def _agent_class() -> Any:
+    import ray
+
+    return ray.remote(NodeAgent)
+
+
+class RayRunner:
+    """Runner protocol (runners/base.py) over a Ray cluster.
+
+    `address` is what `ray.init(address=...)` takes (`ray://...`, `HOST:PORT`, `auto`);
+    `namespace` defaults to one derived from the runs root. Raises RayUnavailable from
+    `connect` when the cluster cannot be reached."""
+
+    def __init__(self, layout: Layout, config: HarnessConfig, codex: CodexInfo, runner_id: str,
+                 *, address: str, namespace: str | None = None,
+                 slots_resource: str = SLOTS_RESOURCE, node_labels: dict[str, str] | None = None,
+                 default_schema: Path,
+                 on_change: Callable[[str, str, str, AttemptView], None],
+                 on_node: Callable[[str, str, str], None] | None = None,
+                 codex_config_toml: Path | None = None) -> None:
+        self.layout = layout
+        self.config = config
+        self.runner_id = runner_id
+        self.address = address
+        self.namespace = namespace or default_namespace(layout.root)
+        self.slots_resource = slots_resource
+        self.node_labels = dict(node_labels or {})
+        self.on_change = on_change
+        self.on_node = on_node or (lambda kind, label, detail: None)
+        # claims, spawn failures and the engine's own finalisations are the local runner's
+        # code, run by the engine (the single writer of claims and current.json)
+        self._local = LocalRunner(layout, config, codex, runner_id,
+                                  default_schema=default_schema, on_change=on_change,
+                                  codex_config_toml=codex_config_toml)
+        self.live: dict[str, LiveAttempt] = self._local.live
+        #: store write failures of the engine-side writes (claims, finalisations)
+        self.writes = self._local.writes
+        self._nodes: dict[str, _Node] = {}
+        self._where: dict[str, str] = {}  # run_id -> node label
+        self._watcher: asyncio.Task[None] | None = None
+        #: no heartbeat for this long and no exit code: the attempt's node is gone (and its
+        #: lease watchdog has ended any Codex still running there)
+        self.lost_after = lost_after_seconds(config.codex.heartbeat_seconds)
+        self._turn = 0  # round-robin among equally free nodes
+        self._closed = False
+
+    # ------------------------------------------------------------ connection
+    def connect(self) -> None:
+        """ray.init and the first look at the nodes (blocking). Raises RayUnavailable."""
+        import ray
+
+        why = probe(self.address)
+        if why is not None:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {self.address}: {why}; "
+                                 "start it (`ray start --head`) or fix the address")
+        for attempt in range(CONNECT_TRIES):
+            try:
+                ray.init(address=self.address, namespace=self.namespace,
+                         ignore_reinit_error=True, log_to_driver=False,
+                         logging_level=logging.WARNING)
+                break
+            except Exception as exc:
+                # seen once right after another driver's shutdown in the same process
+                # ("'NoneType' object has no attribute 'address_info'"): a second try works
+                if attempt == CONNECT_TRIES - 1:
+                    raise RayUnavailable(f"cannot connect to the Ray cluster at "
+                                         f"{self.address}: {exc}") from None
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                time.sleep(1.0)
+        for kind, label, detail in self._refresh_nodes():
+            self.on_node(kind, label, detail)
+
+    def close(self) -> None:
+        import ray
+
+        self._closed = True
+        self._local.close()
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # the detached agents and their Codex processes live on
+
+    def _refresh_nodes(self) -> list[tuple[str, str, str]]:
+        """Node table from Ray (blocking); (kind, label, detail) for each join and loss."""
+        import ray
+
+        events: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
+        for n in ray.nodes():
+            slots = int((n.get("Resources") or {}).get(self.slots_resource, 0))
+            labels = n.get("Labels") or {}
+            if not n.get("Alive") or slots <= 0:
+                continue
+            if any(labels.get(k) != v for k, v in self.node_labels.items()):
+                continue
+            node_id = n["NodeID"]
+            label = labels.get(NODE_LABEL) or node_id[:12]
+            seen.add(label)
+            node = self._nodes.get(label)
+            if node is None or not node.alive or node.node_id != node_id:
+                selector = ({NODE_LABEL: label} if labels.get(NODE_LABEL)
+                            else {"ray.io/node-id": node_id})
+                agent = _agent_class().options(
+                    name=actor_name(label), namespace=self.namespace, get_if_exists=True,
+                    lifetime="detached", max_restarts=-1, max_task_retries=0, num_cpus=0,
+                    label_selector=selector,
+                ).remote(str(self.layout.root), self.runner_id, label)
+                used = node.used if node else set()
+                self._nodes[label] = _Node(label, node_id, slots, agent, used=used)
+                events.append(("node_joined", label, f"{slots} {self.slots_resource}"))
+            else:
+                node.slots_total = slots
+        for label, node in self._nodes.items():
+            if node.alive and label not in seen:
+                node.alive = False
+                events.append(("node_lost", label, f"{len(node.used)} attempt(s) on it"))
+        return events
+
+    async def _watch(self) -> None:
+        """Every POLL: the node table, then each live agent's status (which makes a restarted
+        agent adopt its running attempts)."""
+        while not self._closed:
+            try:
+                for kind, label, detail in await asyncio.to_thread(self._refresh_nodes):
+                    self.on_node(kind, label, detail)
+                for node in [n for n in self._nodes.values() if n.alive]:
+                    try:
+                        st = await self._call(node.agent.status.remote(), CALL_TIMEOUT)
+                        node.last_seen, node.error = utcnow(), None
+                        node.agents_running = len(st.get("running", []))
+                    except Exception as exc:
+                        node.error = f"{type(exc).__name__}: {exc}"[:200]
+            except Exception:
+                if not self._closed:
+                    log.exception("ray node watch failed")
+            await asyncio.sleep(POLL)
+
+    def _ensure_watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    @staticmethod
+    async def _call(ref: Any, timeout: float | None) -> Any:
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+
+    # ------------------------------------------------------------ protocol
+    def beat_ages(self) -> dict[str, float]:
+        """Empty: node agents write the heartbeats on their own hosts, so the engine has no
+        monotonic age for them; stuck detection uses the heartbeat times in state.json."""
+        return {}
+
+    def slots(self) -> int | None:
+        """codex_slots of the usable nodes (alive, agent answering). Called on the loop by
+        the scheduler: it also keeps the node watch running while the engine is idle."""
+        with contextlib.suppress(RuntimeError):  # no loop in this thread: nothing to start
+            asyncio.get_running_loop()
+            self._ensure_watch()
+        return sum(n.slots_total for n in self._nodes.values() if n.usable)
+
+    def nodes(self) -> list[NodeStatus]:
+        return [NodeStatus(self.runner_id, n.label, n.alive, n.slots_total, len(n.used),
+                           n.agents_running, n.last_seen, n.node_id, n.error)
+                for n in sorted(self._nodes.values(), key=lambda n: n.label)]
+
+    def claim(self, plan: AttemptPlan) -> tuple[str, Path] | None:
+        return self._local.claim(plan)
+
+    def cancel(self, run_id: str, reason: str = "canceled") -> bool:
+        live = self.live.get(run_id)
+        if live is None:
+            return False
+        live.cancel_reason = reason
+        live.cancel_requested.set()
+        node = self._nodes.get(self._where.get(run_id, ""))
+        if node is not None:
+            node.agent.cancel.remote(run_id, reason)  # never ray.cancel: the agent signals
+        return True
+
+    def _pick(self) -> _Node | None:
+        """The live node with the most free slots; ties in turn (consecutive starts, e.g. a
+        resume chain, spread over the nodes instead of packing one)."""
+        free = [n for n in self._nodes.values() if n.usable and n.slots_total > len(n.used)]
+        if not free:
+            return None
+        best = max(n.slots_total - len(n.used) for n in free)
+        ties = sorted((n for n in free if n.slots_total - len(n.used) == best),
+                      key=lambda n: n.label)
+        self._turn += 1
+        return ties[self._turn % len(ties)]
+
+    async def run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
+                  claimed: tuple[str, Path]) -> AttemptView:
+        self._ensure_watch()
+        run_id, path = claimed
+        live = self.live.setdefault(run_id, LiveAttempt(plan=plan, run_id=run_id, path=path))
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        state = AttemptState(batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id,
+                             run_id=run_id, runner_id=self.runner_id, status="queued",
+                             updated_at=utcnow())
+        view.state = state
+        node = self._pick()
+        try:
+            if node is None:
+                return await self._local._spawn_failed(
+                    plan, view, state, f"no live Ray node with a free {self.slots_resource}")
+            node.used.add(run_id)
+            self._where[run_id] = node.label
+            slim = BatchView(meta=batch.meta.model_copy(update={"jobs": [job.spec]}),
+                             jobs={job.job_id: job}, closed=batch.closed)
+            payload = pickle.dumps((plan, slim, job, step, claimed))
+            try:
+                await self._call(node.agent.start.remote(payload), CALL_TIMEOUT * 3)
+            except Exception as exc:
+                cur = await asyncio.to_thread(load_attempt, path)
+                if cur.meta is None:  # never reached the node: nothing can be running
+                    return await self._local._spawn_failed(
+                        plan, view, state, f"node {node.label}: {_short(exc)}")
+            if live.cancel_requested.is_set():
+                node.agent.cancel.remote(run_id, live.cancel_reason)
+            return await self._follow(plan, view, node.label,
+                                      list(step.spec.artifacts_expected))
+        finally:
+            self.live.pop(run_id, None)
+            self._where.pop(run_id, None)
+            if node is not None:
+                node.used.discard(run_id)
+
+    async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
+                    ) -> AttemptView:
+        """An attempt a previous engine left in flight: its node agent holds it (or adopts it
+        on its next status call); follow it to its end."""
+        self._ensure_watch()
+        label = (view.meta.environment_snapshot.node if view.meta else None) or ""
+        self.live[view.run_id] = LiveAttempt(plan=plan, run_id=view.run_id, path=view.path)
+        self._where[view.run_id] = label
+        node = self._nodes.get(label)
+        if node is not None:
+            node.used.add(view.run_id)
+        try:
+            return await self._follow(plan, view, label, spec_artifacts)
+        finally:
+            self.live.pop(view.run_id, None)
+            self._where.pop(view.run_id, None)
+            if node is not None:
+                node.used.discard(view.run_id)
+
+    # ------------------------------------------------------------ following
+    async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,
+                      artifacts: list[str]) -> AttemptView:
+        """Until the attempt's files say it ended (or it is lost): its node agent's `wait`
+        wakes us at the end, its state.json is re-read every POLL for the engine's index."""
+        thread: str | None = view.thread_id
+        while True:
+            node = self._nodes.get(label)
+            fut: asyncio.Future[Any] | None = None
+            if node is not None and node.alive:
+                fut = asyncio.ensure_future(self._call(node.agent.wait.remote(view.run_id), None))
+            try:
+                while True:
+                    if fut is not None:
+                        await asyncio.wait({fut}, timeout=POLL)
+                    else:
+                        await asyncio.sleep(POLL)
+                    view = await self._reload(plan, view)
+                    if view.thread_id and view.thread_id != thread:
+                        thread = view.thread_id
+                        await asyncio.to_thread(update_current, self.layout, plan.batch_id,
+                                                plan.job_id)
+                    if view.terminal:
+                        await asyncio.to_thread(update_current, self.layout, plan.batch_id,
+                                                plan.job_id)
+                        self._emit(plan, view)
+                        return view
+                    if fut is None or fut.done():
+                        break
+                    if node is not None and not node.alive:
+                        break
+            finally:
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                elif fut is not None and not fut.cancelled():
+                    fut.exception()  # a dead agent's error is only a hint: read, not raised
+            if self._stale(view):
+                if (view.path / EXIT_CODE).exists():
+                    # it ended while no agent watched it (its node is gone): conclude it
+                    # here from its files, with the local runner's own code
+                    if view.state is not None:
+                        view.state = view.state.model_copy(update={"pid": None})
+                    return await self._local.adopt(plan, view, artifacts)
+                view = await asyncio.to_thread(self._finalize_lost, plan, view, label)
+                self._emit(plan, view)
+                return view
+            await asyncio.sleep(POLL)
+
+    async def _reload(self, plan: AttemptPlan, view: AttemptView) -> AttemptView:
+        new = await asyncio.to_thread(load_attempt, view.path)
+        old = view.state
+        if new.state is not None and (old is None or new.state.updated_at != old.updated_at
+                                      or new.state.status != old.status):
+            self._emit(plan, new)
+            return new
+        return view if new.state is None else new
+
+    def _stale(self, view: AttemptView) -> bool:
+        """No heartbeat for lost_after: no agent watches it (with no exit code as well, the
+        attempt is lost)."""
+        st = view.state
+        if st is None:
+            return False
+        beat = st.last_heartbeat_at or st.updated_at
+        return (utcnow() - beat).total_seconds() > self.lost_after
+
+    def _finalize_lost(self, plan: AttemptPlan, view: AttemptView, label: str) -> AttemptView:
+        """runner_lost, written by the engine under the job lock (a late agent write of a
+        terminal state loses to this one, or this one to it: one terminal status, ever)."""
+        now = utcnow()
+        with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
+            st = read_model(view.path / STATE, AttemptState) or view.state
+            assert st is not None
+            try:
+                if st.status == "queued":
+                    st = st.model_copy(update={"status": "running", "started_at": now,
+                                               "updated_at": now})
+                    write_state(view.path / STATE, st)
+                final = st.model_copy(update={
+                    "status": "failed", "updated_at": now, "ended_at": now,
+                    "termination_reason": "runner_lost", "failure_class": "runner_lost",
+                    "errors": [*st.errors, f"Ray node {label or '?'} lost: no heartbeat for "
+                               f"{self.lost_after:g}s and no exit code"],
+                })
+                write_state(view.path / STATE, final)
+            except TerminalStateError:
+                final = read_model(view.path / STATE, AttemptState) or st
+            update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
+        view.state = final
+        return view
+
+    def _emit(self, plan: AttemptPlan, view: AttemptView) -> None:
+        self.on_change(plan.batch_id, plan.job_id, plan.step_id, view)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
