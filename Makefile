@@ -21,6 +21,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy phh_engine
 
 # pytest exits 5 when it collected no test: that fails the target on purpose.
 # A failure is re-run once (only the failed tests), and the rerun is printed: a few

@@ -140,7 +140,9 @@ def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
     if served is not None:
         return served[0]
     text = cached_board(layout.root, batch_id)
-    return json.loads(text if text is not None else derive_view(layout, batch_id)[1])
+    board: dict[str, Any] = json.loads(
+        text if text is not None else derive_view(layout, batch_id)[1])
+    return board
 
 
 def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:

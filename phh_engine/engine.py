@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -531,7 +532,7 @@ class Engine:
         task = asyncio.create_task(
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
         self.tasks[run_id] = task
-        task.add_done_callback(lambda t, rid=run_id: self._task_done(rid, t))
+        task.add_done_callback(functools.partial(self._task_done, run_id))
         if self._cred is not None:
             self._cred.started(run_id)
         self._emit(EngineEvent(
@@ -811,7 +812,7 @@ class Engine:
         task = asyncio.create_task(self.runner.adopt(plan, att, list(step.spec.artifacts_expected)),
                                    name=f"adopted-{att.run_id}")
         self.tasks[att.run_id] = task
-        task.add_done_callback(lambda t, rid=att.run_id: self._task_done(rid, t))
+        task.add_done_callback(functools.partial(self._task_done, att.run_id))
         self._emit(EngineEvent("adopted", utcnow(), batch_id, job_id, step_id, att.run_id,
                                "running", detail=f"pid {att.state.pid if att.state else '?'}"))
 

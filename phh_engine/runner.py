@@ -255,7 +255,8 @@ def _validator(schema: dict[str, Any]) -> Any:
     return v
 
 
-def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None, dict | None,
+def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None,
+                                                                  dict[str, Any] | None,
                                                                   str | None]:
     """(report for the default schema, raw object, error). Custom schemas yield no RunReport."""
     if not text.strip():
@@ -423,7 +424,12 @@ async def _exited(pidfd: int) -> None:
     """Wait on the loop until a pidfd is readable (its process exited); closes it."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, wake)
     try:
         await done
     finally:
