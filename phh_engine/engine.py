@@ -43,9 +43,11 @@ from .health import (
 )
 from .index import StoreIndex, unexpected_notes
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from .models.common import EventKind
 from .models.pause import StartPause
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
+    OverrideOutcome,
     OverrideRequest,
     OverrideResult,
     apply_marks,
@@ -116,9 +118,7 @@ class EngineError(Exception):
 class EngineEvent:
     """What headless logs and the dashboard hear about: one fact, already derived."""
 
-    kind: str  # attempt_started | attempt_ended | batch_added | idle | recovered | stopping
-    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC/pauses)
-    #            | concurrency (AIMD after 429s) | concurrency_capped (at start)
+    kind: EventKind
     at: datetime
     batch_id: str | None = None
     job_id: str | None = None
@@ -919,10 +919,11 @@ class Engine:
     def _apply(self, req: OverrideRequest) -> OverrideResult:
         assert self.runner is not None
 
-        def result(outcome: str, message: str, run_id: str | None = None) -> OverrideResult:
+        def result(outcome: OverrideOutcome, message: str, run_id: str | None = None
+                   ) -> OverrideResult:
             return OverrideResult(
                 nonce=req.nonce, action=req.action, batch_id=req.batch_id, job_id=req.job_id,
-                step_id=req.step_id, outcome=outcome, message=message,  # type: ignore[arg-type]
+                step_id=req.step_id, outcome=outcome, message=message,
                 applied_at=utcnow(), applied_by=f"engine:{self.runner_id}", run_id=run_id,
                 reason=req.reason)
 
