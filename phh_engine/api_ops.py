@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
+from .artifacts import LookupFailed as LookupFailed  # raised by every function here
+from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
 from .board_files import cached_board, engine_board, keep_board
 from .index import StoreIndex, unexpected_notes
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
