@@ -44,4 +44,4 @@ schemas: setup
 	$(BIN)/python -m phh_engine.schemas --write
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache
