@@ -21,6 +21,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy phh_engine
 
 # pytest exits 5 when it collected no test: that fails the target on purpose. There is no
 # rerun of failed tests: a test that needs a second chance is a bug to find and fix. The
@@ -40,4 +41,4 @@ schemas: setup
 	$(BIN)/python -m phh_engine.schemas --write
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache

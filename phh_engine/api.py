@@ -393,7 +393,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody} for c in sorted({400, 401, 403, 404, 413, 422, *codes})}
 
 
-ARTIFACT_CONTENT = {"application/json": {}, "text/plain": {}, "application/x-ndjson": {}}
+ARTIFACT_CONTENT: dict[str, dict[str, Any]] = {
+    "application/json": {}, "text/plain": {}, "application/x-ndjson": {}}
 
 
 # ----------------------------------------------------------------------------- app
@@ -668,7 +669,7 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
         b = body or ReasonBody()
         return _act("close", batch_id, None, None, b, reason=b.reason)
 
-    app.add_middleware(Guard, auth=auth, max_body=max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(Guard, auth=auth, max_body=max_body_bytes)
     return app
 
 

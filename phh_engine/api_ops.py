@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .artifacts import LookupFailed, attempt_summary, list_attempt_dirs, missing, valid_id
+from .artifacts import LookupFailed as LookupFailed  # raised by every function here
+from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
 from .board_files import cached_board, engine_board, keep_board
 from .index import StoreIndex, unexpected_notes
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
@@ -140,7 +141,9 @@ def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
     if served is not None:
         return served[0]
     text = cached_board(layout.root, batch_id)
-    return json.loads(text if text is not None else derive_view(layout, batch_id)[1])
+    board: dict[str, Any] = json.loads(
+        text if text is not None else derive_view(layout, batch_id)[1])
+    return board
 
 
 def list_jobs(layout: Layout, batch_id: str) -> dict[str, Any]:

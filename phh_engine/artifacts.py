@@ -17,7 +17,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import logs
 from .events import describe_item, parse_event_line
@@ -175,7 +175,7 @@ def open_artifact(ref: AttemptRef, name: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _open_compressed(ref: AttemptRef, name: str) -> IO[bytes] | None:
+def _open_compressed(ref: AttemptRef, name: str) -> logs.LogStream | None:
     """A raw log GC compressed (plain file gone, `.gz` there): its original bytes."""
     if name not in logs.RAW_LOGS or (ref.path / name).exists() or not logs.is_compressed(
             ref.path, name):
@@ -206,7 +206,7 @@ def iter_artifact(ref: AttemptRef, name: str) -> tuple[Iterator[bytes], int | No
     check_name(name)
     gz = _open_compressed(ref, name)
     if gz is not None:
-        def unzipped(fh: IO[bytes] = gz) -> Iterator[bytes]:
+        def unzipped(fh: logs.LogStream = gz) -> Iterator[bytes]:
             with fh:
                 while block := fh.read(CHUNK):
                     yield block

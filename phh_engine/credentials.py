@@ -38,7 +38,7 @@ from .documents import loads_json
 from .models.common import Id, Record, utcnow
 from .paths import Layout
 from .readiness import CREDENTIAL_CHANGED as CREDENTIAL_CHANGED  # re-exported for the runner
-from .readiness import SIGN_IN_AGAIN
+from .readiness import SIGN_IN_AGAIN as SIGN_IN_AGAIN  # re-exported for the runner
 from .store import atomic_write_json, read_model
 
 #: Codex 0.169's proactive refresh window before the access token's `exp` (measured).
@@ -219,7 +219,7 @@ def pause(layout: Layout, source: Path, fp: str, reason: str, **where: str | Non
           ) -> CredentialPause:
     """Record that `source` (as of fingerprint `fp`) needs a new sign-in."""
     rec = CredentialPause(source=str(source), fingerprint=fp, since=utcnow(), reason=reason,
-                          **where)  # type: ignore[arg-type]
+                          **where)
     path = pause_path(layout, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, rec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -42,10 +43,12 @@ from .health import (
 )
 from .index import StoreIndex, unexpected_notes
 from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from .models.common import EventKind
 from .models.health import RunnerNode
 from .models.pause import StartPause
 from .models.scoreboard import BatchScoreboard, SystemNote
 from .overrides import (
+    OverrideOutcome,
     OverrideRequest,
     OverrideResult,
     apply_marks,
@@ -117,9 +120,7 @@ class EngineError(Exception):
 class EngineEvent:
     """What headless logs and the dashboard hear about: one fact, already derived."""
 
-    kind: str  # attempt_started | attempt_ended | batch_added | idle | recovered | stopping
-    #            | admission_blocked | admission_resumed | gc  (health/drain/limits/GC/pauses)
-    #            | concurrency (AIMD after 429s) | concurrency_capped (at start)
+    kind: EventKind
     at: datetime
     batch_id: str | None = None
     job_id: str | None = None
@@ -372,9 +373,13 @@ class Engine:
         self._cluster = True
         return runner
 
-    def _on_node(self, kind: str, label: str, detail: str) -> None:
-        self._emit(EngineEvent(kind, utcnow(), detail=f"node {label}: {detail}",
-                               data={"runner_id": self.runner_id, "node": label}))
+    def _on_node(self, kind: EventKind, label: str, detail: str) -> None:
+        now, what = utcnow(), f"node {label}: {detail}"
+        data = {"runner_id": self.runner_id, "node": label}
+        # each kind spelled out: tests/test_vocabularies.py reads the kinds from the source
+        self._emit(EngineEvent("node_joined", now, detail=what, data=data)
+                   if kind == "node_joined" else
+                   EngineEvent("node_lost", now, detail=what, data=data))
         self._poke()  # capacity changed
 
     async def serve(self) -> None:
@@ -577,7 +582,7 @@ class Engine:
         task = asyncio.create_task(
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
         self.tasks[run_id] = task
-        task.add_done_callback(lambda t, rid=run_id: self._task_done(rid, t))
+        task.add_done_callback(functools.partial(self._task_done, run_id))
         if self._cred is not None:
             self._cred.started(run_id)
         self._emit(EngineEvent(
@@ -862,7 +867,7 @@ class Engine:
         task = asyncio.create_task(self.runner.adopt(plan, att, list(step.spec.artifacts_expected)),
                                    name=f"adopted-{att.run_id}")
         self.tasks[att.run_id] = task
-        task.add_done_callback(lambda t, rid=att.run_id: self._task_done(rid, t))
+        task.add_done_callback(functools.partial(self._task_done, att.run_id))
         self._emit(EngineEvent("adopted", utcnow(), batch_id, job_id, step_id, att.run_id,
                                "running", detail=f"pid {att.state.pid if att.state else '?'}"))
 
@@ -969,10 +974,11 @@ class Engine:
     def _apply(self, req: OverrideRequest) -> OverrideResult:
         assert self.runner is not None
 
-        def result(outcome: str, message: str, run_id: str | None = None) -> OverrideResult:
+        def result(outcome: OverrideOutcome, message: str, run_id: str | None = None
+                   ) -> OverrideResult:
             return OverrideResult(
                 nonce=req.nonce, action=req.action, batch_id=req.batch_id, job_id=req.job_id,
-                step_id=req.step_id, outcome=outcome, message=message,  # type: ignore[arg-type]
+                step_id=req.step_id, outcome=outcome, message=message,
                 applied_at=utcnow(), applied_by=f"engine:{self.runner_id}", run_id=run_id,
                 reason=req.reason)
 

@@ -67,7 +67,11 @@ def is_compressed(attempt_dir: Path | str, name: str = EVENTS) -> bool:
     return p is not None and p.name.endswith(GZ_SUFFIX)
 
 
-def open_log(attempt_dir: Path | str, name: str = EVENTS) -> IO[bytes]:
+#: An open raw log: the plain file, or a decompressing reader of its `.gz`.
+LogStream = io.BufferedReader | gzip.GzipFile
+
+
+def open_log(attempt_dir: Path | str, name: str = EVENTS) -> LogStream:
     """Binary stream of a raw log's original bytes; FileNotFoundError when it is gone.
     Never follows a symlink and opens only regular files (OSError otherwise): what an
     agent writes must not make a reader hand out another file."""
@@ -80,7 +84,7 @@ def open_log(attempt_dir: Path | str, name: str = EVENTS) -> IO[bytes]:
         raise OSError(errno.EINVAL, "not a regular file", str(p))
     raw = os.fdopen(fd, "rb")
     if p.name.endswith(GZ_SUFFIX):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     return raw
 
 
@@ -145,7 +149,7 @@ class RawLine:
         return len(self.data) < self.size
 
 
-def _iter_lines(fh: IO[bytes], offset: int, max_line: int, final: bool) -> Iterator[RawLine]:
+def _iter_lines(fh: LogStream, offset: int, max_line: int, final: bool) -> Iterator[RawLine]:
     """Lines from `offset` on; blank lines are skipped (their bytes still advance the
     cursor). An unterminated last line is yielded only when `final` (the writer is done)."""
     fh.seek(offset)
@@ -218,7 +222,7 @@ def last_lines(attempt_dir: Path | str, name: str = EVENTS, n: int = 20, *,
         return list(deque(_iter_lines(fh, start, max_line, final), maxlen=n))
 
 
-def _start_of_last(fh: IO[bytes], n: int) -> int:
+def _start_of_last(fh: LogStream, n: int) -> int:
     """Byte offset where the last `n` complete lines begin (0 if there are fewer)."""
     end = os.fstat(fh.fileno()).st_size
     pos, seen, first = end, 0, True

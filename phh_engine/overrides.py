@@ -44,13 +44,16 @@ class OverrideRequest(Record):
     requested_by: str = Field(default="cli", description="cli | tui | api | engine")
 
 
+OverrideOutcome = Literal["applied", "rejected"]
+
+
 class OverrideResult(Record):
     nonce: str
     action: Action
     batch_id: Id
     job_id: Id | None = None
     step_id: Id | None = None
-    outcome: Literal["applied", "rejected"]
+    outcome: OverrideOutcome
     message: str
     applied_at: datetime
     applied_by: str
@@ -94,8 +97,9 @@ def write_request(layout: Layout, req: OverrideRequest) -> Path:
 
 
 def make_request(layout: Layout, action: str, batch_id: str, **kw: object) -> OverrideRequest:
-    req = OverrideRequest(nonce=new_nonce(), action=action, batch_id=batch_id,  # type: ignore[arg-type]
-                          requested_at=utcnow(), **kw)  # type: ignore[arg-type]
+    # validated like a request file: the action and ids arrive from the CLI, API and dashboard
+    req = OverrideRequest.model_validate({"nonce": new_nonce(), "action": action,
+                                          "batch_id": batch_id, "requested_at": utcnow(), **kw})
     write_request(layout, req)
     return req
 

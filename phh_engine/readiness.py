@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .models import RetryPolicy, StepStatus
-from .models.common import UNCOUNTED_FAILURE_CLASSES
+from .models.common import (
+    UNCOUNTED_FAILURE_CLASSES,
+    Selector,
+    TerminationReason,
+    Trigger,
+    as_terminal,
+)
 from .views import AttemptView, BatchView, JobView, StepView
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
@@ -19,7 +25,7 @@ RATE_LIMIT_BACKOFF_FACTOR = 4.0
 #: under failing attempts is not a race any more
 AUTH_RACE_RETRIES = 3
 SIGN_IN_AGAIN = "sign in again: `codex login`"
-CREDENTIAL_CHANGED = "credential_changed"
+CREDENTIAL_CHANGED: TerminationReason = "credential_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +33,7 @@ class ResumeResolution:
     """The attempt a resume would copy from, or why there is none usable yet."""
 
     step_id: str
-    selector: str
+    selector: Selector
     source: AttemptView | None
     reason: str | None = None
 
@@ -40,11 +46,11 @@ class Readiness:
     not_before: datetime | None = None
     resume: ResumeResolution | None = None
     retry_of: AttemptView | None = None
-    trigger: str = "scheduled"
+    trigger: Trigger = "scheduled"
 
 
 def resolve_resume_source(
-    job: JobView, step_id: str, selector: str, run_id: str | None = None
+    job: JobView, step_id: str, selector: Selector, run_id: str | None = None
 ) -> ResumeResolution:
     """Deterministic selector resolution (SPEC §8) over the source step's attempts."""
     src = job.steps.get(step_id)
@@ -168,7 +174,7 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
         return Readiness("blocked", [f"cannot start: {step.marks.unstartable}"])
 
     retry_of: AttemptView | None = None
-    trigger = "scheduled"
+    trigger: Trigger = "scheduled"
     not_before: datetime | None = None
     reasons: list[str] = []
     latest = step.latest
@@ -190,7 +196,9 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
             reasons.append(f"retry after {fc} (not counted; {n}/{policy.max_attempts} used)"
                            if uncounted else f"retry {n + 1}/{policy.max_attempts} after {fc}")
         else:
-            status: StepStatus = latest.status  # type: ignore[assignment]
+            status = as_terminal(latest.status)
+            if status is None:  # cannot be: in_flight (checked first) is the unended attempt
+                return Readiness("running")
             why = f"{fc}" if fc else latest.status
             if fc == "auth":
                 why += f": {SIGN_IN_AGAIN}"

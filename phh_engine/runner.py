@@ -40,13 +40,18 @@ from .doctor import startup_error_line
 from .events import EventFacts, EventTail
 from .gitcmd import git_argv, git_env
 from .models import (
+    TERMINAL_STATUSES,
     AttemptMeta,
     AttemptState,
+    AttemptStatus,
     EnvironmentSnapshot,
+    FailureClass,
     HarnessConfig,
     PolicySnapshot,
     ResumeSource,
     RunReport,
+    TerminationReason,
+    Trigger,
     Usage,
     utcnow,
 )
@@ -117,7 +122,7 @@ class AttemptPlan:
     job_id: str
     step_id: str
     runner_id: str
-    trigger: str = "scheduled"
+    trigger: Trigger = "scheduled"
     retry_of: AttemptView | None = None
     resume: ResumeResolution | None = None
     resume_same_thread: bool = False
@@ -127,9 +132,9 @@ class AttemptPlan:
 
 @dataclass(slots=True)
 class Outcome:
-    status: str
-    termination_reason: str
-    failure_class: str | None = None
+    status: AttemptStatus
+    termination_reason: TerminationReason
+    failure_class: FailureClass | None = None
 
 
 @dataclass(slots=True)
@@ -171,7 +176,7 @@ _MODEL_ERROR = re.compile(r"\b50[0234]\b|stream disconnected|high demand|"
                           r"internal server error|server_error")
 
 
-def failure_class_of_text(text: str, turn_failed: bool = False) -> str:
+def failure_class_of_text(text: str, turn_failed: bool = False) -> FailureClass:
     """The failure class a failed turn's text names (events' errors, `turn.failed`, stderr
     tail), most specific first; `model_error` for an unexplained failed turn, else
     `nonzero_exit`."""
@@ -220,7 +225,7 @@ def classify(
         # auth from Codex's own messages only: its stderr also logs refresh failures it
         # recovered from (another process's refresh, re-read from the file)
         if _AUTH.search(" ".join([facts.turn_failed or "", *facts.errors]).lower()):
-            fc: str | None = "auth"
+            fc: FailureClass | None = "auth"
         else:
             # the failed turn's own message first: non-terminal `error` events (reconnects,
             # warnings) must not override what actually ended the turn
@@ -228,7 +233,7 @@ def classify(
         if fc in (None, "model_error"):
             text = " ".join([facts.turn_failed or "", *facts.errors, stderr_tail])
             fc = failure_class_of_text(text, bool(facts.turn_failed))
-        reason = "exit" if exit_code is not None else "killed"
+        reason: TerminationReason = "exit" if exit_code is not None else "killed"
         return Outcome("failed", reason, fc)
     if report is None:
         return Outcome("needs_attention", "schema_invalid", "schema_invalid")
@@ -255,7 +260,8 @@ def _validator(schema: dict[str, Any]) -> Any:
     return v
 
 
-def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None, dict | None,
+def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None,
+                                                                  dict[str, Any] | None,
                                                                   str | None]:
     """(report for the default schema, raw object, error). Custom schemas yield no RunReport."""
     if not text.strip():
@@ -423,7 +429,12 @@ async def _exited(pidfd: int) -> None:
     """Wait on the loop until a pidfd is readable (its process exited); closes it."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, wake)
     try:
         await done
     finally:
@@ -521,7 +532,7 @@ class LocalRunner:
                     names.append(name)
                     st = read_model(attempts / name / STATE, AttemptState)
                     status = st.status if st else "queued"
-                    if status in ("queued", "running"):
+                    if status not in TERMINAL_STATUSES:
                         return None
                     if status == "succeeded" and plan.trigger != "operator_resume":
                         return None
@@ -542,11 +553,11 @@ class LocalRunner:
         crashpoint("after_claim")
         return run_id, path
 
-    def _state(self, plan: AttemptPlan, run_id: str, status: str, now: datetime,
+    def _state(self, plan: AttemptPlan, run_id: str, status: AttemptStatus, now: datetime,
                **kw: Any) -> AttemptState:
         return AttemptState(
             batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
-            runner_id=self.runner_id, status=status, updated_at=now, **kw,  # type: ignore[arg-type]
+            runner_id=self.runner_id, status=status, updated_at=now, **kw,
         )
 
     # ------------------------------------------------------------------ run
@@ -677,13 +688,13 @@ class LocalRunner:
                                           selected_run_id=source.run_id)
             elif plan.resume:
                 resume_src = ResumeSource(step_id=plan.resume.step_id,
-                                          selector=plan.resume.selector,  # type: ignore[arg-type]
+                                          selector=plan.resume.selector,
                                           selected_run_id=source.run_id)
         meta = AttemptMeta(
             batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
             runner_id=self.runner_id, run_dir_name=path.name, created_at=utcnow(),
             attempt_number=number,
-            trigger=plan.trigger,  # type: ignore[arg-type]
+            trigger=plan.trigger,
             invocation="resume" if source is not None else "exec",
             parent_run_id=source.run_id if source is not None else None,
             resume_from=resume_src,
@@ -700,7 +711,7 @@ class LocalRunner:
             environment_snapshot=EnvironmentSnapshot(
                 codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,
                 node=self.node,
-                working_directory=str(workdir), workspace_policy=ws_policy,  # type: ignore[arg-type]
+                working_directory=str(workdir), workspace_policy=ws_policy,
                 workspace_root=str(workdir),
             ),
         )
@@ -1075,7 +1086,7 @@ class LocalRunner:
                      f"{__version__}\n{''.join(traceback.format_exception(exc))}\n")
         faultpoint("internal_record")
         disk = read_model(path / STATE, AttemptState)
-        if disk is not None and disk.status not in ("queued", "running"):
+        if disk is not None and disk.status in TERMINAL_STATUSES:
             return disk  # already terminal: one terminal status, ever
         st = disk or known or self._state(plan, run_id_of(path.name), "queued", now)
         if st.status == "queued":  # queued -> running -> failed keeps the transition rules

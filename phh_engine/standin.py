@@ -164,7 +164,8 @@ def summarize(path: str, body: dict[str, Any]) -> dict[str, Any]:
         for it in items
         if isinstance(it, dict) and it.get("type") in TOOL_OUTPUT_TYPES
     ]
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    tools = body.get("tools")
+    tools = tools if isinstance(tools, list) else []
     text = body.get("text")
     return {
         "path": path,

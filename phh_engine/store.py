@@ -20,16 +20,14 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 from pydantic import BaseModel
 
-from .models import TERMINAL_STATUSES, AttemptState
+from .models import TERMINAL_STATUSES, AttemptState, AttemptStatus
 
 M = TypeVar("M", bound=BaseModel)
 
-_ALLOWED: dict[str | None, frozenset[str]] = {
+_ALLOWED: dict[AttemptStatus | None, frozenset[AttemptStatus]] = {
     None: frozenset({"queued", "running", "canceled"}),
     "queued": frozenset({"queued", "running", "canceled"}),
-    "running": frozenset(
-        {"running", "succeeded", "failed", "canceled", "needs_attention"}
-    ),
+    "running": frozenset({"running", *TERMINAL_STATUSES}),
 }
 
 
@@ -126,7 +124,7 @@ def read_model(path: str | Path, model: type[M]) -> M | None:
         return None
 
 
-def check_transition(old: str | None, new: str) -> None:
+def check_transition(old: AttemptStatus | None, new: AttemptStatus) -> None:
     if old in TERMINAL_STATUSES:
         if old == new:
             raise TerminalStateError(f"attempt already {old}; a terminal state never changes")

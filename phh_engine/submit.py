@@ -133,7 +133,7 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> _Object:
 
 _YamlLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -403,7 +403,8 @@ class _Checker:
             if check(f"{spath}.depends_on[{k}]", dep, "depend on"):
                 deps.append(dep)
         resume = _as_dict(step.get("resume_from")).get("step_id")
-        if check(f"{spath}.resume_from.step_id", resume, "resume from"):
+        if isinstance(resume, str) and check(f"{spath}.resume_from.step_id", resume,
+                                             "resume from"):
             deps.append(resume)
         affinity = _as_dict(step.get("runner_affinity"))
         check(f"{spath}.runner_affinity.same_runner_as", affinity.get("same_runner_as"),

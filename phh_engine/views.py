@@ -14,6 +14,7 @@ from .models import (
     TERMINAL_STATUSES,
     AttemptMeta,
     AttemptState,
+    AttemptStatus,
     BatchMeta,
     NormalizedJob,
     NormalizedStep,
@@ -34,7 +35,7 @@ class AttemptView:
     resume_base_ready: bool = False
 
     @property
-    def status(self) -> str:
+    def status(self) -> AttemptStatus:
         """A missing state.json means the attempt was just created: queued."""
         return self.state.status if self.state else "queued"
 

@@ -123,7 +123,8 @@ def read_workspace_record(layout: Layout, batch_id: str, job_id: str) -> Workspa
     return read_model(workspace_record_path(layout, batch_id, job_id), WorkspaceRecord)
 
 
-def resolve_workspace(layout: Layout, batch: BatchView, job: JobView) -> tuple[str, Path]:
+def resolve_workspace(layout: Layout, batch: BatchView, job: JobView
+                      ) -> tuple[WorkspacePolicy, Path]:
     """(policy, directory Codex runs in). Isolated checkouts are made once and reused."""
     source = Path(job.spec.working_directory)
     policy = job.spec.workspace_policy

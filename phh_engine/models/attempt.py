@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import AttemptStatus, FailureClass, Id, Record, Selector, WorkspacePolicy
+from .common import (
+    AttemptStatus,
+    FailureClass,
+    Id,
+    Record,
+    Selector,
+    TerminationReason,
+    Trigger,
+    WorkspacePolicy,
+)
 from .policies import ExecutionPolicy, RetryPolicy
 
 
@@ -43,8 +52,7 @@ class AttemptMeta(Record):
     run_dir_name: str
     created_at: datetime
     attempt_number: int = Field(ge=1, description="1-based count of attempts of this step")
-    trigger: Literal["scheduled", "retry", "operator_retry", "operator_resume", "requeue",
-                     "remediation"] = "scheduled"
+    trigger: Trigger = "scheduled"
     invocation: Literal["exec", "resume"]
     parent_run_id: Id | None = None
     resume_from: ResumeSource | None = None
@@ -84,7 +92,7 @@ class AttemptState(Record):
     pid: int | None = None
     pid_started_at: float | None = Field(default=None, description="process create time (epoch)")
     exit_code: int | None = None
-    termination_reason: str | None = None
+    termination_reason: TerminationReason | None = None
     failure_class: FailureClass | None = None
     codex_thread_id: str | None = None
     turn_completed: bool = False

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -54,16 +54,22 @@ def check_id(value: str, *, incoming: bool | None = None) -> str:
 Id = Annotated[str, AfterValidator(check_id)]
 
 AttemptStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "needs_attention"]
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "canceled", "needs_attention"}
-)
+#: The statuses an attempt (and a step) never leaves once it reaches one.
+TerminalStatus = Literal["succeeded", "failed", "canceled", "needs_attention"]
+TERMINAL_STATUSES: frozenset[TerminalStatus] = frozenset(get_args(TerminalStatus))
+_TERMINAL: dict[str, TerminalStatus] = {s: s for s in TERMINAL_STATUSES}
+
+
+def as_terminal(status: str) -> TerminalStatus | None:
+    """`status` as a TerminalStatus, or None when it is not one (queued, running, ...)."""
+    return _TERMINAL.get(status)
+
 
 StepStatus = Literal[
     "blocked", "ready", "running", "succeeded", "failed", "needs_attention", "canceled"
 ]
-STEP_STATUSES: tuple[str, ...] = (
-    "blocked", "ready", "running", "succeeded", "failed", "needs_attention", "canceled",
-)
+#: In display order (scoreboard counts, the dashboard's status column).
+STEP_STATUSES: tuple[StepStatus, ...] = get_args(StepStatus)
 
 FailureClass = Literal[
     "model_error",
@@ -82,6 +88,54 @@ FailureClass = Literal[
     "invalid_request",
     "shutdown",
     "internal_error",
+]
+
+#: Why an attempt ended (state.json `termination_reason`); `failure_class` says what it
+#: means for retries. `exit`: the process exited (or ended after turn.completed,
+#: `lingered`); `killed`: no exit code (a signal); `credential_changed`: an `auth` failure
+#: that lost a token-refresh race, retried at once.
+TerminationReason = Literal[
+    "exit",
+    "killed",
+    "lingered",
+    "timeout",
+    "canceled",
+    "shutdown",
+    "thread_mismatch",
+    "schema_invalid",
+    "agent_reported_failure",
+    "agent_reported_needs_attention",
+    "credential_changed",
+    "runner_lost",
+    "spawn_failed",
+    "internal_error",
+]
+
+#: Why an attempt was started (meta.json `trigger`).
+Trigger = Literal[
+    "scheduled", "retry", "operator_retry", "operator_resume", "requeue", "remediation"
+]
+
+#: Every `EngineEvent.kind` the engine emits (headless log lines, dashboard notes).
+EventKind = Literal[
+    "attempt_started",
+    "attempt_ended",
+    "adopted",  # a live attempt of a previous engine, watched again
+    "recovered",  # an attempt whose process is gone, finalised as runner_lost
+    "attention",  # a step newly stuck, needs_attention or failed
+    "batch_added",
+    "batch_finished",
+    "queue",  # a queued launch table accepted or rejected
+    "override",  # an operator request applied or rejected
+    "idle",
+    "stopping",
+    "admission_blocked",  # health, drain, disk, usage-limit or credential pause
+    "admission_resumed",
+    "concurrency",  # AIMD after HTTP 429s: lowered or raised
+    "concurrency_capped",  # at start: a note on the configured concurrency cap
+    "gc",
+    "node_joined",  # a cluster node (its agent) became usable
+    "node_lost",  # a cluster node died or its agent stopped answering
 ]
 
 #: Classes that say nothing about the step itself (the account hit its usage limit, the

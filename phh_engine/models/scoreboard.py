@@ -7,7 +7,14 @@ from datetime import datetime
 from pydantic import Field
 
 from .attempt import Usage
-from .common import Id, Record, StepStatus
+from .common import (
+    AttemptStatus,
+    FailureClass,
+    Id,
+    Record,
+    StepStatus,
+    TerminationReason,
+)
 
 
 class StatusCounts(Record):
@@ -79,10 +86,10 @@ class FailureRow(Record):
     step_id: Id
     run_id: Id
     attempt_dir: str
-    state_status: str
+    state_status: AttemptStatus
     exit_code: int | None = None
-    termination_reason: str | None = None
-    failure_class: str | None = None
+    termination_reason: TerminationReason | None = None
+    failure_class: FailureClass | None = None
     final_status: str | None = None
     final_summary: str | None = None
     errors: list[str] = Field(default_factory=list)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import pickle
@@ -30,6 +31,7 @@ from ..paths import EXIT_CODE, STATE, Layout
 from ..runner import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, kill_tree
 from ..schemas import default_run_report_schema_path
 from ..store import read_model
+from ..views import AttemptView
 
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
@@ -161,7 +163,7 @@ class NodeAgent:
                                "the runs root must be on a filesystem shared by every node")
         task = asyncio.ensure_future(self.runner.run(plan, batch, job, step, claimed))
         self.tasks[run_id] = task
-        task.add_done_callback(lambda _t, rid=run_id: self.tasks.pop(rid, None))
+        task.add_done_callback(functools.partial(self._forget, run_id))
         return {"label": self.label, "pid": os.getpid()}
 
     async def wait(self, run_id: str) -> str | None:
@@ -171,7 +173,11 @@ class NodeAgent:
         if task is None:
             return None
         view = await asyncio.shield(task)
-        return view.status
+        status: str | None = view.status
+        return status
+
+    def _forget(self, run_id: str, _task: asyncio.Future[AttemptView]) -> None:
+        self.tasks.pop(run_id, None)
 
     def cancel(self, run_id: str, reason: str = "canceled") -> bool:
         """Stop an attempt through its process group (SIGINT, SIGKILL after the grace)."""
@@ -236,4 +242,4 @@ class NodeAgent:
                     artifacts = list(s.artifacts_expected)
         task = asyncio.ensure_future(self.runner.adopt(plan, view, artifacts))
         self.tasks[view.run_id] = task
-        task.add_done_callback(lambda _t, rid=view.run_id: self.tasks.pop(rid, None))
+        task.add_done_callback(functools.partial(self._forget, view.run_id))

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..codex_cli import CodexInfo
 from ..index import load_attempt
-from ..models import AttemptState, HarnessConfig, utcnow
+from ..models import AttemptState, EventKind, HarnessConfig, utcnow
 from ..paths import EXIT_CODE, STATE, Layout
 from ..pointers import update_current
 from ..runner import AttemptPlan, LiveAttempt, LocalRunner
@@ -112,7 +112,7 @@ class RayRunner:
                  slots_resource: str = SLOTS_RESOURCE, node_labels: dict[str, str] | None = None,
                  default_schema: Path,
                  on_change: Callable[[str, str, str, AttemptView], None],
-                 on_node: Callable[[str, str, str], None] | None = None,
+                 on_node: Callable[[EventKind, str, str], None] | None = None,
                  codex_config_toml: Path | None = None) -> None:
         self.layout = layout
         self.config = config
@@ -175,13 +175,15 @@ class RayRunner:
         with contextlib.suppress(Exception):
             ray.shutdown()  # the detached agents and their Codex processes live on
 
-    def _refresh_nodes(self) -> list[tuple[str, str, str]]:
+    def _refresh_nodes(self) -> list[tuple[EventKind, str, str]]:
         """Node table from Ray (blocking); (kind, label, detail) for each join and loss."""
         import ray
 
-        events: list[tuple[str, str, str]] = []
+        events: list[tuple[EventKind, str, str]] = []
         seen: set[str] = set()
-        for n in ray.nodes():
+        # Ray's own API carries no annotations
+        table: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        for n in table:
             slots = int((n.get("Resources") or {}).get(self.slots_resource, 0))
             labels = n.get("Labels") or {}
             if not n.get("Alive") or slots <= 0:
