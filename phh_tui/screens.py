@@ -28,6 +28,7 @@ from phh_engine.views import AttemptView, StepView
 from phh_tui.board import Board, Progress, live_runners
 from phh_tui.dialogs import ConfirmScreen, PromptScreen
 from phh_tui.eventlines import EventLog, Line, shell_command
+from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
 from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
 from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
 
@@ -68,9 +69,9 @@ def step_key(job_id: str, step_id: str) -> str:
     return f"{job_id}/{step_id}"
 
 
-def split_key(key: str) -> tuple[str, str]:
+def split_key(key: str) -> StepRef:
     job, _, step = key.partition("/")
-    return job, step
+    return StepRef(job, step)
 
 
 def tokens(inp: int, cached: int, out: int) -> str:
@@ -225,11 +226,17 @@ class PhhScreen(Screen[None]):
             self.app.pop_screen()
 
     # ------------------------------------------------------------ operator actions
-    def action_targets(self) -> list[tuple[str, str]]:
-        """(job_id, step_id) pairs the next action applies to."""
+    def action_targets(self) -> list[StepRef]:
+        """The steps the next action applies to."""
         return []
 
-    def _confirm_then(self, action: str, title: str, detail: str, **kw: Any) -> None:
+    def request(self, action: ActionName, batch_id: str, targets: list[StepRef],
+                **options: Any) -> None:
+        """Ask the app to apply `action` (it reports the outcome); bulk marks clear."""
+        self.post_message(RunAction(action, batch_id, targets, options))
+        self.after_action()
+
+    def _confirm_then(self, action: ActionName, title: str, detail: str, **kw: Any) -> None:
         targets = self.action_targets()
         if not targets or self.batch_id is None:
             self.notify("no step selected", severity="warning")
@@ -238,8 +245,7 @@ class PhhScreen(Screen[None]):
 
         def done(ok: bool | None) -> None:
             if ok:
-                self.phh.act(action, bid, targets, **kw)
-                self.after_action()
+                self.request(action, bid, targets, **kw)
 
         names = ", ".join(f"{j}.{s}" for j, s in targets[:5])
         more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
@@ -263,8 +269,7 @@ class PhhScreen(Screen[None]):
         if not targets or self.batch_id is None:
             self.notify("no step selected", severity="warning")
             return
-        self.phh.act("retry", self.batch_id, targets)
-        self.after_action()
+        self.request("retry", self.batch_id, targets)
 
     def resume_run_id(self) -> str | None:
         return None
@@ -282,8 +287,7 @@ class PhhScreen(Screen[None]):
                 kw: dict[str, Any] = {"prompt": prompt}
                 if run_id:
                     kw["run_id"] = run_id
-                self.phh.act("resume", bid, targets, **kw)
-                self.after_action()
+                self.request("resume", bid, targets, **kw)
 
         self.app.push_screen(PromptScreen(
             f"Resume {names}" + (f" from {run_id}" if run_id else ""),
@@ -386,7 +390,7 @@ class SystemScreen(PhhScreen):
     def action_open(self) -> None:
         key = self.query_one("#batches", KeyedTable).current_key
         if key:
-            self.app.push_screen(self.phh.batch_screen(key))
+            self.post_message(OpenBatch(key))
 
 
 # ====================================================================== batch
@@ -603,7 +607,7 @@ class BatchScreen(PhhScreen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
-    def action_targets(self) -> list[tuple[str, str]]:
+    def action_targets(self) -> list[StepRef]:
         return [split_key(k) for k in self.active_table().targets()]
 
     def action_mark(self) -> None:
@@ -613,11 +617,11 @@ class BatchScreen(PhhScreen):
         for t in self.query(KeyedTable):
             t.clear_marks()
 
-    def _open_step(self, tab: str) -> None:
+    def _open_step(self, tab: StepTab) -> None:
         key = self.active_table().current_key
         if key and self.batch_id:
             job, step = split_key(key)
-            self.app.push_screen(StepScreen(self.batch_id, job, step, tab=tab))
+            self.post_message(OpenStep(self.batch_id, job, step, tab=tab))
 
     def action_open(self) -> None:
         self._open_step("events")
@@ -664,7 +668,7 @@ class StepScreen(PhhScreen):
         Binding("d", "diff", "Diff"),
     ]
 
-    def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: str = "events",
+    def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: StepTab = "events",
                  run_id: str | None = None) -> None:
         super().__init__()
         self.batch_id = batch_id
@@ -705,9 +709,7 @@ class StepScreen(PhhScreen):
         self.set_interval(TAIL_POLL_SECONDS, self.poll_tail)
 
     def step_view(self) -> StepView | None:
-        batch = self.phh.backend.index.batches.get(self.batch_id or "")
-        job = batch.jobs.get(self.job_id) if batch else None
-        return job.steps.get(self.step_id) if job else None
+        return self.phh.backend.step(self.batch_id or "", self.job_id, self.step_id)
 
     def attempt(self) -> AttemptView | None:
         step = self.step_view()
@@ -1011,13 +1013,13 @@ class StepScreen(PhhScreen):
             return
         m = a.meta
         if m.resume_from is not None and m.parent_run_id and self.batch_id:
-            self.app.push_screen(StepScreen(self.batch_id, self.job_id, m.resume_from.step_id,
-                                            run_id=m.parent_run_id))
+            self.post_message(OpenStep(self.batch_id, self.job_id, m.resume_from.step_id,
+                                       run_id=m.parent_run_id))
         elif m.retry_of:
             self.query_one("#attempts", KeyedTable).select_key(m.retry_of)
 
-    def action_targets(self) -> list[tuple[str, str]]:
-        return [(self.job_id, self.step_id)]
+    def action_targets(self) -> list[StepRef]:
+        return [StepRef(self.job_id, self.step_id)]
 
     def resume_run_id(self) -> str | None:
         a = self.attempt()
