@@ -4,6 +4,7 @@ j/k/g/G on the main table, and the operator actions (c r R m space l d s)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,18 +17,19 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane
 
-from phh_engine.logs import log_path, read_log_tail
 from phh_engine.models import BatchScoreboard, StatusCounts
 from phh_engine.models.scoreboard import ResumeView, StepRow
-from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
+from phh_engine.paths import GIT_DIFF
 from phh_engine.scoreboards import goal_preview
 from phh_engine.views import AttemptView, StepView
+from phh_tui.attempt_files import AttemptTail, DiffText, read_diff, read_final_text, stderr_tail
 from phh_tui.board import Board, Progress, live_runners
 from phh_tui.dialogs import ConfirmScreen, PromptScreen
-from phh_tui.eventlines import EventLog, Line, shell_command
+from phh_tui.eventlines import Line, shell_command
 from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
 from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
 from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from phh_tui.app import PhhApp
 
 MAX_CELL = 120
-MAX_DIFF_LINES = 5000
 TAIL_POLL_SECONDS = 0.25
 MAX_LOG_LINES = 20000
 
@@ -676,7 +677,7 @@ class StepScreen(PhhScreen):
         self.step_id = step_id
         self.initial_tab = tab
         self.run_id = run_id  # the attempt shown below the history; None: the latest
-        self._tail: EventLog | None = None
+        self._tail: AttemptTail | None = None
         self._tail_run: str | None = None
         self._tail_done = False
         self._tail_busy = False
@@ -815,8 +816,8 @@ class StepScreen(PhhScreen):
             self._set_tail(None)
             self.query_one("#diff-body", Static).update(Text("no attempt yet", style="dim"))
             return
-        report.update(self._report(a))
         state.update(self._state(a))
+        self._load_report(a, key)
         if self._tail_run != a.run_id:
             self._set_tail(a)
         if self._diff_for != a.run_id or (a.terminal and self._diff_for == a.run_id + "?"):
@@ -830,7 +831,24 @@ class StepScreen(PhhScreen):
         except ValueError:
             return str(path)
 
-    def _report(self, a: AttemptView) -> RenderableType:
+    def _load_report(self, a: AttemptView, shown: tuple[str | None, int, int]) -> None:
+        """The report pane; without a Run Report it shows final.txt, read off the UI
+        thread (drawn if the same attempt is still shown by then)."""
+        if a.report is not None:
+            self.query_one("#report-body", Static).update(self._report(a, None))
+            return
+        self.run_worker(self._read_report(a, shown), group="attempt-files",
+                        exit_on_error=False)
+
+    async def _read_report(self, a: AttemptView, shown: tuple[str | None, int, int]) -> None:
+        final_text = await asyncio.to_thread(read_final_text, a.path)
+        if self._shown == shown:
+            with contextlib.suppress(NoMatches):  # the screen went meanwhile
+                self.query_one("#report-body", Static).update(self._report(a, final_text))
+
+    def _report(self, a: AttemptView, final_text: str | None) -> RenderableType:
+        """`final_text`: the start of final.txt (None: there is none), shown when the
+        attempt has no valid Run Report."""
         parts: list[RenderableType] = []
         rep = a.report
         if rep is not None:
@@ -846,15 +864,10 @@ class StepScreen(PhhScreen):
                 t.add_row("artifact", f"{art.path} ({art.kind}): {art.description}")
             parts.append(Text("Run Report (final.json)", style="bold underline"))
             parts.append(t)
-        final_txt = a.path / FINAL_TXT
-        if rep is None and final_txt.exists():
-            try:
-                raw = final_txt.read_text(errors="replace")[:4000]
-            except OSError:
-                raw = ""
+        if rep is None and final_text is not None:
             parts.append(Text("final.txt (not a valid Run Report)" if a.terminal else
                               "final.txt", style="bold underline"))
-            parts.append(Text(raw))
+            parts.append(Text(final_text))
         if not parts:
             parts.append(Text("no Run Report yet" if not a.terminal else
                               "this attempt left no Run Report", style="dim"))
@@ -910,27 +923,37 @@ class StepScreen(PhhScreen):
         return t
 
     def _show_diff(self, a: AttemptView) -> None:
-        body = self.query_one("#diff-body", Static)
-        path = a.path / GIT_DIFF
+        """Read the attempt's git diff off the UI thread, then draw it (if it is still the
+        diff wanted: `_diff_for` names it; a live attempt's ends in "?")."""
         self._diff_for = a.run_id if a.terminal else a.run_id + "?"
-        if not path.exists():
+        self.run_worker(self._read_diff(a, self._diff_for), group="attempt-files",
+                        exit_on_error=False)
+
+    async def _read_diff(self, a: AttemptView, wanted: str) -> None:
+        diff = await asyncio.to_thread(read_diff, a.path)
+        if self._diff_for != wanted:
+            return
+        with contextlib.suppress(NoMatches):  # the screen went meanwhile
+            self._draw_diff(a, diff)
+
+    def _draw_diff(self, a: AttemptView, diff: DiffText) -> None:
+        body = self.query_one("#diff-body", Static)
+        if diff.missing:
             body.update(Text("the git diff is captured when the attempt ends" if not a.terminal
                              else "no git diff (the workspace is not a git repository, or "
                              "capture_git_artifacts is off)", style="dim"))
             return
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError as exc:
-            body.update(Text(f"cannot read {GIT_DIFF}: {exc}", style="red"))
+        if diff.error is not None:
+            body.update(Text(f"cannot read {GIT_DIFF}: {diff.error}", style="red"))
             return
+        lines = diff.lines
         if not lines:
             body.update(Text("no changes in the workspace", style="dim"))
             return
-        self.diff_text = "\n".join(lines[:MAX_DIFF_LINES])
+        self.diff_text = "\n".join(lines)
         note = ""
-        if len(lines) > MAX_DIFF_LINES:
-            note = f"\n… {len(lines) - MAX_DIFF_LINES} more lines in {self._rel(path)}"
-            lines = lines[:MAX_DIFF_LINES]
+        if diff.more:
+            note = f"\n… {diff.more} more lines in {self._rel(a.path / GIT_DIFF)}"
         body.update(Group(Syntax("\n".join(lines), "diff", theme="ansi_dark",
                                  word_wrap=False, background_color="default"),
                           Text(note, style="dim")))
@@ -946,11 +969,8 @@ class StepScreen(PhhScreen):
         if a is None:
             log.write(Text("no attempt yet", style="dim"))
             return
-        # plain or GC-compressed alike (phh_engine.logs); stdout.log when events were off
-        name = EVENTS
-        if log_path(a.path, EVENTS) is None and log_path(a.path, STDOUT) is not None:
-            name = STDOUT
-        self._tail = EventLog(a.path / name)
+        # plain or GC-compressed alike; stdout.log when events were off (chosen on its thread)
+        self._tail = AttemptTail(a.path)
         self.poll_tail()
 
     def poll_tail(self) -> None:
@@ -964,11 +984,11 @@ class StepScreen(PhhScreen):
         self.run_worker(self._poll_tail(self._tail, a, final), group="tail",
                         exit_on_error=False)
 
-    async def _poll_tail(self, tail: EventLog, a: AttemptView | None, final: bool) -> None:
+    async def _poll_tail(self, tail: AttemptTail, a: AttemptView | None, final: bool) -> None:
         try:
             lines = await asyncio.to_thread(tail.read_new, final)
             if final and a is not None and a.status != "succeeded":
-                stderr = await asyncio.to_thread(self._stderr_tail, a)
+                stderr = await asyncio.to_thread(stderr_tail, a.path)
                 if stderr:
                     lines += [Line("stderr (last lines):", "bold red"), *stderr]
         finally:
@@ -979,11 +999,6 @@ class StepScreen(PhhScreen):
             self._tail_done = True
         if lines:
             self._write(lines)
-
-    @staticmethod
-    def _stderr_tail(a: AttemptView) -> list[Line]:
-        text = read_log_tail(a.path, STDERR, 16 << 10).decode("utf-8", errors="replace")
-        return [Line("  " + ln, "red") for ln in text.splitlines()[-8:] if ln.strip()]
 
     def _write(self, lines: list[Line]) -> None:
         text = Text()
