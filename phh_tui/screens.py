@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from rich.console import Group, RenderableType
 from rich.syntax import Syntax
@@ -51,6 +51,18 @@ def clip(text: str | None, limit: int = MAX_CELL) -> str:
 
 def styled(text: str, status: str) -> Text:
     return Text(text, style=STATUS_STYLES.get(status, ""))
+
+
+RowT = TypeVar("RowT", bound=tuple[Any, ...])
+
+
+def typed(cls: type[RowT], cells: Callable[[RowT], Sequence[Cell]]
+          ) -> Callable[[str, Hashable], Sequence[Cell]]:
+    """A KeyedTable renderer for rows whose `sig` is the NamedTuple `cls`."""
+    def render(key: str, sig: Hashable) -> Sequence[Cell]:
+        assert isinstance(sig, cls), sig
+        return cells(sig)
+    return render
 
 
 def resume_label(view: ResumeView | None) -> str:
@@ -313,12 +325,45 @@ SYSTEM_COLUMNS = (
 )
 
 
+class BatchListRow(NamedTuple):
+    """One batch on the system screen."""
+
+    batch_id: str
+    submitted: str
+    state: str  # running | finished | closed | waiting
+    jobs: int
+    steps: int
+    done: int
+    running: int
+    ready: int
+    blocked: int
+    attention: int
+    goal: str
+
+    def cells(self) -> Sequence[Cell]:
+        state_style = {"running": STATUS_STYLES["running"], "finished": "green",
+                       "closed": "dim", "waiting": "cyan"}[self.state]
+
+        def num(n: int, status: str) -> Text:
+            return Text(str(n), style=STATUS_STYLES[status] if n else "dim")
+
+        return (
+            Text(self.batch_id, style="bold"), self.submitted,
+            Text(self.state, style=state_style), str(self.jobs), str(self.steps),
+            Text(f"{self.done}/{self.steps}", style="green" if self.done == self.steps else ""),
+            num(self.running, "running"), num(self.ready, "ready"),
+            num(self.blocked, "blocked"),
+            Text(str(self.attention), style="bold red" if self.attention else "dim"),
+            clip(self.goal, 70),
+        )
+
+
 class SystemScreen(PhhScreen):
     """One row per batch (SPEC §11 system view): attention first, then running, newest."""
 
     def body(self) -> ComposeResult:
         yield Static(id="totals")
-        yield KeyedTable(SYSTEM_COLUMNS, self._render_batch_row, id="batches")
+        yield KeyedTable(SYSTEM_COLUMNS, typed(BatchListRow, BatchListRow.cells), id="batches")
 
     def on_mount(self) -> None:  # (Textual also runs PhhScreen.on_mount, after this)
         self.query_one("#batches", KeyedTable).focus()
@@ -334,9 +379,9 @@ class SystemScreen(PhhScreen):
                      "finished" if prog and prog.finished else
                      "closed" if r.closed else "waiting")
             c = r.counts
-            sig = (r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state, r.jobs_total,
-                   r.steps_total, c.succeeded, c.running, c.ready, c.blocked, r.attention_steps,
-                   r.batch_goal_summary_preview)
+            sig = BatchListRow(r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state,
+                               r.jobs_total, r.steps_total, c.succeeded, c.running, c.ready,
+                               c.blocked, r.attention_steps, r.batch_goal_summary_preview)
             rows.append(Row(r.batch_id, sig, f"{r.batch_id} {state} "
                                              f"{r.batch_goal_summary_preview}"))
         self.query_one("#batches", KeyedTable).sync(rows)
@@ -371,23 +416,6 @@ class SystemScreen(PhhScreen):
                        style="yellow" if r.draining else "")
         return out
 
-    @staticmethod
-    def _render_batch_row(key: str, sig: Hashable) -> Sequence[Cell]:
-        (bid, submitted, state, jobs, steps, done, running, ready, blocked, attention,
-         goal) = cast("tuple[Any, ...]", sig)
-        state_style = {"running": STATUS_STYLES["running"], "finished": "green",
-                       "closed": "dim", "waiting": "cyan"}[state]
-
-        def num(n: int, status: str) -> Text:
-            return Text(str(n), style=STATUS_STYLES[status] if n else "dim")
-
-        return (
-            Text(bid, style="bold"), submitted, Text(state, style=state_style), str(jobs),
-            str(steps), Text(f"{done}/{steps}", style="green" if done == steps else ""),
-            num(running, "running"), num(ready, "ready"), num(blocked, "blocked"),
-            Text(str(attention), style="bold red" if attention else "dim"), clip(goal, 70),
-        )
-
     def action_open(self) -> None:
         key = self.query_one("#batches", KeyedTable).current_key
         if key:
@@ -415,12 +443,76 @@ TAB_COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
+class AttentionTabRow(NamedTuple):
+    step: str
+    kind: str
+    run: str
+    silent: str
+    detail: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, styled(self.kind, self.kind), self.run, self.silent, self.detail)
+
+
+class RunningTabRow(NamedTuple):
+    step: str
+    status: str  # the state's status, or "stuck"
+    run: str
+    runner: str
+    took: str
+    heartbeat: str
+    doing: str
+    resume: str
+
+    def cells(self) -> Sequence[Cell]:
+        beat: Cell = (Text(self.heartbeat, style=STATUS_STYLES["stuck"])
+                      if self.status == "stuck" else self.heartbeat)
+        return (self.step, styled(self.status, self.status), self.run, self.runner, self.took,
+                beat, self.doing, self.resume)
+
+
+class BlockedTabRow(NamedTuple):
+    step: str
+    reasons: str
+    resume: str
+
+    def cells(self) -> Sequence[Cell]:
+        return tuple(self)
+
+
+class FailureTabRow(NamedTuple):
+    step: str
+    run: str
+    state: str
+    exit: str
+    why: str
+    agent: str
+    summary: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, self.run, styled(self.state, self.state), self.exit, self.why,
+                self.agent, self.summary)
+
+
+class StepTabRow(NamedTuple):
+    step: str
+    status: str  # the step's status, or "stuck"
+    attempts: int
+    run: str
+    detail: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, styled(self.status, self.status), str(self.attempts), self.run,
+                self.detail)
+
+
 def _rows_attention(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for a in sb.attention:
         silent = (duration(_since(a.seconds_since_last_heartbeat, sb, now))
                   if a.seconds_since_last_heartbeat is not None else "")
-        sig = (f"{a.job_id}.{a.step_id}", a.kind, a.run_id or "-", silent, clip(a.detail))
+        sig = AttentionTabRow(f"{a.job_id}.{a.step_id}", a.kind, a.run_id or "-", silent,
+                              clip(a.detail))
         out.append(Row(step_key(a.job_id, a.step_id), sig, " ".join(map(str, sig))))
     return out
 
@@ -429,10 +521,10 @@ def _rows_running(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
     out = []
     for r in sb.running:
         status = "stuck" if r.stuck else r.state_status
-        sig = (f"{r.job_id}.{r.step_id}", status, r.run_id, r.runner_id or "-",
-               duration(_since(r.run_duration_seconds, sb, now)),
-               duration(_since(r.seconds_since_last_heartbeat, sb, now)),
-               doing(r.current_item), resume_label(r.resume_from))
+        sig = RunningTabRow(f"{r.job_id}.{r.step_id}", status, r.run_id, r.runner_id or "-",
+                            duration(_since(r.run_duration_seconds, sb, now)),
+                            duration(_since(r.seconds_since_last_heartbeat, sb, now)),
+                            doing(r.current_item), resume_label(r.resume_from))
         out.append(Row(step_key(r.job_id, r.step_id), sig, " ".join(map(str, sig))))
     return out
 
@@ -440,8 +532,8 @@ def _rows_running(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
 def _rows_blocked(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for b in sb.blocked:
-        sig = (f"{b.job_id}.{b.step_id}", clip("; ".join(b.reasons), 160),
-               resume_label(b.resume_from))
+        sig = BlockedTabRow(f"{b.job_id}.{b.step_id}", clip("; ".join(b.reasons), 160),
+                            resume_label(b.resume_from))
         out.append(Row(step_key(b.job_id, b.step_id), sig, " ".join(sig)))
     return out
 
@@ -449,10 +541,10 @@ def _rows_blocked(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
 def _rows_failures(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for f in sb.failures:
-        sig = (f"{f.job_id}.{f.step_id}", f.run_id, f.state_status,
-               "-" if f.exit_code is None else str(f.exit_code),
-               f.failure_class or f.termination_reason or "", f.final_status or "-",
-               clip(f.final_summary or "; ".join(f.errors)))
+        sig = FailureTabRow(f"{f.job_id}.{f.step_id}", f.run_id, f.state_status,
+                            "-" if f.exit_code is None else str(f.exit_code),
+                            f.failure_class or f.termination_reason or "",
+                            f.final_status or "-", clip(f.final_summary or "; ".join(f.errors)))
         out.append(Row(step_key(f.job_id, f.step_id), sig, " ".join(sig)))
     return out
 
@@ -463,10 +555,10 @@ def _rows_steps(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
         detail = "; ".join(s.reasons)
         if s.resume_from is not None:
             detail = (detail + "  " if detail else "") + resume_label(s.resume_from)
-        sig = (f"{s.job_id}.{s.step_id}", "stuck" if s.stuck else s.status, s.attempts,
-               s.run_id or "-", clip(detail))
-        out.append(Row(step_key(s.job_id, s.step_id), sig, f"{sig[0]} {sig[1]} {sig[3]} "
-                                                           f"{sig[4]}"))
+        sig = StepTabRow(f"{s.job_id}.{s.step_id}", "stuck" if s.stuck else s.status,
+                         s.attempts, s.run_id or "-", clip(detail))
+        out.append(Row(step_key(s.job_id, s.step_id), sig, f"{sig.step} {sig.status} "
+                                                           f"{sig.run} {sig.detail}"))
     return out
 
 
@@ -478,21 +570,13 @@ TAB_COUNTS = {"attention": lambda sb: len(sb.attention), "running": lambda sb: l
               "steps": lambda sb: sb.steps_total}
 
 
-def _render_tab(tab: str) -> Any:
-    def render(key: str, sig: Hashable) -> Sequence[Cell]:
-        v = list(cast("tuple[Any, ...]", sig))
-        if tab == "attention":
-            v[1] = styled(v[1], v[1])
-        elif tab == "running":
-            v[1] = styled(v[1], v[1])
-            v[5] = Text(v[5], style=STATUS_STYLES["stuck"]) if sig[1] == "stuck" else v[5]
-        elif tab == "failures":
-            v[2] = styled(v[2], v[2])
-        elif tab == "steps":
-            v[1] = styled(v[1], v[1])
-            v[2] = str(v[2])
-        return v
-    return render
+TAB_RENDER: dict[str, Callable[[str, Hashable], Sequence[Cell]]] = {
+    "attention": typed(AttentionTabRow, AttentionTabRow.cells),
+    "running": typed(RunningTabRow, RunningTabRow.cells),
+    "blocked": typed(BlockedTabRow, BlockedTabRow.cells),
+    "failures": typed(FailureTabRow, FailureTabRow.cells),
+    "steps": typed(StepTabRow, StepTabRow.cells),
+}
 
 
 class BatchScreen(PhhScreen):
@@ -525,7 +609,7 @@ class BatchScreen(PhhScreen):
         with Tabs(initial=self.initial_tab, id="tabs"):
             for tab in TABS:
                 with TabPane(TAB_TITLES[tab], id=tab):
-                    yield KeyedTable(TAB_COLUMNS[tab], _render_tab(tab), markable=True,
+                    yield KeyedTable(TAB_COLUMNS[tab], TAB_RENDER[tab], markable=True,
                                      id=f"t-{tab}")
 
     @property
@@ -644,6 +728,25 @@ ATTEMPT_COLUMNS = (
 STEP_TABS = ("events", "report", "state", "diff")
 
 
+class AttemptTabRow(NamedTuple):
+    """One attempt in the step screen's history."""
+
+    n: str
+    run: str
+    status: str
+    how: str
+    started: str
+    took: str
+    exit: str
+    why: str
+    tokens: str
+    link: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.n, self.run, styled(self.status, self.status), self.how, self.started,
+                self.took, self.exit, self.why, self.tokens, self.link)
+
+
 def _attempt_link(a: AttemptView) -> str:
     m = a.meta
     if m is None:
@@ -693,7 +796,8 @@ class StepScreen(PhhScreen):
 
     def body(self) -> ComposeResult:
         yield Static(id="step-head")
-        yield KeyedTable(ATTEMPT_COLUMNS, self._render_attempt, id="attempts")
+        yield KeyedTable(ATTEMPT_COLUMNS, typed(AttemptTabRow, AttemptTabRow.cells),
+                         id="attempts")
         with Tabs(initial=self.initial_tab, id="step-tabs"):
             with TabPane("Events", id="events"):
                 yield RichLog(id="log", max_lines=MAX_LOG_LINES, wrap=False, markup=False,
@@ -750,12 +854,13 @@ class StepScreen(PhhScreen):
             how = (a.meta.trigger if a.meta else "?") + (
                 " · resume" if a.meta and a.meta.invocation == "resume" else "")
             u = st.usage if st else None
-            sig = (str(a.meta.attempt_number if a.meta else i), a.run_id, a.status, how,
-                   a.started_at.strftime("%H:%M:%S") if a.started_at else "-", duration(took),
-                   "-" if not st or st.exit_code is None else str(st.exit_code),
-                   (st.failure_class or st.termination_reason or "") if st else "",
-                   f"{u.input_tokens:,}/{u.output_tokens:,}" if u and u.input_tokens else "-",
-                   _attempt_link(a))
+            sig = AttemptTabRow(
+                str(a.meta.attempt_number if a.meta else i), a.run_id, a.status, how,
+                a.started_at.strftime("%H:%M:%S") if a.started_at else "-", duration(took),
+                "-" if not st or st.exit_code is None else str(st.exit_code),
+                (st.failure_class or st.termination_reason or "") if st else "",
+                f"{u.input_tokens:,}/{u.output_tokens:,}" if u and u.input_tokens else "-",
+                _attempt_link(a))
             rows.append(Row(a.run_id, sig, " ".join(sig)))
         rows.reverse()  # newest first
         table = self.query_one("#attempts", KeyedTable)
@@ -768,12 +873,6 @@ class StepScreen(PhhScreen):
         self._newest = rows[0].key if rows else None
         self._show_attempt(self.attempt())
         self.refresh_crumbs()
-
-    @staticmethod
-    def _render_attempt(key: str, sig: Hashable) -> Sequence[Cell]:
-        v: list[Cell] = list(cast("tuple[str, ...]", sig))
-        v[2] = styled(str(v[2]), str(v[2]))
-        return v
 
     def _head(self, step: StepView, row: StepRow) -> Group:
         status = "stuck" if row.stuck else row.status
