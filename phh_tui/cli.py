@@ -170,7 +170,8 @@ def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:
     # A one-shot process that keeps every object it makes until it exits: cyclic GC passes
     # over the thousands of small models would only cost time.
     gc.disable()
-    from phh_engine.api_ops import LookupFailed, derive_view
+    from phh_engine.api_ops import derive_view
+    from phh_engine.artifacts import LookupFailed
     from phh_tui.cli_automation import fail
 
     try:

@@ -409,11 +409,11 @@ class SystemScreen(PhhScreen):
         out.append(" · runners: ", style="dim")
         if not live:
             out.append("none serving", style="yellow")
-        for i, r in enumerate(live):
+        for i, health in enumerate(live):
             out.append(", " if i else "", style="dim")
-            out.append(f"{r.runner_id} {r.running}/{r.capacity}"
-                       + (" draining" if r.draining else ""),
-                       style="yellow" if r.draining else "")
+            out.append(f"{health.runner_id} {health.running}/{health.capacity}"
+                       + (" draining" if health.draining else ""),
+                       style="yellow" if health.draining else "")
         return out
 
     def action_open(self) -> None:
@@ -565,9 +565,10 @@ def _rows_steps(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
 RowBuilder = Callable[[BatchScoreboard, "datetime | None"], list[Row]]
 ROW_BUILDERS: dict[str, RowBuilder] = {"attention": _rows_attention, "running": _rows_running,
                 "blocked": _rows_blocked, "failures": _rows_failures, "steps": _rows_steps}
-TAB_COUNTS = {"attention": lambda sb: len(sb.attention), "running": lambda sb: len(sb.running),
-              "blocked": lambda sb: len(sb.blocked), "failures": lambda sb: len(sb.failures),
-              "steps": lambda sb: sb.steps_total}
+TAB_COUNTS: dict[str, Callable[[BatchScoreboard], int]] = {
+    "attention": lambda sb: len(sb.attention), "running": lambda sb: len(sb.running),
+    "blocked": lambda sb: len(sb.blocked), "failures": lambda sb: len(sb.failures),
+    "steps": lambda sb: sb.steps_total}
 
 
 TAB_RENDER: dict[str, Callable[[str, Hashable], Sequence[Cell]]] = {
