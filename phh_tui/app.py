@@ -47,7 +47,7 @@ from phh_engine.store import read_model
 from phh_tui.backend import Backend, EngineBackend, Outcome, StoreBackend
 from phh_tui.board import Alert, Board, compute_board
 from phh_tui.dialogs import HelpScreen, QuitScreen
-from phh_tui.messages import OpenBatch, OpenStep, RunAction, StepRef, StepTab
+from phh_tui.messages import OpenBatch, OpenStep, RunAction, StepTab
 from phh_tui.screens import BatchScreen, PhhScreen, StepScreen, SystemScreen
 
 AlertMode = Literal["bell", "notify", "off"]
@@ -394,19 +394,21 @@ class PhhApp(App[int]):
         self.act(msg.action, msg.batch_id, msg.targets, **msg.options)
 
     def on_open_batch(self, msg: OpenBatch) -> None:
+        """A screen asked for a batch (from the system screen: its row under the cursor)."""
         self.open_batch(msg.batch_id)
 
     def on_open_step(self, msg: OpenStep) -> None:
+        """A screen asked for a step (a batch row, or an attempt's resume source)."""
         self.open_step(msg.batch_id, msg.job_id, msg.step_id, tab=msg.tab, run_id=msg.run_id)
 
-    def act(self, action: str, batch_id: str, targets: Iterable[StepRef | tuple[str, str]],
+    def act(self, action: str, batch_id: str, targets: Iterable[tuple[str, str]],
             **kw: Any) -> Worker[None]:
         """cancel | retry | resume | mark_failed on steps, through the engine's API; each
         result (or error) shows as a notification."""
         return self.run_worker(self._act(action, batch_id, list(targets), kw), group="actions",
                                exit_on_error=False)
 
-    async def _act(self, action: str, batch_id: str, targets: list[StepRef | tuple[str, str]],
+    async def _act(self, action: str, batch_id: str, targets: list[tuple[str, str]],
                    kw: dict[str, Any]) -> None:
         results: list[tuple[str, Outcome]] = []
         for job_id, step_id in targets:

@@ -1,5 +1,10 @@
 """The three screens (system → batch → step) and what they share: crumbs, the filter bar,
-j/k/g/G on the main table, and the operator actions (c r R m space l d s)."""
+j/k/g/G on the main table, and the operator actions (c r R m space l d s).
+
+Screens draw data they are given (the app's `Board`, a step's view from `Backend.step`) and
+post intents (`phh_tui.messages`: RunAction, OpenBatch, OpenStep) that the app handles; they
+read attempt files only through `attempt_files`, on worker threads. Table rows are typed
+NamedTuples that render their own cells."""
 
 from __future__ import annotations
 
