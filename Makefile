@@ -21,7 +21,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy phh_engine
+	$(BIN)/mypy phh_engine phh_tui
 
 # pytest exits 5 when it collected no test: that fails the target on purpose. There is no
 # rerun of failed tests: a test that needs a second chance is a bug to find and fix. The

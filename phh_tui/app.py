@@ -47,6 +47,7 @@ from phh_engine.store import read_model
 from phh_tui.backend import Backend, EngineBackend, Outcome, StoreBackend
 from phh_tui.board import Alert, Board, compute_board
 from phh_tui.dialogs import HelpScreen, QuitScreen
+from phh_tui.messages import OpenBatch, OpenStep, RunAction, StepTab
 from phh_tui.screens import BatchScreen, PhhScreen, StepScreen, SystemScreen
 
 AlertMode = Literal["bell", "notify", "off"]
@@ -389,6 +390,18 @@ class PhhApp(App[int]):
         return out
 
     # ------------------------------------------------------------ operator actions
+    def on_run_action(self, msg: RunAction) -> None:
+        """A screen asked for an operator action."""
+        self.act(msg.action, msg.batch_id, msg.targets, **msg.options)
+
+    def on_open_batch(self, msg: OpenBatch) -> None:
+        """A screen asked for a batch (from the system screen: its row under the cursor)."""
+        self.open_batch(msg.batch_id)
+
+    def on_open_step(self, msg: OpenStep) -> None:
+        """A screen asked for a step (a batch row, or an attempt's resume source)."""
+        self.open_step(msg.batch_id, msg.job_id, msg.step_id, tab=msg.tab, run_id=msg.run_id)
+
     def act(self, action: str, batch_id: str, targets: Iterable[tuple[str, str]],
             **kw: Any) -> Worker[None]:
         """cancel | retry | resume | mark_failed on steps, through the engine's API; each
@@ -511,8 +524,9 @@ class PhhApp(App[int]):
             self.pop_screen()
         self.push_screen(self.batch_screen(batch_id))
 
-    def open_step(self, batch_id: str, job_id: str, step_id: str, tab: str = "events") -> None:
-        self.push_screen(StepScreen(batch_id, job_id, step_id, tab=tab))
+    def open_step(self, batch_id: str, job_id: str, step_id: str, tab: StepTab = "events",
+                  run_id: str | None = None) -> None:
+        self.push_screen(StepScreen(batch_id, job_id, step_id, tab=tab, run_id=run_id))
 
 
 # ---------------------------------------------------------------- entry point

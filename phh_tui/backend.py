@@ -40,7 +40,7 @@ from phh_engine.paths import (
     is_attempt_dir_name,
     run_id_of,
 )
-from phh_engine.views import BatchView
+from phh_engine.views import BatchView, StepView
 
 from .watchset import WatchSet, is_interesting
 
@@ -305,6 +305,12 @@ class Backend:
             with contextlib.suppress(RuntimeError):
                 return dict(self.index.batches)
         return {}
+
+    def step(self, batch_id: str, job_id: str, step_id: str) -> StepView | None:
+        """One step's view (its spec and attempts, as last read), None when unknown."""
+        batch = self.index.batches.get(batch_id)
+        job = batch.jobs.get(job_id) if batch else None
+        return job.steps.get(step_id) if job else None
 
     def running_here(self) -> int:
         """Attempts this process runs (what quitting must decide about)."""

@@ -36,8 +36,9 @@ def fail(exc: LookupFailed, as_json: bool) -> int:
             422: "invalid"}.get(exc.status, "error")
     if as_json:
         body: dict[str, Any] = {"error": code, "message": exc.message}
-        if getattr(exc, "errors", None):
-            body["errors"] = exc.errors  # type: ignore[attr-defined]
+        errors = getattr(exc, "errors", None)  # InvalidLaunchTable's per-path problems
+        if errors:
+            body["errors"] = errors
         _print_json(body)
     _err(exc.message)
     return EXIT_INVALID if exc.status in (400, 422) else EXIT_FAIL

@@ -65,7 +65,7 @@ def run_demo(root: Path | None = None, no_ui: bool = False) -> int:
             else:
                 # the stand-in lives in this process: attempts cannot outlive it
                 return run_app(base, allow_detach=False)
-        from phh_tui.cli import HeadlessLog, run_headless
+        from phh_tui.headless import HeadlessLog, run_headless
 
         engine = Engine(base, until_idle=True)
         engine.on_event = HeadlessLog(engine)

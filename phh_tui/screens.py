@@ -1,13 +1,19 @@
 """The three screens (system → batch → step) and what they share: crumbs, the filter bar,
-j/k/g/G on the main table, and the operator actions (c r R m space l d s)."""
+j/k/g/G on the main table, and the operator actions (c r R m space l d s).
+
+Screens draw data they are given (the app's `Board`, a step's view from `Backend.step`) and
+post intents (`phh_tui.messages`: RunAction, OpenBatch, OpenStep) that the app handles; they
+read attempt files only through `attempt_files`, on worker threads. Table rows are typed
+NamedTuples that render their own cells."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from rich.console import Group, RenderableType
 from rich.syntax import Syntax
@@ -16,18 +22,20 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane
 
-from phh_engine.logs import log_path, read_log_tail
 from phh_engine.models import BatchScoreboard, StatusCounts
 from phh_engine.models.scoreboard import ResumeView, StepRow
-from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
+from phh_engine.paths import GIT_DIFF
 from phh_engine.scoreboards import goal_preview
 from phh_engine.views import AttemptView, StepView
+from phh_tui.attempt_files import AttemptTail, DiffText, read_diff, read_final_text, stderr_tail
 from phh_tui.board import Board, Progress, live_runners
 from phh_tui.dialogs import ConfirmScreen, PromptScreen
-from phh_tui.eventlines import EventLog, Line, shell_command
+from phh_tui.eventlines import Line, shell_command
+from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
 from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
 from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
 
@@ -35,7 +43,6 @@ if TYPE_CHECKING:
     from phh_tui.app import PhhApp
 
 MAX_CELL = 120
-MAX_DIFF_LINES = 5000
 TAIL_POLL_SECONDS = 0.25
 MAX_LOG_LINES = 20000
 
@@ -49,6 +56,18 @@ def clip(text: str | None, limit: int = MAX_CELL) -> str:
 
 def styled(text: str, status: str) -> Text:
     return Text(text, style=STATUS_STYLES.get(status, ""))
+
+
+RowT = TypeVar("RowT", bound=tuple[Any, ...])
+
+
+def typed(cls: type[RowT], cells: Callable[[RowT], Sequence[Cell]]
+          ) -> Callable[[str, Hashable], Sequence[Cell]]:
+    """A KeyedTable renderer for rows whose `sig` is the NamedTuple `cls`."""
+    def render(key: str, sig: Hashable) -> Sequence[Cell]:
+        assert isinstance(sig, cls), sig
+        return cells(sig)
+    return render
 
 
 def resume_label(view: ResumeView | None) -> str:
@@ -68,9 +87,9 @@ def step_key(job_id: str, step_id: str) -> str:
     return f"{job_id}/{step_id}"
 
 
-def split_key(key: str) -> tuple[str, str]:
+def split_key(key: str) -> StepRef:
     job, _, step = key.partition("/")
-    return job, step
+    return StepRef(job, step)
 
 
 def tokens(inp: int, cached: int, out: int) -> str:
@@ -225,11 +244,17 @@ class PhhScreen(Screen[None]):
             self.app.pop_screen()
 
     # ------------------------------------------------------------ operator actions
-    def action_targets(self) -> list[tuple[str, str]]:
-        """(job_id, step_id) pairs the next action applies to."""
+    def action_targets(self) -> list[StepRef]:
+        """The steps the next action applies to."""
         return []
 
-    def _confirm_then(self, action: str, title: str, detail: str, **kw: Any) -> None:
+    def request(self, action: ActionName, batch_id: str, targets: list[StepRef],
+                **options: Any) -> None:
+        """Ask the app to apply `action` (it reports the outcome); bulk marks clear."""
+        self.post_message(RunAction(action, batch_id, targets, options))
+        self.after_action()
+
+    def _confirm_then(self, action: ActionName, title: str, detail: str, **kw: Any) -> None:
         targets = self.action_targets()
         if not targets or self.batch_id is None:
             self.notify("no step selected", severity="warning")
@@ -238,8 +263,7 @@ class PhhScreen(Screen[None]):
 
         def done(ok: bool | None) -> None:
             if ok:
-                self.phh.act(action, bid, targets, **kw)
-                self.after_action()
+                self.request(action, bid, targets, **kw)
 
         names = ", ".join(f"{j}.{s}" for j, s in targets[:5])
         more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
@@ -263,8 +287,7 @@ class PhhScreen(Screen[None]):
         if not targets or self.batch_id is None:
             self.notify("no step selected", severity="warning")
             return
-        self.phh.act("retry", self.batch_id, targets)
-        self.after_action()
+        self.request("retry", self.batch_id, targets)
 
     def resume_run_id(self) -> str | None:
         return None
@@ -282,8 +305,7 @@ class PhhScreen(Screen[None]):
                 kw: dict[str, Any] = {"prompt": prompt}
                 if run_id:
                     kw["run_id"] = run_id
-                self.phh.act("resume", bid, targets, **kw)
-                self.after_action()
+                self.request("resume", bid, targets, **kw)
 
         self.app.push_screen(PromptScreen(
             f"Resume {names}" + (f" from {run_id}" if run_id else ""),
@@ -308,12 +330,45 @@ SYSTEM_COLUMNS = (
 )
 
 
+class BatchListRow(NamedTuple):
+    """One batch on the system screen."""
+
+    batch_id: str
+    submitted: str
+    state: str  # running | finished | closed | waiting
+    jobs: int
+    steps: int
+    done: int
+    running: int
+    ready: int
+    blocked: int
+    attention: int
+    goal: str
+
+    def cells(self) -> Sequence[Cell]:
+        state_style = {"running": STATUS_STYLES["running"], "finished": "green",
+                       "closed": "dim", "waiting": "cyan"}[self.state]
+
+        def num(n: int, status: str) -> Text:
+            return Text(str(n), style=STATUS_STYLES[status] if n else "dim")
+
+        return (
+            Text(self.batch_id, style="bold"), self.submitted,
+            Text(self.state, style=state_style), str(self.jobs), str(self.steps),
+            Text(f"{self.done}/{self.steps}", style="green" if self.done == self.steps else ""),
+            num(self.running, "running"), num(self.ready, "ready"),
+            num(self.blocked, "blocked"),
+            Text(str(self.attention), style="bold red" if self.attention else "dim"),
+            clip(self.goal, 70),
+        )
+
+
 class SystemScreen(PhhScreen):
     """One row per batch (SPEC §11 system view): attention first, then running, newest."""
 
     def body(self) -> ComposeResult:
         yield Static(id="totals")
-        yield KeyedTable(SYSTEM_COLUMNS, self._render_batch_row, id="batches")
+        yield KeyedTable(SYSTEM_COLUMNS, typed(BatchListRow, BatchListRow.cells), id="batches")
 
     def on_mount(self) -> None:  # (Textual also runs PhhScreen.on_mount, after this)
         self.query_one("#batches", KeyedTable).focus()
@@ -329,9 +384,9 @@ class SystemScreen(PhhScreen):
                      "finished" if prog and prog.finished else
                      "closed" if r.closed else "waiting")
             c = r.counts
-            sig = (r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state, r.jobs_total,
-                   r.steps_total, c.succeeded, c.running, c.ready, c.blocked, r.attention_steps,
-                   r.batch_goal_summary_preview)
+            sig = BatchListRow(r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state,
+                               r.jobs_total, r.steps_total, c.succeeded, c.running, c.ready,
+                               c.blocked, r.attention_steps, r.batch_goal_summary_preview)
             rows.append(Row(r.batch_id, sig, f"{r.batch_id} {state} "
                                              f"{r.batch_goal_summary_preview}"))
         self.query_one("#batches", KeyedTable).sync(rows)
@@ -359,41 +414,24 @@ class SystemScreen(PhhScreen):
         out.append(" · runners: ", style="dim")
         if not live:
             out.append("none serving", style="yellow")
-        for i, r in enumerate(live):
+        for i, health in enumerate(live):
             out.append(", " if i else "", style="dim")
-            out.append(f"{r.runner_id} {r.running}/{r.capacity}"
-                       + (" draining" if r.draining else ""),
-                       style="yellow" if r.draining else "")
-            for j, n in enumerate(r.nodes):  # a cluster runner's nodes
+            out.append(f"{health.runner_id} {health.running}/{health.capacity}"
+                       + (" draining" if health.draining else ""),
+                       style="yellow" if health.draining else "")
+            for j, n in enumerate(health.nodes):  # a cluster runner's nodes
                 out.append(" [" if j == 0 else ", ", style="dim")
                 out.append(f"{n.label} {n.slots_used}/{n.slots_total}"
                            + ("" if n.alive else " lost"),
                            style="" if n.alive else "bold red")
-                if j == len(r.nodes) - 1:
+                if j == len(health.nodes) - 1:
                     out.append("]", style="dim")
         return out
-
-    @staticmethod
-    def _render_batch_row(key: str, sig: Hashable) -> Sequence[Cell]:
-        (bid, submitted, state, jobs, steps, done, running, ready, blocked, attention,
-         goal) = cast("tuple[Any, ...]", sig)
-        state_style = {"running": STATUS_STYLES["running"], "finished": "green",
-                       "closed": "dim", "waiting": "cyan"}[state]
-
-        def num(n: int, status: str) -> Text:
-            return Text(str(n), style=STATUS_STYLES[status] if n else "dim")
-
-        return (
-            Text(bid, style="bold"), submitted, Text(state, style=state_style), str(jobs),
-            str(steps), Text(f"{done}/{steps}", style="green" if done == steps else ""),
-            num(running, "running"), num(ready, "ready"), num(blocked, "blocked"),
-            Text(str(attention), style="bold red" if attention else "dim"), clip(goal, 70),
-        )
 
     def action_open(self) -> None:
         key = self.query_one("#batches", KeyedTable).current_key
         if key:
-            self.app.push_screen(self.phh.batch_screen(key))
+            self.post_message(OpenBatch(key))
 
 
 # ====================================================================== batch
@@ -417,12 +455,76 @@ TAB_COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
+class AttentionTabRow(NamedTuple):
+    step: str
+    kind: str
+    run: str
+    silent: str
+    detail: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, styled(self.kind, self.kind), self.run, self.silent, self.detail)
+
+
+class RunningTabRow(NamedTuple):
+    step: str
+    status: str  # the state's status, or "stuck"
+    run: str
+    runner: str
+    took: str
+    heartbeat: str
+    doing: str
+    resume: str
+
+    def cells(self) -> Sequence[Cell]:
+        beat: Cell = (Text(self.heartbeat, style=STATUS_STYLES["stuck"])
+                      if self.status == "stuck" else self.heartbeat)
+        return (self.step, styled(self.status, self.status), self.run, self.runner, self.took,
+                beat, self.doing, self.resume)
+
+
+class BlockedTabRow(NamedTuple):
+    step: str
+    reasons: str
+    resume: str
+
+    def cells(self) -> Sequence[Cell]:
+        return tuple(self)
+
+
+class FailureTabRow(NamedTuple):
+    step: str
+    run: str
+    state: str
+    exit: str
+    why: str
+    agent: str
+    summary: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, self.run, styled(self.state, self.state), self.exit, self.why,
+                self.agent, self.summary)
+
+
+class StepTabRow(NamedTuple):
+    step: str
+    status: str  # the step's status, or "stuck"
+    attempts: int
+    run: str
+    detail: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.step, styled(self.status, self.status), str(self.attempts), self.run,
+                self.detail)
+
+
 def _rows_attention(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for a in sb.attention:
         silent = (duration(_since(a.seconds_since_last_heartbeat, sb, now))
                   if a.seconds_since_last_heartbeat is not None else "")
-        sig = (f"{a.job_id}.{a.step_id}", a.kind, a.run_id or "-", silent, clip(a.detail))
+        sig = AttentionTabRow(f"{a.job_id}.{a.step_id}", a.kind, a.run_id or "-", silent,
+                              clip(a.detail))
         out.append(Row(step_key(a.job_id, a.step_id), sig, " ".join(map(str, sig))))
     return out
 
@@ -431,10 +533,10 @@ def _rows_running(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
     out = []
     for r in sb.running:
         status = "stuck" if r.stuck else r.state_status
-        sig = (f"{r.job_id}.{r.step_id}", status, r.run_id, r.runner_id or "-",
-               duration(_since(r.run_duration_seconds, sb, now)),
-               duration(_since(r.seconds_since_last_heartbeat, sb, now)),
-               doing(r.current_item), resume_label(r.resume_from))
+        sig = RunningTabRow(f"{r.job_id}.{r.step_id}", status, r.run_id, r.runner_id or "-",
+                            duration(_since(r.run_duration_seconds, sb, now)),
+                            duration(_since(r.seconds_since_last_heartbeat, sb, now)),
+                            doing(r.current_item), resume_label(r.resume_from))
         out.append(Row(step_key(r.job_id, r.step_id), sig, " ".join(map(str, sig))))
     return out
 
@@ -442,8 +544,8 @@ def _rows_running(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
 def _rows_blocked(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for b in sb.blocked:
-        sig = (f"{b.job_id}.{b.step_id}", clip("; ".join(b.reasons), 160),
-               resume_label(b.resume_from))
+        sig = BlockedTabRow(f"{b.job_id}.{b.step_id}", clip("; ".join(b.reasons), 160),
+                            resume_label(b.resume_from))
         out.append(Row(step_key(b.job_id, b.step_id), sig, " ".join(sig)))
     return out
 
@@ -451,10 +553,10 @@ def _rows_blocked(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]
 def _rows_failures(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
     out = []
     for f in sb.failures:
-        sig = (f"{f.job_id}.{f.step_id}", f.run_id, f.state_status,
-               "-" if f.exit_code is None else str(f.exit_code),
-               f.failure_class or f.termination_reason or "", f.final_status or "-",
-               clip(f.final_summary or "; ".join(f.errors)))
+        sig = FailureTabRow(f"{f.job_id}.{f.step_id}", f.run_id, f.state_status,
+                            "-" if f.exit_code is None else str(f.exit_code),
+                            f.failure_class or f.termination_reason or "",
+                            f.final_status or "-", clip(f.final_summary or "; ".join(f.errors)))
         out.append(Row(step_key(f.job_id, f.step_id), sig, " ".join(sig)))
     return out
 
@@ -465,36 +567,29 @@ def _rows_steps(sb: BatchScoreboard, now: datetime | None = None) -> list[Row]:
         detail = "; ".join(s.reasons)
         if s.resume_from is not None:
             detail = (detail + "  " if detail else "") + resume_label(s.resume_from)
-        sig = (f"{s.job_id}.{s.step_id}", "stuck" if s.stuck else s.status, s.attempts,
-               s.run_id or "-", clip(detail))
-        out.append(Row(step_key(s.job_id, s.step_id), sig, f"{sig[0]} {sig[1]} {sig[3]} "
-                                                           f"{sig[4]}"))
+        sig = StepTabRow(f"{s.job_id}.{s.step_id}", "stuck" if s.stuck else s.status,
+                         s.attempts, s.run_id or "-", clip(detail))
+        out.append(Row(step_key(s.job_id, s.step_id), sig, f"{sig.step} {sig.status} "
+                                                           f"{sig.run} {sig.detail}"))
     return out
 
 
 RowBuilder = Callable[[BatchScoreboard, "datetime | None"], list[Row]]
 ROW_BUILDERS: dict[str, RowBuilder] = {"attention": _rows_attention, "running": _rows_running,
                 "blocked": _rows_blocked, "failures": _rows_failures, "steps": _rows_steps}
-TAB_COUNTS = {"attention": lambda sb: len(sb.attention), "running": lambda sb: len(sb.running),
-              "blocked": lambda sb: len(sb.blocked), "failures": lambda sb: len(sb.failures),
-              "steps": lambda sb: sb.steps_total}
+TAB_COUNTS: dict[str, Callable[[BatchScoreboard], int]] = {
+    "attention": lambda sb: len(sb.attention), "running": lambda sb: len(sb.running),
+    "blocked": lambda sb: len(sb.blocked), "failures": lambda sb: len(sb.failures),
+    "steps": lambda sb: sb.steps_total}
 
 
-def _render_tab(tab: str) -> Any:
-    def render(key: str, sig: Hashable) -> Sequence[Cell]:
-        v = list(cast("tuple[Any, ...]", sig))
-        if tab == "attention":
-            v[1] = styled(v[1], v[1])
-        elif tab == "running":
-            v[1] = styled(v[1], v[1])
-            v[5] = Text(v[5], style=STATUS_STYLES["stuck"]) if sig[1] == "stuck" else v[5]
-        elif tab == "failures":
-            v[2] = styled(v[2], v[2])
-        elif tab == "steps":
-            v[1] = styled(v[1], v[1])
-            v[2] = str(v[2])
-        return v
-    return render
+TAB_RENDER: dict[str, Callable[[str, Hashable], Sequence[Cell]]] = {
+    "attention": typed(AttentionTabRow, AttentionTabRow.cells),
+    "running": typed(RunningTabRow, RunningTabRow.cells),
+    "blocked": typed(BlockedTabRow, BlockedTabRow.cells),
+    "failures": typed(FailureTabRow, FailureTabRow.cells),
+    "steps": typed(StepTabRow, StepTabRow.cells),
+}
 
 
 class BatchScreen(PhhScreen):
@@ -527,7 +622,7 @@ class BatchScreen(PhhScreen):
         with Tabs(initial=self.initial_tab, id="tabs"):
             for tab in TABS:
                 with TabPane(TAB_TITLES[tab], id=tab):
-                    yield KeyedTable(TAB_COLUMNS[tab], _render_tab(tab), markable=True,
+                    yield KeyedTable(TAB_COLUMNS[tab], TAB_RENDER[tab], markable=True,
                                      id=f"t-{tab}")
 
     @property
@@ -610,7 +705,7 @@ class BatchScreen(PhhScreen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
-    def action_targets(self) -> list[tuple[str, str]]:
+    def action_targets(self) -> list[StepRef]:
         return [split_key(k) for k in self.active_table().targets()]
 
     def action_mark(self) -> None:
@@ -620,11 +715,11 @@ class BatchScreen(PhhScreen):
         for t in self.query(KeyedTable):
             t.clear_marks()
 
-    def _open_step(self, tab: str) -> None:
+    def _open_step(self, tab: StepTab) -> None:
         key = self.active_table().current_key
         if key and self.batch_id:
             job, step = split_key(key)
-            self.app.push_screen(StepScreen(self.batch_id, job, step, tab=tab))
+            self.post_message(OpenStep(self.batch_id, job, step, tab=tab))
 
     def action_open(self) -> None:
         self._open_step("events")
@@ -644,6 +739,25 @@ ATTEMPT_COLUMNS = (
     Column("link", "link", 60),
 )
 STEP_TABS = ("events", "report", "state", "diff")
+
+
+class AttemptTabRow(NamedTuple):
+    """One attempt in the step screen's history."""
+
+    n: str
+    run: str
+    status: str
+    how: str
+    started: str
+    took: str
+    exit: str
+    why: str
+    tokens: str
+    link: str
+
+    def cells(self) -> Sequence[Cell]:
+        return (self.n, self.run, styled(self.status, self.status), self.how, self.started,
+                self.took, self.exit, self.why, self.tokens, self.link)
 
 
 def _attempt_link(a: AttemptView) -> str:
@@ -671,7 +785,7 @@ class StepScreen(PhhScreen):
         Binding("d", "diff", "Diff"),
     ]
 
-    def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: str = "events",
+    def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: StepTab = "events",
                  run_id: str | None = None) -> None:
         super().__init__()
         self.batch_id = batch_id
@@ -679,7 +793,7 @@ class StepScreen(PhhScreen):
         self.step_id = step_id
         self.initial_tab = tab
         self.run_id = run_id  # the attempt shown below the history; None: the latest
-        self._tail: EventLog | None = None
+        self._tail: AttemptTail | None = None
         self._tail_run: str | None = None
         self._tail_done = False
         self._tail_busy = False
@@ -695,7 +809,8 @@ class StepScreen(PhhScreen):
 
     def body(self) -> ComposeResult:
         yield Static(id="step-head")
-        yield KeyedTable(ATTEMPT_COLUMNS, self._render_attempt, id="attempts")
+        yield KeyedTable(ATTEMPT_COLUMNS, typed(AttemptTabRow, AttemptTabRow.cells),
+                         id="attempts")
         with Tabs(initial=self.initial_tab, id="step-tabs"):
             with TabPane("Events", id="events"):
                 yield RichLog(id="log", max_lines=MAX_LOG_LINES, wrap=False, markup=False,
@@ -712,9 +827,7 @@ class StepScreen(PhhScreen):
         self.set_interval(TAIL_POLL_SECONDS, self.poll_tail)
 
     def step_view(self) -> StepView | None:
-        batch = self.phh.backend.index.batches.get(self.batch_id or "")
-        job = batch.jobs.get(self.job_id) if batch else None
-        return job.steps.get(self.step_id) if job else None
+        return self.phh.backend.step(self.batch_id or "", self.job_id, self.step_id)
 
     def attempt(self) -> AttemptView | None:
         step = self.step_view()
@@ -754,12 +867,13 @@ class StepScreen(PhhScreen):
             how = (a.meta.trigger if a.meta else "?") + (
                 " · resume" if a.meta and a.meta.invocation == "resume" else "")
             u = st.usage if st else None
-            sig = (str(a.meta.attempt_number if a.meta else i), a.run_id, a.status, how,
-                   a.started_at.strftime("%H:%M:%S") if a.started_at else "-", duration(took),
-                   "-" if not st or st.exit_code is None else str(st.exit_code),
-                   (st.failure_class or st.termination_reason or "") if st else "",
-                   f"{u.input_tokens:,}/{u.output_tokens:,}" if u and u.input_tokens else "-",
-                   _attempt_link(a))
+            sig = AttemptTabRow(
+                str(a.meta.attempt_number if a.meta else i), a.run_id, a.status, how,
+                a.started_at.strftime("%H:%M:%S") if a.started_at else "-", duration(took),
+                "-" if not st or st.exit_code is None else str(st.exit_code),
+                (st.failure_class or st.termination_reason or "") if st else "",
+                f"{u.input_tokens:,}/{u.output_tokens:,}" if u and u.input_tokens else "-",
+                _attempt_link(a))
             rows.append(Row(a.run_id, sig, " ".join(sig)))
         rows.reverse()  # newest first
         table = self.query_one("#attempts", KeyedTable)
@@ -772,12 +886,6 @@ class StepScreen(PhhScreen):
         self._newest = rows[0].key if rows else None
         self._show_attempt(self.attempt())
         self.refresh_crumbs()
-
-    @staticmethod
-    def _render_attempt(key: str, sig: Hashable) -> Sequence[Cell]:
-        v: list[Cell] = list(cast("tuple[str, ...]", sig))
-        v[2] = styled(str(v[2]), str(v[2]))
-        return v
 
     def _head(self, step: StepView, row: StepRow) -> Group:
         status = "stuck" if row.stuck else row.status
@@ -820,8 +928,8 @@ class StepScreen(PhhScreen):
             self._set_tail(None)
             self.query_one("#diff-body", Static).update(Text("no attempt yet", style="dim"))
             return
-        report.update(self._report(a))
         state.update(self._state(a))
+        self._load_report(a, key)
         if self._tail_run != a.run_id:
             self._set_tail(a)
         if self._diff_for != a.run_id or (a.terminal and self._diff_for == a.run_id + "?"):
@@ -835,7 +943,24 @@ class StepScreen(PhhScreen):
         except ValueError:
             return str(path)
 
-    def _report(self, a: AttemptView) -> RenderableType:
+    def _load_report(self, a: AttemptView, shown: tuple[str | None, int, int]) -> None:
+        """The report pane; without a Run Report it shows final.txt, read off the UI
+        thread (drawn if the same attempt is still shown by then)."""
+        if a.report is not None:
+            self.query_one("#report-body", Static).update(self._report(a, None))
+            return
+        self.run_worker(self._read_report(a, shown), group="attempt-files",
+                        exit_on_error=False)
+
+    async def _read_report(self, a: AttemptView, shown: tuple[str | None, int, int]) -> None:
+        final_text = await asyncio.to_thread(read_final_text, a.path)
+        if self._shown == shown:
+            with contextlib.suppress(NoMatches):  # the screen went meanwhile
+                self.query_one("#report-body", Static).update(self._report(a, final_text))
+
+    def _report(self, a: AttemptView, final_text: str | None) -> RenderableType:
+        """`final_text`: the start of final.txt (None: there is none), shown when the
+        attempt has no valid Run Report."""
         parts: list[RenderableType] = []
         rep = a.report
         if rep is not None:
@@ -851,15 +976,10 @@ class StepScreen(PhhScreen):
                 t.add_row("artifact", f"{art.path} ({art.kind}): {art.description}")
             parts.append(Text("Run Report (final.json)", style="bold underline"))
             parts.append(t)
-        final_txt = a.path / FINAL_TXT
-        if rep is None and final_txt.exists():
-            try:
-                raw = final_txt.read_text(errors="replace")[:4000]
-            except OSError:
-                raw = ""
+        if rep is None and final_text is not None:
             parts.append(Text("final.txt (not a valid Run Report)" if a.terminal else
                               "final.txt", style="bold underline"))
-            parts.append(Text(raw))
+            parts.append(Text(final_text))
         if not parts:
             parts.append(Text("no Run Report yet" if not a.terminal else
                               "this attempt left no Run Report", style="dim"))
@@ -915,27 +1035,37 @@ class StepScreen(PhhScreen):
         return t
 
     def _show_diff(self, a: AttemptView) -> None:
-        body = self.query_one("#diff-body", Static)
-        path = a.path / GIT_DIFF
+        """Read the attempt's git diff off the UI thread, then draw it (if it is still the
+        diff wanted: `_diff_for` names it; a live attempt's ends in "?")."""
         self._diff_for = a.run_id if a.terminal else a.run_id + "?"
-        if not path.exists():
+        self.run_worker(self._read_diff(a, self._diff_for), group="attempt-files",
+                        exit_on_error=False)
+
+    async def _read_diff(self, a: AttemptView, wanted: str) -> None:
+        diff = await asyncio.to_thread(read_diff, a.path)
+        if self._diff_for != wanted:
+            return
+        with contextlib.suppress(NoMatches):  # the screen went meanwhile
+            self._draw_diff(a, diff)
+
+    def _draw_diff(self, a: AttemptView, diff: DiffText) -> None:
+        body = self.query_one("#diff-body", Static)
+        if diff.missing:
             body.update(Text("the git diff is captured when the attempt ends" if not a.terminal
                              else "no git diff (the workspace is not a git repository, or "
                              "capture_git_artifacts is off)", style="dim"))
             return
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError as exc:
-            body.update(Text(f"cannot read {GIT_DIFF}: {exc}", style="red"))
+        if diff.error is not None:
+            body.update(Text(f"cannot read {GIT_DIFF}: {diff.error}", style="red"))
             return
+        lines = diff.lines
         if not lines:
             body.update(Text("no changes in the workspace", style="dim"))
             return
-        self.diff_text = "\n".join(lines[:MAX_DIFF_LINES])
+        self.diff_text = "\n".join(lines)
         note = ""
-        if len(lines) > MAX_DIFF_LINES:
-            note = f"\n… {len(lines) - MAX_DIFF_LINES} more lines in {self._rel(path)}"
-            lines = lines[:MAX_DIFF_LINES]
+        if diff.more:
+            note = f"\n… {diff.more} more lines in {self._rel(a.path / GIT_DIFF)}"
         body.update(Group(Syntax("\n".join(lines), "diff", theme="ansi_dark",
                                  word_wrap=False, background_color="default"),
                           Text(note, style="dim")))
@@ -951,11 +1081,8 @@ class StepScreen(PhhScreen):
         if a is None:
             log.write(Text("no attempt yet", style="dim"))
             return
-        # plain or GC-compressed alike (phh_engine.logs); stdout.log when events were off
-        name = EVENTS
-        if log_path(a.path, EVENTS) is None and log_path(a.path, STDOUT) is not None:
-            name = STDOUT
-        self._tail = EventLog(a.path / name)
+        # plain or GC-compressed alike; stdout.log when events were off (chosen on its thread)
+        self._tail = AttemptTail(a.path)
         self.poll_tail()
 
     def poll_tail(self) -> None:
@@ -969,11 +1096,11 @@ class StepScreen(PhhScreen):
         self.run_worker(self._poll_tail(self._tail, a, final), group="tail",
                         exit_on_error=False)
 
-    async def _poll_tail(self, tail: EventLog, a: AttemptView | None, final: bool) -> None:
+    async def _poll_tail(self, tail: AttemptTail, a: AttemptView | None, final: bool) -> None:
         try:
             lines = await asyncio.to_thread(tail.read_new, final)
             if final and a is not None and a.status != "succeeded":
-                stderr = await asyncio.to_thread(self._stderr_tail, a)
+                stderr = await asyncio.to_thread(stderr_tail, a.path)
                 if stderr:
                     lines += [Line("stderr (last lines):", "bold red"), *stderr]
         finally:
@@ -984,11 +1111,6 @@ class StepScreen(PhhScreen):
             self._tail_done = True
         if lines:
             self._write(lines)
-
-    @staticmethod
-    def _stderr_tail(a: AttemptView) -> list[Line]:
-        text = read_log_tail(a.path, STDERR, 16 << 10).decode("utf-8", errors="replace")
-        return [Line("  " + ln, "red") for ln in text.splitlines()[-8:] if ln.strip()]
 
     def _write(self, lines: list[Line]) -> None:
         text = Text()
@@ -1018,13 +1140,13 @@ class StepScreen(PhhScreen):
             return
         m = a.meta
         if m.resume_from is not None and m.parent_run_id and self.batch_id:
-            self.app.push_screen(StepScreen(self.batch_id, self.job_id, m.resume_from.step_id,
-                                            run_id=m.parent_run_id))
+            self.post_message(OpenStep(self.batch_id, self.job_id, m.resume_from.step_id,
+                                       run_id=m.parent_run_id))
         elif m.retry_of:
             self.query_one("#attempts", KeyedTable).select_key(m.retry_of)
 
-    def action_targets(self) -> list[tuple[str, str]]:
-        return [(self.job_id, self.step_id)]
+    def action_targets(self) -> list[StepRef]:
+        return [StepRef(self.job_id, self.step_id)]
 
     def resume_run_id(self) -> str | None:
         a = self.attempt()

@@ -20,14 +20,17 @@ from phh_engine.harness_config import materialize
 from phh_engine.models import (
     AttemptMeta,
     AttemptState,
+    AttemptStatus,
     BatchMeta,
     EnvironmentSnapshot,
     ExecutionPolicy,
+    FailureClass,
     HarnessSettings,
     NormalizedJob,
     PolicySnapshot,
     ResumeSource,
     RunReport,
+    TerminationReason,
     Usage,
 )
 from phh_engine.paths import (
@@ -201,7 +204,7 @@ class SyntheticStore(AttemptWriter):
 
     # ------------------------------------------------------------------ stories
     def _story(self, meta: BatchMeta, i: int, story: str, t: datetime) -> None:
-        def a(step: int, status: str, **kw: Any) -> tuple[str, Path, str]:
+        def a(step: int, status: AttemptStatus, **kw: Any) -> tuple[str, Path, str]:
             return self.attempt(meta, i, step, status, **kw)
 
         if story == "succeeded":
@@ -230,9 +233,9 @@ class SyntheticStore(AttemptWriter):
               heartbeat=self.now - timedelta(minutes=75))
         # "ready": no attempts at all
 
-    def attempt(self, meta: BatchMeta, job_index: int, step_index: int, status: str, *,
-                started: datetime, parent: Parent | None = None,
-                failure_class: str | None = None, retry_of: str | None = None,
+    def attempt(self, meta: BatchMeta, job_index: int, step_index: int,
+                status: AttemptStatus, *, started: datetime, parent: Parent | None = None,
+                failure_class: FailureClass | None = None, retry_of: str | None = None,
                 number: int = 1, heartbeat: datetime | None = None,
                 diff: bool = False) -> tuple[str, Path, str]:
         """One attempt directory; returns (run_id, path, thread id)."""
@@ -254,7 +257,7 @@ class SyntheticStore(AttemptWriter):
                         + ("fix applied and tests pass" if step_index else "findings written"),
                 files_read=["README.md"], files_written=["notes.txt"], artifacts=[])
         errors: list[str] = []
-        reason: str | None = "exit" if terminal else None
+        reason: TerminationReason | None = "exit" if terminal else None
         exit_code: int | None = 0 if terminal else None
         if failure_class == "model_error":
             errors = ["stream disconnected before completion: 500 Internal Server Error"]
@@ -269,11 +272,11 @@ class SyntheticStore(AttemptWriter):
         item = "$ ls -la" if not terminal else None
         state = AttemptState(
             batch_id=meta.batch_id, job_id=job.job_id, step_id=step.step_id, run_id=run_id,
-            runner_id="local", status=status,  # type: ignore[arg-type]
+            runner_id="local", status=status,
             updated_at=ended or beat or started, started_at=started, ended_at=ended,
             last_heartbeat_at=beat, last_event_at=beat, current_item=item,
             pid=None, exit_code=exit_code, termination_reason=reason,
-            failure_class=failure_class,  # type: ignore[arg-type]
+            failure_class=failure_class,
             codex_thread_id=thread, turn_completed=status == "succeeded", usage=usage,
             errors=errors,
         )

@@ -156,6 +156,9 @@ async def test_navigation_filter_help_palette(harness: Harness) -> None:
         await until(pilot, lambda: isinstance(app.screen, BatchScreen), what="palette opened "
                     "the batch")
         await pilot.press("q")
+        # the app exits once its engine has stopped: wait for that, or the test's own exit
+        # from run_test() (return value None) can overtake it on a loaded machine
+        await until(pilot, lambda: not app.is_running, 60, "the app to exit")
     assert app.return_value == 0
 
 
