@@ -24,6 +24,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from . import __version__
+from .catalog import Catalog, CatalogError
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .credentials import CredentialGate
 from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
@@ -120,7 +121,10 @@ class Engine:
         runner_id: str = "local",
         until_idle: bool = False,
         on_event: Callable[[EngineEvent], None] | None = None,
+        bounded: bool = True,
     ) -> None:
+        """`bounded`: settled batches (finished or closed, as the catalog recorded and their
+        fingerprints confirm) stay on disk and in the catalog, not in memory."""
         self.layout = Layout(root)
         self.concurrency = concurrency
         self.runner_id = runner_id
@@ -140,6 +144,10 @@ class Engine:
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
         self.index.ready = self._ready
+        # -- the catalog (phh_engine/catalog.py): derived, kept current with the files
+        self.bounded = bounded
+        self.catalog: Catalog | None = None
+        self._catalog_full: set[str] = set()  # loaded batches whose attempts it must get
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
@@ -261,10 +269,27 @@ class Engine:
         self.queue = DropQueue.from_config(self.layout, self.config)
         if self.queue is not None:
             self.queue.ensure_dirs()
+        self._open_catalog()
         self.index.load()
+        self._catalog_full.update(self.index.batches)
         self._replay_overrides()
         self._recover()
         self._repair_pointers()
+
+    def _open_catalog(self) -> None:
+        """Open and verify the catalog; with `bounded`, settled batches are not loaded."""
+        try:
+            cat = Catalog.open(self.layout, thorough=True)
+            rep = cat.verify()
+        except CatalogError as exc:
+            raise EngineError(str(exc)) from None
+        if rep.rebuilt_file:
+            log.warning("catalog %s was discarded (%s); rebuilding it from the files",
+                        cat.path, rep.rebuilt_file)
+        self.catalog = cat
+        self.index.catalog = cat
+        if self.bounded:
+            self.index.skip = rep.settled
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -304,6 +329,8 @@ class Engine:
                 self._runner_lock.release()
             if self.runner is not None:  # as asyncio.run waits for its default pool
                 await asyncio.to_thread(self.runner.close)
+            if self.catalog is not None:
+                self.catalog.close()
 
     # ------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:
@@ -398,6 +425,8 @@ class Engine:
             extra_prompt=marks.retry_prompt if r.trigger.startswith("operator_") else None,
             override_nonce=marks.pending_nonce,
         )
+        if self.catalog is not None:  # before the files change: see Catalog.invalidate
+            self.catalog.invalidate(batch.batch_id)
         claimed = self.runner.claim(plan)
         if claimed is None:  # another engine got there first; the index will catch up
             self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
@@ -615,6 +644,8 @@ class Engine:
             if not claim(self.layout, nonce):
                 continue
             self._handled.add(nonce)
+            if self.catalog is not None:
+                self.catalog.invalidate(req.batch_id)
             res = self._apply(req)
             write_result(self.layout, res)
             self._dirty.add(req.batch_id)
@@ -975,13 +1006,29 @@ class Engine:
             if notes:
                 sb = sb.model_copy(update={"notes": notes})
             self._announce(self._boards.get(bid), sb)
+            if self.catalog is not None:
+                full = bid in self._catalog_full
+                self._catalog_full.discard(bid)
+                self.catalog.put_batch(batch, sb, None if full else self._boards.get(bid),
+                                       attempts=full)
             self._boards[bid] = sb
             atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
             self.layout.system_scoreboard,
-            system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
+            system_scoreboard(self.index.batches.values(), now, self._boards,
+                              extra_rows=self._settled_rows()).model_copy(
                 update={"notes": self._notes + self._credential_notes()}),
         )
+
+    def _settled_rows(self) -> list[str]:
+        """System-view rows of the batches left on disk (bounded start), from the catalog."""
+        if self.catalog is None or not self.index.skip:
+            return []
+        try:
+            return self.catalog.system_rows(exclude=self.index.batches)
+        except Exception:  # sqlite3.Error: the view then lacks settled batches until repair
+            log.exception("catalog read failed")
+            return []
 
     def _announce(self, old: BatchScoreboard | None, new: BatchScoreboard) -> None:
         """Attention you cannot miss: a step newly stuck / needs_attention / failed, and a
@@ -1047,6 +1094,7 @@ class Engine:
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():
             self._dirty.add(bid)
+            self._catalog_full.add(bid)
             batch = self.index.batches[bid]
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))
@@ -1058,11 +1106,30 @@ class _TrackedIndex(StoreIndex):
     attempts, the dashboard's watcher in the same process, GC refreshes)."""
 
     ready: ReadySet | None = None
+    catalog: Catalog | None = None
 
     def put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
         super().put_attempt(batch_id, job_id, step_id, view)
         if self.ready is not None:
             self.ready.touch(batch_id, job_id)
+        if self.catalog is not None and batch_id in self.batches:
+            self.catalog.put_attempt(batch_id, job_id, step_id, view)
+
+    def load_batch(self, batch_id: str) -> BatchView | None:
+        """A settled batch left on disk is loaded when something names it (an operator
+        action): with the marks its applied overrides left, as at start."""
+        lazy = batch_id in self.skip
+        self.skip.discard(batch_id)
+        batch = super().load_batch(batch_id)
+        if lazy and batch is not None:
+            from .overrides import apply_marks, list_results
+
+            for res in list_results(self.layout):
+                if res.batch_id == batch_id:
+                    apply_marks(self.batches, res)
+            if self.ready is not None:
+                self.ready.touch_all()
+        return batch
 
 
 def _find_wrapper(path: Path) -> int | None:

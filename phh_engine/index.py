@@ -69,13 +69,16 @@ class StoreIndex:
         self.layout = layout
         self.batches: dict[str, BatchView] = {}
         self.for_scoreboards = for_scoreboards
+        #: batches left on disk (the engine's settled batches: the catalog answers for them)
+        self.skip: set[str] = set()
 
     def _batch_names(self) -> list[str]:
         try:
             names = os.listdir(self.layout.runs)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches]
+        return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches
+                and n not in self.skip]
 
     def load(self) -> None:
         with _bulk():
