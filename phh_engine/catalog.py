@@ -495,20 +495,24 @@ class Catalog:
                 rep.reindexed.append(bid)
         return rep
 
-    def refresh_for_reader(self) -> VerifyReport:
+    def refresh_for_reader(self, batch_ids: Iterable[str] | None = None) -> VerifyReport:
         """What a reader without an engine does before answering from the catalog: new
         batches and batches whose fingerprint moved since they were indexed are derived from
         their files. While an engine serves the root it keeps the catalog current itself, so
-        only batches the catalog has never seen are derived."""
+        only batches the catalog has never seen are derived. `batch_ids`: only those."""
         from .api_ops import engine_serving
 
         rep = VerifyReport(rebuilt_file=self.discarded)
-        on_disk = set(batch_dirs(self.layout))
+        if batch_ids is None:
+            on_disk = set(batch_dirs(self.layout))
+        else:
+            on_disk = {b for b in batch_ids if self.layout.batch_meta(b).is_file()}
         with self._lock:
             known = {r[0]: r[1] for r in self.conn.execute(
                 "SELECT batch_id, fingerprint FROM batches")}
         serving = engine_serving(self.layout)
-        for bid in sorted(set(known) - on_disk):
+        gone = set(known) - on_disk if batch_ids is None else set(batch_ids) - on_disk
+        for bid in sorted(gone & set(known)):
             self.remove_batch(bid)
             rep.removed.append(bid)
         for bid in sorted(on_disk):

@@ -79,7 +79,10 @@ def cmd_current(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from phh_engine.api_ops import list_jobs
     from phh_engine.artifacts import LookupFailed
+    from phh_tui.cli_history import paged_jobs, wants_page
 
+    if wants_page(args):
+        return paged_jobs(args)
     try:
         out = list_jobs(Layout(_root(args)), args.batch)
     except LookupFailed as exc:
@@ -98,7 +101,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_attempts(args: argparse.Namespace) -> int:
     from phh_engine.api_ops import list_attempts
     from phh_engine.artifacts import LookupFailed
+    from phh_tui.cli_history import paged_attempts, wants_page
 
+    if wants_page(args):
+        return paged_attempts(args)
     try:
         out = list_attempts(Layout(_root(args)), args.batch, args.job, args.step)
     except LookupFailed as exc:
@@ -292,12 +298,16 @@ def add_commands(add: AddFn) -> None:
 
     sp = add("jobs", "jobs of a batch with each step's derived status")
     sp.add_argument("batch")
+    from phh_tui.cli_history import add_paging
+
+    add_paging(sp)  # any of them: one page from the catalog
     sp.set_defaults(func=cmd_jobs)
 
     sp = add("attempts", "attempts of a step, oldest first")
     sp.add_argument("batch")
     sp.add_argument("job")
     sp.add_argument("step")
+    add_paging(sp, failure_class=False)
     sp.set_defaults(func=cmd_attempts)
 
     sp = add("artifact", "print one attempt file: BATCH JOB STEP NAME, or --attempt-dir DIR NAME "
