@@ -31,16 +31,20 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .crash import crashpoint
-from .models import TERMINAL_STATUSES, BatchScoreboard
 from .paths import Layout
-from .views import AttemptView, BatchView
+
+if TYPE_CHECKING:  # at run time imported where used: a catalog read (a CLI process) must
+    # not pay for pydantic's models (~0.3 s), which only a derivation from files needs
+    from .models import BatchScoreboard
+    from .views import AttemptView, BatchView
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ SCHEMA_VERSION = 1
 ENV_PATH = "PHH_CATALOG"
 DEFAULT_NAME = "catalog.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
+#: = models.TERMINAL_STATUSES (a test keeps them equal; not imported, see above)
+TERMINAL: tuple[str, ...] = ("succeeded", "failed", "canceled", "needs_attention")
 #: filesystem types (/proc/mounts) on which SQLite's locks are not reliable
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p",
@@ -235,13 +241,20 @@ def attempt_row(batch_id: str, job_id: str, step_id: str, a: AttemptView) -> tup
     )
 
 
+#: a directory changed this recently may change again within the same mtime tick (the
+#: kernel's coarse clock): its fingerprint is not trusted ("racily clean", as git does)
+RACY_NS = 2_000_000_000
+
+
 def fingerprint(layout: Layout, batch_id: str) -> str | None:
     """A cheap digest of what changes when any attempt of the batch changes: the closed
     marker, and each job directory's name and mtime (every claim and every end rewrites the
     job's current.json by rename, which moves its directory's mtime). One scandir and one
-    stat per job; None for a batch directory that is gone."""
+    stat per job. None (never equal to a recorded one) for a batch directory that is gone,
+    or one with a job directory changed within the last RACY_NS."""
     bdir = layout.batch_dir(batch_id)
     h = hashlib.blake2b(digest_size=16)
+    racy = time.time_ns() - RACY_NS
     try:
         with os.scandir(bdir) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -256,10 +269,38 @@ def fingerprint(layout: Layout, batch_id: str) -> str | None:
         try:
             if not e.is_dir(follow_symlinks=False):
                 continue
-            h.update(f"{e.name}\0{e.stat(follow_symlinks=False).st_mtime_ns}\0".encode())
+            mtime = e.stat(follow_symlinks=False).st_mtime_ns
         except OSError:
             continue
+        if mtime >= racy:
+            return None
+        h.update(f"{e.name}\0{mtime}\0".encode())
     return h.hexdigest()
+
+
+def engine_serving(layout: Layout) -> bool:
+    """= api_ops.engine_serving (an engine holds its runner's .engine.lock), with a bare
+    flock probe: that module's imports would cost a catalog read more than the read."""
+    import fcntl
+
+    try:
+        names = os.listdir(layout.runners)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    for name in names:
+        try:
+            fd = os.open(layout.runners / name / ".engine.lock", os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got it
+    return False
 
 
 def batch_dirs(layout: Layout) -> list[str]:
@@ -382,7 +423,7 @@ class Catalog:
 
     def _put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
         with self._tx() as c:
-            if not view.terminal and self._finished.get(batch_id, True):
+            if view.status not in TERMINAL and self._finished.get(batch_id, True):
                 c.execute("UPDATE batches SET finished = 0 WHERE batch_id = ?", (batch_id,))
                 self._finished[batch_id] = False
             c.execute(_UPSERT_ATTEMPT, attempt_row(batch_id, job_id, step_id, view))
@@ -397,8 +438,9 @@ class Catalog:
     def mark_open_raw(self, batch_id: str | None) -> None:
         if batch_id is None:
             return
-        with self._tx() as c:
-            c.execute("UPDATE batches SET finished = 0 WHERE batch_id = ?", (batch_id,))
+        with self._tx() as c:  # no fingerprint either: a reader derives it again too
+            c.execute("UPDATE batches SET finished = 0, fingerprint = NULL WHERE batch_id = ?",
+                      (batch_id,))
         self._finished[batch_id] = False
 
     def put_batch(self, batch: BatchView, board: BatchScoreboard,
@@ -480,13 +522,14 @@ class Catalog:
                 "SELECT batch_id, finished, fingerprint FROM batches")}
             in_flight = {r[0] for r in self.conn.execute(
                 "SELECT DISTINCT batch_id FROM attempts WHERE status NOT IN "
-                f"({', '.join('?' * len(TERMINAL_STATUSES))})", tuple(TERMINAL_STATUSES))}
+                f"({', '.join('?' * len(TERMINAL))})", TERMINAL)}
         for bid in sorted(set(known) - on_disk):
             self.remove_batch(bid)
             rep.removed.append(bid)
         for bid in sorted(on_disk):
             finished, fp = known.get(bid, (0, None))
-            if finished and bid not in in_flight and fp == fingerprint(self.layout, bid):
+            if finished and bid not in in_flight and fp is not None and \
+                    fp == fingerprint(self.layout, bid):
                 rep.settled.add(bid)
                 self._finished[bid] = True
                 continue
@@ -500,8 +543,6 @@ class Catalog:
         batches and batches whose fingerprint moved since they were indexed are derived from
         their files. While an engine serves the root it keeps the catalog current itself, so
         only batches the catalog has never seen are derived. `batch_ids`: only those."""
-        from .api_ops import engine_serving
-
         rep = VerifyReport(rebuilt_file=self.discarded)
         if batch_ids is None:
             on_disk = set(batch_dirs(self.layout))
@@ -516,7 +557,8 @@ class Catalog:
             self.remove_batch(bid)
             rep.removed.append(bid)
         for bid in sorted(on_disk):
-            if bid in known and (serving or known[bid] == fingerprint(self.layout, bid)):
+            if bid in known and (serving or (known[bid] is not None and
+                                             known[bid] == fingerprint(self.layout, bid))):
                 continue
             if self.index_batch(bid):
                 rep.reindexed.append(bid)

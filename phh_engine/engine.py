@@ -122,9 +122,11 @@ class Engine:
         until_idle: bool = False,
         on_event: Callable[[EngineEvent], None] | None = None,
         bounded: bool = True,
+        use_catalog: bool = True,
     ) -> None:
         """`bounded`: settled batches (finished or closed, as the catalog recorded and their
-        fingerprints confirm) stay on disk and in the catalog, not in memory."""
+        fingerprints confirm) stay on disk and in the catalog, not in memory.
+        `use_catalog=False` is the engine without a catalog (bench/catalog.py's baseline)."""
         self.layout = Layout(root)
         self.concurrency = concurrency
         self.runner_id = runner_id
@@ -146,6 +148,7 @@ class Engine:
         self.index.ready = self._ready
         # -- the catalog (phh_engine/catalog.py): derived, kept current with the files
         self.bounded = bounded
+        self.use_catalog = use_catalog
         self.catalog: Catalog | None = None
         self._catalog_full: set[str] = set()  # loaded batches whose attempts it must get
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,6 +281,8 @@ class Engine:
 
     def _open_catalog(self) -> None:
         """Open and verify the catalog; with `bounded`, settled batches are not loaded."""
+        if not self.use_catalog:
+            return
         try:
             cat = Catalog.open(self.layout, thorough=True)
             rep = cat.verify()

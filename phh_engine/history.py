@@ -13,20 +13,27 @@ counts are Codex's `usage` fields summed over attempts.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any
 
-from .artifacts import LookupFailed, missing, valid_id
 from .catalog import Catalog, CatalogError, decode_cursor, encode_cursor, open_for_reader
-from .models import STEP_STATUSES
-from .models.common import AttemptStatus
 from .paths import Layout
 
-ATTEMPT_STATUSES: tuple[str, ...] = get_args(AttemptStatus)
+if TYPE_CHECKING:
+    from .artifacts import LookupFailed
+
+# = models.common's (a test keeps them equal): importing the models would cost a CLI read
+# ~0.3 s, ten times the query; artifacts.LookupFailed is imported only to raise one
+ATTEMPT_STATUSES: tuple[str, ...] = (
+    "queued", "running", "succeeded", "failed", "canceled", "needs_attention")
+STEP_STATUSES: tuple[str, ...] = (
+    "blocked", "ready", "running", "succeeded", "failed", "needs_attention", "canceled")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -34,7 +41,24 @@ GROUPS = ("batch", "day", "model")
 
 
 def _bad(message: str) -> LookupFailed:
+    from .artifacts import LookupFailed
+
     return LookupFailed(400, message)
+
+
+def missing(message: str) -> LookupFailed:
+    from .artifacts import LookupFailed
+
+    return LookupFailed(404, message)
+
+
+def valid_id(value: str, what: str) -> str:
+    """The cheap check (models.common.ID_PATTERN); anything else gets the models' message."""
+    if ID_RE.match(value) and ".." not in value:
+        return value
+    from .artifacts import valid_id as full
+
+    return full(value, what)
 
 
 def _limit(limit: int | None) -> int:
@@ -285,6 +309,8 @@ class Reader:
                     cat = self._fresh(batch_id)
                     return fn(cat, **kw)
                 except CatalogError as exc:
+                    from .artifacts import LookupFailed
+
                     raise LookupFailed(409, str(exc)) from None
                 except sqlite3.DatabaseError:
                     if attempt:

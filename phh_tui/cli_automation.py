@@ -77,12 +77,13 @@ def cmd_current(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from phh_engine.api_ops import list_jobs
-    from phh_engine.artifacts import LookupFailed
     from phh_tui.cli_history import paged_jobs, wants_page
 
-    if wants_page(args):
+    if wants_page(args):  # one page from the catalog (before the heavier imports below)
         return paged_jobs(args)
+    from phh_engine.api_ops import list_jobs
+    from phh_engine.artifacts import LookupFailed
+
     try:
         out = list_jobs(Layout(_root(args)), args.batch)
     except LookupFailed as exc:
@@ -99,12 +100,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace) -> int:
-    from phh_engine.api_ops import list_attempts
-    from phh_engine.artifacts import LookupFailed
     from phh_tui.cli_history import paged_attempts, wants_page
 
-    if wants_page(args):
+    if wants_page(args):  # one page from the catalog (before the heavier imports below)
         return paged_attempts(args)
+    from phh_engine.api_ops import list_attempts
+    from phh_engine.artifacts import LookupFailed
+
     try:
         out = list_attempts(Layout(_root(args)), args.batch, args.job, args.step)
     except LookupFailed as exc:

@@ -19,13 +19,17 @@ AddFn = Callable[..., argparse.ArgumentParser]
 
 def _run(args: argparse.Namespace, fn_name: str, **kw: Any) -> tuple[int, Any]:
     from phh_engine import history
-    from phh_engine.artifacts import LookupFailed
-    from phh_tui.cli_automation import fail
 
     reader = history.Reader(Layout(_root(args)))
     try:
         return EXIT_OK, reader.run(getattr(history, fn_name), **kw)
-    except LookupFailed as exc:
+    except Exception as exc:
+        # imported only now: the models behind it cost a catalog read ~0.3 s
+        from phh_engine.artifacts import LookupFailed
+        from phh_tui.cli_automation import fail
+
+        if not isinstance(exc, LookupFailed):
+            raise
         return fail(exc, args.json), None
     finally:
         reader.close()
