@@ -237,8 +237,10 @@ class EngineBackend(Backend):
     def __init__(self, root: Path, *, concurrency: int | None = None, runner_id: str = "local",
                  on_event: Callable[[EngineEvent], None] | None = None) -> None:
         super().__init__(root, runner_id)
+        # bounded=False: the dashboard's screens read every batch from the in-memory views
+        # (settled batches would otherwise only be in the catalog; see docs/catalog.md)
         self.engine = Engine(root, concurrency=concurrency, runner_id=runner_id,
-                             on_event=on_event)
+                             on_event=on_event, bounded=False)
         self.index = self.engine.index
         self.serving = False
 
