@@ -274,7 +274,8 @@ class Engine:
             self.queue.ensure_dirs()
         self._open_catalog()
         self.index.load()
-        self._catalog_full.update(self.index.batches)
+        if self.catalog is not None:
+            self._catalog_full.update(self.index.batches)
         self._replay_overrides()
         self._recover()
         self._repair_pointers()
@@ -1099,7 +1100,8 @@ class Engine:
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():
             self._dirty.add(bid)
-            self._catalog_full.add(bid)
+            if self.catalog is not None:
+                self._catalog_full.add(bid)
             batch = self.index.batches[bid]
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))
