@@ -133,8 +133,8 @@ def main() -> int:
                          ("first start, builds the catalog", first),
                          ("warm start (catalog verified)", warm),
                          ("warm start again", warm2)):
-            print(f"  {label:34s} serving {r['serving_s']:6.2f} s (CPU {r['cpu_s_at_serving']:5.2f} s)"
-                  f"   RSS at serving "
+            print(f"  {label:34s} serving {r['serving_s']:6.2f} s "
+                  f"(CPU {r['cpu_s_at_serving']:5.2f} s)   RSS at serving "
                   f"{r['rss_mb_at_serving']:6.0f} MB   peak RSS {r['peak_rss_mb']:6.0f} MB   "
                   f"batches in memory {r['loaded_batches']}")
         print(f"  targets: serving <= 2 s, RSS <= 300 MB  ->  warm: "
