@@ -27,7 +27,7 @@ class HistoryScreen(Screen[None]):
 
     def __init__(self, layout: Layout) -> None:
         super().__init__()
-        self.layout = layout
+        self.store_layout = layout
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -57,7 +57,7 @@ class HistoryScreen(Screen[None]):
     def _load(self) -> None:
         from phh_engine import history
 
-        reader = history.Reader(self.layout)
+        reader = history.Reader(self.store_layout)
         try:
             data = {
                 "hourly": reader.run(history.per_hour),

@@ -376,3 +376,42 @@ def test_another_process_writes_are_picked_up(tmp_path: Path) -> None:
     cat.refresh_for_reader()
     assert cat.snapshot() == rebuilt(store.layout, tmp_path)
     cat.close()
+
+
+# ----------------------------------------------------------------------------- dashboard
+def test_history_screen_shows_hourly_bars_and_retry_rates(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from textual.widgets import DataTable, Sparkline
+
+    from phh_tui.app import PhhApp
+    from phh_tui.backend import StoreBackend
+    from phh_tui.history_screen import HistoryScreen
+
+    store = Store(tmp_path / "root", jobs=6)
+    for j in range(6):
+        store.attempt(0, j, 0, "failed" if j < 2 else "succeeded")
+
+    async def go() -> None:
+        app = PhhApp(store.root, backend=StoreBackend(store.root), alerts="off")
+        async with app.run_test(size=(160, 45)) as pilot:
+            await pilot.press("H")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                screen = app.screen
+                if isinstance(screen, HistoryScreen) and \
+                        screen.query_one("#hist-retries", DataTable).row_count:
+                    break
+                await pilot.pause(0.05)
+            screen = app.screen
+            assert isinstance(screen, HistoryScreen)
+            assert sum(screen.query_one("#hist-attempts", Sparkline).data or []) == 6
+            assert sum(screen.query_one("#hist-failed", Sparkline).data or []) == 2
+            retries = screen.query_one("#hist-retries", DataTable)
+            assert retries.row_count == 1
+            assert retries.get_row_at(0)[:2] == ["nonzero_exit", "2"]
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HistoryScreen)
+
+    asyncio.run(go())
