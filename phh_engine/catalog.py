@@ -423,16 +423,17 @@ class Catalog:
 
     def _put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
         with self._tx() as c:
-            if view.status not in TERMINAL and self._finished.get(batch_id, True):
-                c.execute("UPDATE batches SET finished = 0 WHERE batch_id = ?", (batch_id,))
+            if view.status not in TERMINAL:  # in flight: never settled (see invalidate)
+                c.execute("UPDATE batches SET finished = 0, fingerprint = NULL "
+                          "WHERE batch_id = ? AND finished = 1", (batch_id,))
                 self._finished[batch_id] = False
             c.execute(_UPSERT_ATTEMPT, attempt_row(batch_id, job_id, step_id, view))
 
     def invalidate(self, batch_id: str) -> None:
         """Before writing files that may change a settled batch (a claim, an override):
-        the next start then reads it from the files whatever happens in between."""
-        if self._finished.get(batch_id) is False:
-            return
+        the next start then reads it from the files whatever happens in between. Always
+        written (one small transaction per claim): another engine sharing the catalog may
+        have recorded the batch settled since this one last looked."""
         self._safe("invalidate", self.mark_open_raw, batch_id)
 
     def mark_open_raw(self, batch_id: str | None) -> None:
@@ -542,7 +543,9 @@ class Catalog:
         """What a reader without an engine does before answering from the catalog: new
         batches and batches whose fingerprint moved since they were indexed are derived from
         their files. While an engine serves the root it keeps the catalog current itself, so
-        only batches the catalog has never seen are derived. `batch_ids`: only those."""
+        only batches the catalog has never seen are derived. Settled batches are trusted
+        here (a phh writer marks a batch open before it changes one: `invalidate`); the
+        engine's start verifies their fingerprints. `batch_ids`: only those."""
         rep = VerifyReport(rebuilt_file=self.discarded)
         if batch_ids is None:
             on_disk = set(batch_dirs(self.layout))
@@ -551,14 +554,16 @@ class Catalog:
         with self._lock:
             known = {r[0]: r[1] for r in self.conn.execute(
                 "SELECT batch_id, fingerprint FROM batches")}
+            settled = {r[0] for r in self.conn.execute(
+                "SELECT batch_id FROM batches WHERE finished = 1 AND fingerprint IS NOT NULL")}
         serving = engine_serving(self.layout)
         gone = set(known) - on_disk if batch_ids is None else set(batch_ids) - on_disk
         for bid in sorted(gone & set(known)):
             self.remove_batch(bid)
             rep.removed.append(bid)
         for bid in sorted(on_disk):
-            if bid in known and (serving or (known[bid] is not None and
-                                             known[bid] == fingerprint(self.layout, bid))):
+            if bid in settled or (bid in known and (serving or (
+                    known[bid] is not None and known[bid] == fingerprint(self.layout, bid)))):
                 continue
             if self.index_batch(bid):
                 rep.reindexed.append(bid)

@@ -74,8 +74,16 @@ class Store:
                        check=True, capture_output=True)
         self._adopt_batches()
 
+    def opening(self, bid: str) -> None:
+        """What every phh writer does before it changes a batch's files (Engine._start,
+        override processing): mark it open in the catalog, so no reader trusts it settled."""
+        cat = Catalog.open(self.layout)
+        cat.invalidate(bid)
+        cat.close()
+
     def attempt(self, b: int, j: int, s: int, status: str) -> None:
         bid = self.batches[b % len(self.batches)]
+        self.opening(bid)
         w = self.writers[bid]
         j %= self.jobs
         fc = {"failed": "nonzero_exit", "needs_attention": "agent_reported_failure"}.get(status)
@@ -91,6 +99,7 @@ class Store:
 
     def close(self, b: int) -> None:
         bid = self.batches[b % len(self.batches)]
+        self.opening(bid)
         (self.layout.batch_dir(bid) / "closed.json").write_text("{}\n")
 
     def touch(self, path: Path) -> None:
