@@ -41,8 +41,8 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common import FAKE_CODEX, load_average  # noqa: E402
-from scoreboard import build_store  # noqa: E402
+from common import FAKE_CODEX, cli_json, load_average, submit_two_step_jobs  # noqa: E402
+from scoreboard import GOAL, PROMPT, build_store, fill_batch  # noqa: E402
 
 SERVE = r"""
 import time, sys, os, threading, asyncio, resource, json
@@ -82,6 +82,26 @@ print(json.dumps({"serving_s": serving, "cpu_s_at_serving": cpu, "rss_mb_at_serv
 """
 
 
+def build_batches(tmp: Path, jobs: int, batches: int) -> tuple[Path, str, dict[str, int]]:
+    """`batches` batches of jobs/batches two-step jobs each, written as build_store does;
+    returns the root, the last batch and the shape summed over batches."""
+    root = tmp / "store"
+    per = jobs // batches
+    first = submit_two_step_jobs(root, per, goal=GOAL, prompt=PROMPT)["batch_id"]
+    ids = [first]
+    table = json.loads((root / "launch_table.json").read_text())
+    for k in range(1, batches):
+        table["batch_id"] = f"batch_hist_{k:03d}"
+        path = root / f"launch_table_{k}.json"
+        path.write_text(json.dumps(table))
+        ids.append(cli_json("--root", str(root), "submit", str(path), "--json")["batch_id"])
+    shape: dict[str, int] = {}
+    for bid in ids:
+        for key, val in fill_batch(root, bid, per).items():
+            shape[key] = shape.get(key, 0) + val
+    return root, ids[-1], shape
+
+
 def serve(root: Path, bounded: bool, use: bool, env: dict[str, str]) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", SERVE, str(root), str(int(bounded)),
                           str(int(use))], capture_output=True, text=True, env=env, check=True)
@@ -104,6 +124,8 @@ def cli(root: Path, argv: list[str], env: dict[str, str], repeat: int = 5) -> tu
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=10000)
+    ap.add_argument("--batches", type=int, default=1,
+                    help="split the jobs over this many batches (months of history)")
     ap.add_argument("--store", help="reuse a store this script built (its tmp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the store (prints where)")
     args = ap.parse_args()
@@ -118,7 +140,10 @@ def main() -> int:
             shape = {"jobs": "?", "attempts": "?"}
         else:
             t0 = time.perf_counter()
-            root, batch_id, shape = build_store(tmp, args.jobs)
+            if args.batches == 1:
+                root, batch_id, shape = build_store(tmp, args.jobs)
+            else:
+                root, batch_id, shape = build_batches(tmp, args.jobs, args.batches)
             print(f"built {shape} in {time.perf_counter() - t0:.0f} s at {tmp}")
         cat_file = root / "runs" / "_system" / "catalog.sqlite3"
         for suffix in ("", "-wal", "-shm"):
