@@ -182,3 +182,21 @@ def test_api_steps_pages_and_history(harness: Harness) -> None:
         assert c.get("/v1/history/hourly").json()["rows"][0]["attempts"] == 5
         assert c.get("/v1/history/slowest", params={"limit": 1}).json()["attempts"]
         assert c.get("/v1/history/attempts", params={"since": "then"}).status_code == 400
+
+
+def test_network_filesystem_refused_by_engine_and_cli(harness: Harness,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from phh_engine.engine import EngineError
+    from phh_tui import cli
+
+    monkeypatch.setattr(catmod, "fs_type", lambda path, mounts="/proc/mounts": "fuse.sshfs")
+    with pytest.raises(EngineError) as exc:
+        harness.engine()
+    assert "fuse.sshfs" in str(exc.value) and "PHH_CATALOG=" in str(exc.value)
+    assert not catmod.catalog_path(harness.layout).exists()
+    assert cli.main(["--root", str(harness.root), "history", "retries", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == "conflict" and "PHH_CATALOG=" in out["message"]
+    monkeypatch.undo()
+    harness.run()  # the runner lock was released: the next engine starts
