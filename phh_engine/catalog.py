@@ -403,11 +403,11 @@ class Catalog:
             crashpoint("catalog.before_commit")
             self.conn.execute("COMMIT")
 
-    def _safe(self, what: str, fn: Any, *args: Any) -> None:
+    def _safe(self, what: str, fn: Any, *args: Any) -> Any:
         """Engine-side writes: a catalog failure must never stop the engine (the files hold
         the truth; the next start repairs the catalog from them)."""
         try:
-            fn(*args)
+            return fn(*args)
         except sqlite3.Error as exc:
             if self.broken is None:
                 log.warning("catalog %s failed (%s); it is repaired from the files at the "
@@ -415,6 +415,7 @@ class Catalog:
             self.broken = f"{what}: {exc}"
             with contextlib.suppress(sqlite3.Error):
                 self.mark_open_raw(args[0] if args and isinstance(args[0], str) else None)
+            return None
 
     # -------------------------------------------------------------- engine writes
     def put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
@@ -445,14 +446,16 @@ class Catalog:
         self._finished[batch_id] = False
 
     def put_batch(self, batch: BatchView, board: BatchScoreboard,
-                  old: BatchScoreboard | None = None, *, attempts: bool = False) -> None:
+                  old: BatchScoreboard | None = None, *, attempts: bool = False) -> bool:
         """Record a batch's board (its step rows, changed ones only when `old` is given) and,
         with `attempts`, every attempt of the loaded batch; a batch that is finished gets the
-        fingerprint that `verify` compares at the next start."""
-        self._safe("batch write", self._put_batch, batch, board, old, attempts)
+        fingerprint that `verify` compares at the next start. True when the batch is now
+        settled (finished, with a fingerprint outside the racy window): the catalog can
+        answer for it alone."""
+        return bool(self._safe("batch write", self._put_batch, batch, board, old, attempts))
 
     def _put_batch(self, batch: BatchView, board: BatchScoreboard,
-                   old: BatchScoreboard | None, attempts: bool) -> None:
+                   old: BatchScoreboard | None, attempts: bool) -> bool:
         bid = batch.batch_id
         finished = is_finished(batch, board)
         fp = fingerprint(self.layout, bid) if finished else None
@@ -482,6 +485,7 @@ class Catalog:
             c.execute(_UPSERT_BATCH, (bid, _ts(board.submitted_at), int(batch.closed),
                                       int(finished), fp, board.steps_total, srow))
         self._finished[bid] = finished
+        return finished and fp is not None
 
     def remove_batch(self, batch_id: str) -> None:
         with self._tx() as c:

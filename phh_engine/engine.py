@@ -1012,12 +1012,15 @@ class Engine:
             if notes:
                 sb = sb.model_copy(update={"notes": notes})
             self._announce(self._boards.get(bid), sb)
+            settled = False
             if self.catalog is not None:
                 full = bid in self._catalog_full
                 self._catalog_full.discard(bid)
-                self.catalog.put_batch(batch, sb, None if full else self._boards.get(bid),
-                                       attempts=full)
+                settled = self.catalog.put_batch(
+                    batch, sb, None if full else self._boards.get(bid), attempts=full)
             self._boards[bid] = sb
+            if settled and self.bounded and not self._stopping:
+                self._evict(bid)  # its board file is still written below
             atomic_write_json(self.layout.batch_scoreboard(bid), sb)
         atomic_write_json(
             self.layout.system_scoreboard,
@@ -1025,6 +1028,14 @@ class Engine:
                               extra_rows=self._settled_rows()).model_copy(
                 update={"notes": self._notes + self._credential_notes()}),
         )
+
+    def _evict(self, batch_id: str) -> None:
+        """A batch that settled while serving leaves memory (its board file stays on disk,
+        its row and steps in the catalog); an operator action that names it loads it again
+        (_TrackedIndex.load_batch). The ReadySet notices the batch going (a rebuild)."""
+        self._boards.pop(batch_id, None)
+        self.index.batches.pop(batch_id, None)
+        self.index.skip.add(batch_id)
 
     def _settled_rows(self) -> list[str]:
         """System-view rows of the batches left on disk (bounded start), from the catalog."""

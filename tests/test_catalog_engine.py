@@ -200,3 +200,29 @@ def test_network_filesystem_refused_by_engine_and_cli(harness: Harness,
     assert out["error"] == "conflict" and "PHH_CATALOG=" in out["message"]
     monkeypatch.undo()
     harness.run()  # the runner lock was released: the next engine starts
+
+
+def test_a_batch_that_settles_while_serving_leaves_memory(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("one"))]}])
+    eng = harness.start()
+    wait_for(lambda: harness.attempts(bid, "j1", "s1") and harness.state(
+        harness.attempts(bid, "j1", "s1")[0])["status"] == "succeeded", 90, "the attempt")
+    backdate(harness.layout, bid)  # outside the racy window, as 2 s later
+
+    async def board_pass() -> None:
+        eng._write_scoreboards(all_batches=True)
+
+    wait_for(lambda: harness.call(eng, board_pass()) or bid not in eng.index.batches, 30,
+             "eviction")
+    system = json.loads(harness.layout.system_scoreboard.read_text())
+    assert [r["batch_id"] for r in system["batches"]] == [bid]  # its row, from the catalog
+    assert json.loads(harness.layout.batch_scoreboard(bid).read_text())["counts"][
+        "succeeded"] == 1
+    res = harness.call(eng, eng.request("resume", bid, "j1", "s1", prompt="again",
+                                        requested_by="test"))
+    assert res.outcome == "applied", res.message
+    assert bid in eng.index.batches
+    wait_for(lambda: len(harness.attempts(bid, "j1", "s1")) == 2 and harness.state(
+        harness.attempts(bid, "j1", "s1")[-1])["status"] == "succeeded", 90, "the resume")
+    harness.stop(eng)
+    assert as_left(harness.layout) == rebuilt(harness.layout, harness.root)
