@@ -628,7 +628,11 @@ class Catalog:
 def open_for_reader(layout: Layout) -> Catalog:
     """A catalog brought up to date for a reader (CLI, API without an engine): opened,
     refreshed from the files where they moved; a file found damaged on the way is discarded
-    and derived again (never trusted). CatalogError as `Catalog.open`."""
+    and derived again (never trusted). CatalogError as `Catalog.open`, and for a directory
+    that is not a phh root (a read must not create runs/ there)."""
+    if not layout.runs.is_dir():
+        raise CatalogError(f"{layout.root} is not a phh root (no runs/); `phh init` makes one, "
+                           "or pass --root")
     cat = Catalog.open(layout)
     try:
         cat.refresh_for_reader()

@@ -424,3 +424,10 @@ def test_history_screen_shows_hourly_bars_and_retry_rates(tmp_path: Path) -> Non
             assert not isinstance(app.screen, HistoryScreen)
 
     asyncio.run(go())
+
+
+def test_a_read_outside_a_root_creates_nothing(tmp_path: Path) -> None:
+    out = subprocess.run([PHH, "--root", str(tmp_path), "history", "tokens", "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "not a phh root" in json.loads(out.stdout)["message"]
+    assert list(tmp_path.iterdir()) == []
