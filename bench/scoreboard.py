@@ -164,6 +164,11 @@ class StoreWriter(AttemptWriter):
 def build_store(tmp: Path, jobs: int) -> tuple[Path, str, dict[str, int]]:
     root = tmp / "store"
     batch_id = submit_two_step_jobs(root, jobs, goal=GOAL, prompt=PROMPT)["batch_id"]
+    return root, batch_id, fill_batch(root, batch_id, jobs)
+
+
+def fill_batch(root: Path, batch_id: str, jobs: int) -> dict[str, int]:
+    """Terminal attempts for every job of a submitted batch (see the module docstring)."""
     layout = Layout(root)
     meta = read_model(layout.batch_meta(batch_id), BatchMeta)
     assert meta is not None
@@ -194,7 +199,7 @@ def build_store(tmp: Path, jobs: int) -> tuple[Path, str, dict[str, int]]:
         _write(layout.current(batch_id, job.job_id),
                to_bytes(build_current(layout, batch_id, job.job_id, now)))
     shape["attempts"] = w.seq
-    return root, batch_id, shape
+    return shape
 
 
 # ---------------------------------------------------------------- timing

@@ -499,6 +499,10 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     def jobs(batch_id: BatchId) -> dict[str, Any]:
         return list_jobs(layout, batch_id)
 
+    from .api_history import add_routes as add_catalog_routes
+
+    add_catalog_routes(app, layout, errors)  # paged steps, /v1/history/* (the catalog)
+
     @app.get("/v1/batches/{batch_id}/jobs/{job_id}/current", tags=["batches"],
              responses=errors(), summary="current.json of a job")
     def current(batch_id: BatchId, job_id: JobId) -> dict[str, Any]:

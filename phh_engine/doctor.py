@@ -438,3 +438,48 @@ def startup_error_line(stderr_tail: str) -> str | None:
                 line = f"{line} {nxt}".strip()
             return line[:500]
     return None
+
+
+@register_check
+def check_catalog(ctx: DoctorContext) -> Iterable[CheckResult]:
+    """The catalog (phh_engine/catalog.py): a local filesystem, a healthy file of our
+    schema, and every batch on disk known to it. Only looks: never rebuilds or writes."""
+    from . import catalog
+
+    path = catalog.catalog_path(ctx.layout)
+    try:
+        catalog.check_location(path)
+    except catalog.CatalogError as exc:
+        yield CheckResult("catalog", "fail", str(exc).split(";")[0],
+                          f"set {catalog.ENV_PATH} to a path on a local disk")
+        return
+    if not path.exists():
+        yield CheckResult("catalog", "ok", f"{path} not built yet (the engine, `phh history` "
+                          "or `phh reindex` build it from runs/)")
+        return
+    problem = catalog._inspect(path, True)
+    if problem is not None:
+        yield CheckResult("catalog", "warn", f"{path}: {problem}",
+                          "nothing to do: it is discarded and rebuilt from runs/ at the next "
+                          "engine start or read (or now: `phh reindex`)")
+        return
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            known = {r[0] for r in conn.execute("SELECT batch_id FROM batches")}
+            attempts = conn.execute("SELECT count(*) FROM attempts").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        yield CheckResult("catalog", "warn", f"{path}: {exc}", "`phh reindex` rebuilds it")
+        return
+    missing = set(catalog.batch_dirs(ctx.layout)) - known
+    if missing:
+        yield CheckResult("catalog", "warn", f"{path}: {len(missing)} batch(es) on disk not in "
+                          "it yet", "they are added at the next engine start or read "
+                          "(`phh reindex` adds them now)")
+        return
+    yield CheckResult("catalog", "ok", f"{path}: {len(known)} batch(es), {attempts} "
+                      "attempt(s), integrity ok")

@@ -25,6 +25,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from . import __version__
+from .catalog import Catalog, CatalogError
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .crash import faultpoint
 from .credentials import CredentialGate
@@ -142,7 +143,12 @@ class Engine:
         until_idle: bool = False,
         on_event: Callable[[EngineEvent], None] | None = None,
         ray_address: str | None = None,
+        bounded: bool = True,
+        use_catalog: bool = True,
     ) -> None:
+        """`bounded`: settled batches (finished or closed, as the catalog recorded and their
+        fingerprints confirm) stay on disk and in the catalog, not in memory.
+        `use_catalog=False` is the engine without a catalog (bench/catalog.py's baseline)."""
         self.layout = Layout(root)
         #: `phh run --ray ADDRESS`: this engine's runner is a Ray cluster (docs/scale-out.md)
         self.ray_address = ray_address
@@ -166,6 +172,11 @@ class Engine:
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
         self.index.ready = self._ready
+        # -- the catalog (phh_engine/catalog.py): derived, kept current with the files
+        self.bounded = bounded
+        self.use_catalog = use_catalog
+        self.catalog: Catalog | None = None
+        self._catalog_full: set[str] = set()  # loaded batches whose attempts it must get
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
@@ -338,7 +349,10 @@ class Engine:
         self.queue = DropQueue.from_config(self.layout, self.config)
         if self.queue is not None:
             self.queue.ensure_dirs()
+        self._open_catalog()
         self.index.load()
+        if self.catalog is not None:
+            self._catalog_full.update(self.index.batches)
         self._replay_overrides()
         self._recover()
         self._repair_pointers()
@@ -381,6 +395,22 @@ class Engine:
                    if kind == "node_joined" else
                    EngineEvent("node_lost", now, detail=what, data=data))
         self._poke()  # capacity changed
+    def _open_catalog(self) -> None:
+        """Open and verify the catalog; with `bounded`, settled batches are not loaded."""
+        if not self.use_catalog:
+            return
+        try:
+            cat = Catalog.open(self.layout, thorough=True)
+            rep = cat.verify()
+        except CatalogError as exc:
+            raise EngineError(str(exc)) from None
+        if rep.rebuilt_file:
+            log.warning("catalog %s was discarded (%s); rebuilding it from the files",
+                        cat.path, rep.rebuilt_file)
+        self.catalog = cat
+        self.index.catalog = cat
+        if self.bounded:
+            self.index.skip = rep.settled
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -424,6 +454,8 @@ class Engine:
                 self._runner_lock.release()
             if self.runner is not None:  # as asyncio.run waits for its default pool
                 await asyncio.to_thread(self.runner.close)
+            if self.catalog is not None:
+                self.catalog.close()
 
     # ------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:
@@ -540,6 +572,8 @@ class Engine:
             resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce,
         )
+        if self.catalog is not None:  # before the files change: see Catalog.invalidate
+            self.catalog.invalidate(batch.batch_id)
         try:
             claimed = self.runner.claim(plan)
         except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
@@ -933,6 +967,8 @@ class Engine:
             if not claim(self.layout, nonce):
                 continue
             self._handled.add(nonce)
+            if self.catalog is not None:
+                self.catalog.invalidate(req.batch_id)
             res = self._apply(req)
             write_result(self.layout, res)
             self._dirty.add(req.batch_id)
@@ -1332,7 +1368,15 @@ class Engine:
             if notes:
                 sb = sb.model_copy(update={"notes": list(notes)})
             self._announce(self._boards.get(bid), sb)
+            settled = False
+            if self.catalog is not None:
+                full = bid in self._catalog_full
+                self._catalog_full.discard(bid)
+                settled = self.catalog.put_batch(
+                    batch, sb, None if full else self._boards.get(bid), attempts=full)
             self._boards[bid] = sb
+            if settled and self.bounded and not self._stopping:
+                self._evict(bid)  # its board file is still written below
             try:
                 atomic_write_json(self.layout.batch_scoreboard(bid), sb)
             except (IsADirectoryError, NotADirectoryError) as exc:  # a stray entry: go on
@@ -1346,9 +1390,28 @@ class Engine:
         notes = self._all_notes(now)  # with stray entries found just now
         atomic_write_json(
             self.layout.system_scoreboard,
-            system_scoreboard(self.index.batches.values(), now, self._boards).model_copy(
+            system_scoreboard(self.index.batches.values(), now, self._boards,
+                              extra_rows=self._settled_rows()).model_copy(
                 update={"notes": notes}),
         )
+
+    def _evict(self, batch_id: str) -> None:
+        """A batch that settled while serving leaves memory (its board file stays on disk,
+        its row and steps in the catalog); an operator action that names it loads it again
+        (_TrackedIndex.load_batch). The ReadySet notices the batch going (a rebuild)."""
+        self._boards.pop(batch_id, None)
+        self.index.batches.pop(batch_id, None)
+        self.index.skip.add(batch_id)
+
+    def _settled_rows(self) -> list[str]:
+        """System-view rows of the batches left on disk (bounded start), from the catalog."""
+        if self.catalog is None or not self.index.skip:
+            return []
+        try:
+            return self.catalog.system_rows(exclude=self.index.batches)
+        except Exception:  # sqlite3.Error: the view then lacks settled batches until repair
+            log.exception("catalog read failed")
+            return []
 
     def _all_notes(self, now: datetime) -> list[SystemNote]:
         """The health tick's notes plus what this engine knows first-hand: start pauses,
@@ -1430,6 +1493,8 @@ class Engine:
     def _scan_batches(self) -> None:
         for bid in self.index.scan_new_batches():
             self._dirty.add(bid)
+            if self.catalog is not None:
+                self._catalog_full.add(bid)
             batch = self.index.batches[bid]
             self._emit(EngineEvent("batch_added", utcnow(), bid,
                                    detail=f"{len(batch.jobs)} job(s)"))
@@ -1441,11 +1506,30 @@ class _TrackedIndex(StoreIndex):
     attempts, the dashboard's watcher in the same process, GC refreshes)."""
 
     ready: ReadySet | None = None
+    catalog: Catalog | None = None
 
     def put_attempt(self, batch_id: str, job_id: str, step_id: str, view: AttemptView) -> None:
         super().put_attempt(batch_id, job_id, step_id, view)
         if self.ready is not None:
             self.ready.touch(batch_id, job_id)
+        if self.catalog is not None and batch_id in self.batches:
+            self.catalog.put_attempt(batch_id, job_id, step_id, view)
+
+    def load_batch(self, batch_id: str) -> BatchView | None:
+        """A settled batch left on disk is loaded when something names it (an operator
+        action): with the marks its applied overrides left, as at start."""
+        lazy = batch_id in self.skip
+        self.skip.discard(batch_id)
+        batch = super().load_batch(batch_id)
+        if lazy and batch is not None:
+            from .overrides import apply_marks, list_results
+
+            for res in list_results(self.layout):
+                if res.batch_id == batch_id:
+                    apply_marks(self.batches, res)
+            if self.ready is not None:
+                self.ready.touch_all()
+        return batch
 
 
 def _find_wrapper(path: Path) -> int | None:

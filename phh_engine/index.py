@@ -82,6 +82,8 @@ class StoreIndex:
         #: entries of the tree that are not what phh writes there (path under runs/ ->
         #: what was skipped): shown as scoreboard notes, never a crash
         self.unexpected: dict[str, str] = {}
+        #: batches left on disk (the engine's settled batches: the catalog answers for them)
+        self.skip: set[str] = set()
 
     def _skipped(self, where: str, names: list[str]) -> None:
         """Record (and log once) entries of the tree that are not what phh writes there."""
@@ -101,7 +103,7 @@ class StoreIndex:
         except (FileNotFoundError, NotADirectoryError):
             return []
         return [n for n in names if not n.startswith(("_", ".")) and n not in self.batches
-                and n not in self.unexpected]
+                and n not in self.unexpected and n not in self.skip]
 
     def load(self) -> None:
         with _bulk():

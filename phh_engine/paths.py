@@ -41,6 +41,9 @@ STORE_NAMES: dict[str, str] = {
     "submissions": "runs/_system/submissions/", "locks": "runs/_system/locks/",
     "gc_log.jsonl": "runs/_system/gc_log.jsonl", "gc.lock": "runs/_system/gc.lock",
     "pauses": "runs/_system/pauses/", "credential_pauses": "runs/_system/credential_pauses/",
+    **{name: f"runs/_system/{name}" for name in (
+        "catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm",
+        "catalog.sqlite3-journal")},
     "batch_meta.json": "runs/<batch>/batch_meta.json",
     "scoreboard.batch.json": "runs/<batch>/scoreboard.batch.json",
     "closed.json": "runs/<batch>/closed.json", "_overrides": "runs/<batch>/_overrides/",

@@ -226,17 +226,20 @@ def system_scoreboard(
     batches: Iterable[BatchView],
     now: datetime,
     per_batch: Mapping[str, BatchScoreboard] | None = None,
+    extra_rows: Iterable[str] = (),
 ) -> SystemScoreboard:
     """One row per batch: attention first, then running, then newest submitted first.
 
     `per_batch` lets a caller reuse batch scoreboards it already computed (the engine keeps them),
-    so the system view costs O(batches) on top.
+    so the system view costs O(batches) on top. `extra_rows` are rows (SystemRow JSON) of
+    batches not in `batches` (settled ones the engine keeps in its catalog only).
     """
     cached = per_batch or {}
     rows: list[SystemRow] = []
     for batch in batches:
         sb = cached.get(batch.batch_id) or batch_scoreboard(batch, now)
         rows.append(_system_row(batch, sb))
+    rows.extend(SystemRow.model_validate_json(r) for r in extra_rows)
     rows.sort(key=lambda r: r.batch_id)  # deterministic tie-break
     rows.sort(key=lambda r: (
         r.attention_steps == 0, r.running_steps == 0, -r.submitted_at.timestamp(),

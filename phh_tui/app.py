@@ -98,6 +98,7 @@ class PhhApp(App[int]):
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command_palette", "Commands", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding("H", "history", "History", show=False),
     ]
 
     def __init__(
@@ -438,6 +439,13 @@ class PhhApp(App[int]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+    def action_history(self) -> None:
+        """History across batches, from the catalog (phh_tui/history_screen.py)."""
+        from phh_tui.history_screen import HistoryScreen
+
+        if not isinstance(self.screen, HistoryScreen):
+            self.push_screen(HistoryScreen(self.backend.layout))
 
     async def action_quit(self) -> None:
         if self.quitting is not None:

@@ -353,8 +353,10 @@ class EngineBackend(Backend):
                  on_event: Callable[[EngineEvent], None] | None = None,
                  ray_address: str | None = None) -> None:
         super().__init__(root, runner_id)
+        # bounded=False: the dashboard's screens read every batch from the in-memory views
+        # (settled batches would otherwise only be in the catalog; see docs/catalog.md)
         self.engine = Engine(root, concurrency=concurrency, runner_id=runner_id,
-                             on_event=on_event, ray_address=ray_address)
+                             on_event=on_event, ray_address=ray_address, bounded=False)
         self.index = self.engine.index
         self.serving = False
 

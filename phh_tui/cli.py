@@ -203,13 +203,26 @@ def _show_board(batch_id: str | None, board: Any, age: float | None = None) -> i
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
+    from phh_engine.catalog import Catalog, CatalogError
     from phh_engine.pointers import reindex
 
-    n = reindex(Layout(_root(args)))
+    layout = Layout(_root(args))
+    n = reindex(layout)
+    try:  # the catalog, from scratch (derived from the files, like current.json)
+        cat = Catalog.open(layout)
+        try:
+            batches = cat.rebuild()
+        finally:
+            cat.close()
+    except CatalogError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
     if args.json:
-        _print_json({"jobs_reindexed": n})
+        _print_json({"jobs_reindexed": n, "catalog_batches": batches,
+                     "catalog": str(cat.path)})
     else:
-        print(f"rebuilt current.json for {n} job(s)")
+        print(f"rebuilt current.json for {n} job(s); rebuilt the catalog {cat.path} from "
+              f"{batches} batch(es)")
     return EXIT_OK
 
 
@@ -321,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--recompute", action="store_true",
                     help="derive from the store even while an engine serves it")
     sp.set_defaults(func=cmd_scoreboard)
-    add("reindex", "rebuild every current.json from attempt directories").set_defaults(
+    add("reindex", "rebuild every current.json and the catalog from attempt directories"
+        ).set_defaults(
         func=cmd_reindex)
     add("config", "print the effective harness config", json_flag=False).set_defaults(
         func=cmd_config)
@@ -359,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     from phh_tui.cli_doctor import add_commands as add_doctor_commands
 
     add_doctor_commands(add)  # doctor
+    from phh_tui.cli_history import add_commands as add_history_commands
+
+    add_history_commands(add)  # history (the catalog)
     sp = add("demo", "a bundled demo batch against the offline model stand-in",
              json_flag=False)
     sp.add_argument("--no-ui", action="store_true")

@@ -78,6 +78,10 @@ def cmd_current(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from phh_tui.cli_history import paged_jobs, wants_page
+
+    if wants_page(args):  # one page from the catalog (before the heavier imports below)
+        return paged_jobs(args)
     from phh_engine.api_ops import list_jobs
     from phh_engine.artifacts import LookupFailed
 
@@ -97,6 +101,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_attempts(args: argparse.Namespace) -> int:
+    from phh_tui.cli_history import paged_attempts, wants_page
+
+    if wants_page(args):  # one page from the catalog (before the heavier imports below)
+        return paged_attempts(args)
     from phh_engine.api_ops import list_attempts
     from phh_engine.artifacts import LookupFailed
 
@@ -294,12 +302,16 @@ def add_commands(add: AddFn) -> None:
 
     sp = add("jobs", "jobs of a batch with each step's derived status")
     sp.add_argument("batch")
+    from phh_tui.cli_history import add_paging
+
+    add_paging(sp)  # any of them: one page from the catalog
     sp.set_defaults(func=cmd_jobs)
 
     sp = add("attempts", "attempts of a step, oldest first")
     sp.add_argument("batch")
     sp.add_argument("job")
     sp.add_argument("step")
+    add_paging(sp, failure_class=False)
     sp.set_defaults(func=cmd_attempts)
 
     sp = add("artifact", "print one attempt file: BATCH JOB STEP NAME, or --attempt-dir DIR NAME "

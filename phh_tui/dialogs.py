@@ -30,6 +30,8 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("l", "logs: the readable event tail", "batch, step"),
     ("s", "autoscroll the event tail on/off", "step"),
     ("d", "git diff of the attempt", "batch, step"),
+    ("H", "history across batches: attempts and failures per hour, retry rates, tokens, "
+          "slowest (from the catalog)", ""),
     ("q", "quit (asks what to do with running attempts)", ""),
 )
 

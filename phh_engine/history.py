@@ -1,0 +1,345 @@
+"""Paged views and history queries over the catalog (phh_engine/catalog.py), once, for the
+CLI (`phh jobs|attempts --limit`, `phh history ... --json`), the API and the dashboard.
+
+Every function returns plain JSON-able data or raises `LookupFailed` (400 for a malformed
+parameter, naming it; 404 for an unknown batch). Pages are keyset pages: `next_cursor` names
+the last row returned, so rows inserted meanwhile never shift a page (no row is repeated or
+skipped); a cursor is opaque and only valid for the same query.
+
+Times are UTC ISO 8601 strings (`2026-01-31T12:00:00Z`); durations are seconds; token
+counts are Codex's `usage` fields summed over attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .catalog import Catalog, CatalogError, decode_cursor, encode_cursor, open_for_reader
+from .paths import Layout
+
+if TYPE_CHECKING:
+    from .artifacts import LookupFailed
+
+# = models.common's (a test keeps them equal): importing the models would cost a CLI read
+# ~0.3 s, ten times the query; artifacts.LookupFailed is imported only to raise one
+ATTEMPT_STATUSES: tuple[str, ...] = (
+    "queued", "running", "succeeded", "failed", "canceled", "needs_attention")
+STEP_STATUSES: tuple[str, ...] = (
+    "blocked", "ready", "running", "succeeded", "failed", "needs_attention", "canceled")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+GROUPS = ("batch", "day", "model")
+
+
+def _bad(message: str) -> LookupFailed:
+    from .artifacts import LookupFailed
+
+    return LookupFailed(400, message)
+
+
+def missing(message: str) -> LookupFailed:
+    from .artifacts import LookupFailed
+
+    return LookupFailed(404, message)
+
+
+def valid_id(value: str, what: str) -> str:
+    """The cheap check (models.common.ID_PATTERN); anything else gets the models' message."""
+    if ID_RE.match(value) and ".." not in value:
+        return value
+    from .artifacts import valid_id as full
+
+    return full(value, what)
+
+
+def _limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if not 1 <= limit <= MAX_LIMIT:
+        raise _bad(f"limit: must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def _time(value: str | None, name: str) -> str | None:
+    """An ISO 8601 time (a date alone means its midnight UTC) as the catalog stores it."""
+    if value is None or value == "":
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(f"{name}: not an ISO 8601 time: {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _one_of(value: str | None, allowed: tuple[str, ...], name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise _bad(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _cursor(cursor: str | None, size: int) -> list[Any] | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        return decode_cursor(cursor, size)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _known_batch(cat: Catalog, batch_id: str) -> None:
+    valid_id(batch_id, "batch_id")
+    if not cat.query("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)):
+        raise missing(f"no batch {batch_id!r}")
+
+
+# ----------------------------------------------------------------------------- pages
+def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
+               failure_class: str | None = None, cursor: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    """One page of a batch's step rows (the scoreboard's `steps` rows, plus the latest
+    attempt's `failure_class`) in Launch Table order: `{batch_id, steps, total,
+    next_cursor}`; `total` counts the rows matching the filters."""
+    _known_batch(cat, batch_id)
+    status = _one_of(status, STEP_STATUSES, "status")
+    n = _limit(limit)
+    after = _cursor(cursor, 1)
+    where, args = ["batch_id = ?"], [batch_id]
+    if status:
+        where.append("status = ?")
+        args.append(status)
+    if failure_class:
+        where.append("failure_class = ?")
+        args.append(failure_class)
+    total = cat.query(f"SELECT count(*) FROM steps WHERE {' AND '.join(where)}", args)[0][0]
+    if after is not None:
+        where.append("seq > ?")
+        args.append(after[0])
+    rows = cat.query(f"SELECT seq, row, failure_class FROM steps WHERE {' AND '.join(where)} "
+                     "ORDER BY seq LIMIT ?", [*args, n + 1])
+    out = []
+    for r in rows[:n]:
+        d = json.loads(r["row"])
+        if r["failure_class"]:
+            d["failure_class"] = r["failure_class"]
+        out.append(d)
+    nxt = encode_cursor([rows[n - 1]["seq"]]) if len(rows) > n else None
+    return {"batch_id": batch_id, "steps": out, "total": total, "next_cursor": nxt}
+
+
+def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | None,
+                     status: str | None, failure_class: str | None, runner_id: str | None,
+                     since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for col, val, what in (("batch_id", batch_id, "batch_id"), ("job_id", job_id, "job_id"),
+                           ("step_id", step_id, "step_id"), ("runner_id", runner_id,
+                                                             "runner_id")):
+        if val:
+            valid_id(val, what)
+            where.append(f"{col} = ?")
+            args.append(val)
+    st = _one_of(status, ATTEMPT_STATUSES, "status")
+    if st:
+        where.append("status = ?")
+        args.append(st)
+    if failure_class:
+        where.append("failure_class = ?")
+        args.append(failure_class)
+    lo, hi = _time(since, "since"), _time(until, "until")
+    if lo and hi and lo > hi:
+        raise _bad(f"since: {since} is after until: {until}")
+    if lo:
+        where.append("coalesce(started_at, created_at) >= ?")
+        args.append(lo)
+    if hi:
+        where.append("coalesce(started_at, created_at) < ?")
+        args.append(hi)
+    return where, args
+
+
+def _attempt_json(r: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(r).items() if v is not None}
+
+
+def attempts_page(cat: Catalog, *, batch_id: str | None = None, job_id: str | None = None,
+                  step_id: str | None = None, status: str | None = None,
+                  failure_class: str | None = None, runner_id: str | None = None,
+                  since: str | None = None, until: str | None = None,
+                  cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Attempts across batches (or within one batch/job/step), oldest start first, filtered
+    by status, failure class, runner and start-time range [since, until):
+    `{attempts, total, next_cursor}`; each attempt is its catalog row without nulls."""
+    if batch_id:
+        _known_batch(cat, batch_id)
+    n = _limit(limit)
+    where, args = _attempt_filters(batch_id, job_id, step_id, status, failure_class,
+                                   runner_id, since, until)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    total = cat.query(f"SELECT count(*) FROM attempts {cond}", args)[0][0]
+    after = _cursor(cursor, 4)
+    if after is not None:
+        where.append("(dir_name, batch_id, job_id, step_id) > (?, ?, ?, ?)")
+        args.extend(after)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = cat.query(f"SELECT * FROM attempts {cond} ORDER BY dir_name, batch_id, job_id, "
+                     "step_id LIMIT ?", [*args, n + 1])
+    nxt = None
+    if len(rows) > n:
+        last = rows[n - 1]
+        nxt = encode_cursor([last["dir_name"], last["batch_id"], last["job_id"],
+                             last["step_id"]])
+    return {"attempts": [_attempt_json(r) for r in rows[:n]], "total": total,
+            "next_cursor": nxt}
+
+
+# ----------------------------------------------------------------------------- history
+def token_usage(cat: Catalog, *, by: str = "batch", since: str | None = None,
+                until: str | None = None) -> dict[str, Any]:
+    """Token usage summed per batch, per day (UTC, by start) or per model (the model named
+    on Codex's command line; `(default)` when none was): `{by, rows: [{key, attempts,
+    input_tokens, cached_input_tokens, output_tokens, reasoning_output_tokens}]}`."""
+    group = _one_of(by, GROUPS, "by") or "batch"
+    key = {"batch": "batch_id", "day": "substr(coalesce(started_at, created_at), 1, 10)",
+           "model": "coalesce(model, '(default)')"}[group]
+    where, args = _attempt_filters(None, None, None, None, None, None, since, until)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = cat.query(
+        f"SELECT {key} AS key, count(*) AS attempts, sum(input_tokens) AS input_tokens, "
+        "sum(cached_input_tokens) AS cached_input_tokens, sum(output_tokens) AS "
+        "output_tokens, sum(reasoning_output_tokens) AS reasoning_output_tokens "
+        f"FROM attempts {cond} GROUP BY key ORDER BY key", args)
+    return {"by": group, "rows": [dict(r) for r in rows]}
+
+
+def slowest_steps(cat: Catalog, *, batch_id: str | None = None, since: str | None = None,
+                  until: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The longest-running finished attempts (duration = ended_at - started_at, seconds),
+    longest first: `{attempts: [...]}`."""
+    if batch_id:
+        _known_batch(cat, batch_id)
+    n = _limit(limit or 20)
+    where, args = _attempt_filters(batch_id, None, None, None, None, None, since, until)
+    where.append("duration_seconds IS NOT NULL")
+    rows = cat.query(f"SELECT * FROM attempts WHERE {' AND '.join(where)} "
+                     "ORDER BY duration_seconds DESC, dir_name LIMIT ?", [*args, n])
+    return {"attempts": [_attempt_json(r) for r in rows]}
+
+
+def retry_rates(cat: Catalog, *, since: str | None = None,
+                until: str | None = None) -> dict[str, Any]:
+    """Per failure class: attempts that failed with it, how many were retried (another
+    attempt names it in `retry_of`), how many of those retries succeeded, and the rates:
+    `{rows: [{failure_class, failures, retried, retry_succeeded, retry_rate,
+    retry_success_rate}]}`, most failures first."""
+    where, args = _attempt_filters(None, None, None, None, None, None, since, until)
+    where = [w.replace("coalesce(started_at", "coalesce(a.started_at").replace(
+        "created_at)", "a.created_at)") for w in where]
+    where.append("a.failure_class IS NOT NULL")
+    rows = cat.query(
+        "SELECT a.failure_class AS failure_class, count(*) AS failures, "
+        "count(r.run_id) AS retried, coalesce(sum(r.status = 'succeeded'), 0) AS "
+        "retry_succeeded FROM attempts a LEFT JOIN attempts r ON r.batch_id = a.batch_id "
+        "AND r.job_id = a.job_id AND r.step_id = a.step_id AND r.retry_of = a.run_id "
+        f"WHERE {' AND '.join(where)} GROUP BY a.failure_class "
+        "ORDER BY failures DESC, a.failure_class", args)
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["retry_rate"] = round(d["retried"] / d["failures"], 4) if d["failures"] else 0.0
+        d["retry_success_rate"] = (round(d["retry_succeeded"] / d["retried"], 4)
+                                   if d["retried"] else None)
+        out.append(d)
+    return {"rows": out}
+
+
+def per_hour(cat: Catalog, *, since: str | None = None,
+             until: str | None = None) -> dict[str, Any]:
+    """Attempts started and attempts failed per UTC hour (the dashboard's bars):
+    `{rows: [{hour: "2026-01-31T12", attempts, failed}]}`, oldest first."""
+    where, args = _attempt_filters(None, None, None, None, None, None, since, until)
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = cat.query(
+        "SELECT substr(coalesce(started_at, created_at), 1, 13) AS hour, count(*) AS "
+        "attempts, coalesce(sum(status IN ('failed', 'needs_attention')), 0) AS failed "
+        f"FROM attempts {cond} GROUP BY hour ORDER BY hour", args)
+    return {"rows": [dict(r) for r in rows if r["hour"] is not None]}
+
+
+QUERIES = {
+    "attempts": attempts_page, "tokens": token_usage, "slowest": slowest_steps,
+    "retries": retry_rates, "hourly": per_hour,
+}
+
+
+class Reader:
+    """A reader's catalog (the API server, the dashboard): opened once, refreshed from the
+    files before each answer (the batch a query names; everything at most every
+    `full_every` seconds), rebuilt when found damaged. Thread-safe."""
+
+    def __init__(self, layout: Layout, full_every: float = 2.0) -> None:
+        self.layout = layout
+        self.full_every = full_every
+        self._cat: Catalog | None = None
+        self._lock = threading.Lock()
+        self._full_at = float("-inf")
+
+    def run(self, fn: Callable[..., dict[str, Any]], *, batch_id: str | None = None,
+            **kw: Any) -> dict[str, Any]:
+        """`fn(catalog, **kw)` (with `batch_id` passed on when given) on a fresh catalog;
+        LookupFailed(409) when the catalog cannot be used where it is configured."""
+        if batch_id is not None:
+            valid_id(batch_id, "batch_id")
+            kw["batch_id"] = batch_id
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    cat = self._fresh(batch_id)
+                    return fn(cat, **kw)
+                except CatalogError as exc:
+                    from .artifacts import LookupFailed
+
+                    raise LookupFailed(409, str(exc)) from None
+                except sqlite3.DatabaseError:
+                    if attempt:
+                        raise
+                    self._reset()  # damaged under us: discard, derive again, answer
+        raise AssertionError("unreachable")
+
+    def _fresh(self, batch_id: str | None) -> Catalog:
+        if self._cat is None:
+            self._cat = open_for_reader(self.layout)
+            self._full_at = time.monotonic()
+            return self._cat
+        if batch_id is not None:
+            self._cat.refresh_for_reader([batch_id])
+        elif time.monotonic() - self._full_at >= self.full_every:
+            self._cat.refresh_for_reader()
+            self._full_at = time.monotonic()
+        return self._cat
+
+    def _reset(self) -> None:
+        from .catalog import _discard
+
+        if self._cat is not None:
+            self._cat.close()
+            _discard(self._cat.path)
+        self._cat = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cat is not None:
+                self._cat.close()
+                self._cat = None
