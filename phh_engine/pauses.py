@@ -133,7 +133,22 @@ _RESETS_AT = re.compile(r"\"?resets_at\"?\s*[:=]\s*(\d{9,11})")
 _RESETS_IN = re.compile(r"\"?resets_in_seconds\"?\s*[:=]\s*(\d+(?:\.\d+)?)")
 
 
+#: A reset further away than this is taken as this far: the text comes from a server, and a
+#: month is the longest plan period (a wrong "resets_in_seconds: 1e20" must not overflow).
+MAX_RESET = timedelta(days=31)
+
+
 def parse_reset(text: str, now: datetime) -> datetime | None:
+    """The usage-limit reset a model API error text names, as an aware UTC datetime (at most
+    MAX_RESET away), or None when it names none or names one that is not a time."""
+    try:
+        at = _parse_reset(text, now)
+    except (OverflowError, ValueError, OSError):  # a timestamp past year 9999, ...
+        return now + MAX_RESET
+    return min(at, now + MAX_RESET) if at is not None else None
+
+
+def _parse_reset(text: str, now: datetime) -> datetime | None:
     """The usage-limit reset a model API error text names, as an aware UTC datetime, or None.
 
     Clock times Codex prints have minute precision and are in this machine's local time zone
@@ -144,7 +159,7 @@ def parse_reset(text: str, now: datetime) -> datetime | None:
         return datetime.fromtimestamp(int(m.group(1)), UTC)
     m = _RESETS_IN.search(text)
     if m:
-        return now + timedelta(seconds=float(m.group(1)))
+        return now + timedelta(seconds=min(float(m.group(1)), MAX_RESET.total_seconds()))
     m = _AT.search(text)
     if m:
         return _clock_time(m, now)
@@ -153,7 +168,7 @@ def parse_reset(text: str, now: datetime) -> datetime | None:
         secs = 0
         for n, unit in _IN_PART.findall(m.group(1)):
             secs += int(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[unit.lower()]
-        return now + timedelta(seconds=secs) if secs else None
+        return now + timedelta(seconds=min(secs, MAX_RESET.total_seconds())) if secs else None
     return None
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from .models import RetryPolicy, StepStatus
 from .models.common import (
+    MAX_SECONDS,
     UNCOUNTED_FAILURE_CLASSES,
     Selector,
     TerminationReason,
@@ -108,6 +109,15 @@ def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str |
     return min(delay, cap)
 
 
+def _after(start: datetime, seconds: float) -> datetime:
+    """`start + seconds`, saturating instead of raising OverflowError: a store written before
+    durations were bounded (docs/safety.md#documents) must still be readable."""
+    try:
+        return start + timedelta(seconds=min(seconds, MAX_SECONDS))
+    except OverflowError:
+        return datetime.max.replace(tzinfo=start.tzinfo)
+
+
 def _failure_class(attempt: AttemptView) -> str | None:
     st = attempt.state
     if st is None:
@@ -192,7 +202,7 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
         elif uncounted or (fc in policy.retry_on and n < policy.max_attempts):
             trigger = "retry"
             wait = retry_delay_seconds(policy, n, fc)
-            not_before = (latest.ended_at or now) + timedelta(seconds=wait)
+            not_before = _after(latest.ended_at or now, wait)
             reasons.append(f"retry after {fc} (not counted; {n}/{policy.max_attempts} used)"
                            if uncounted else f"retry {n + 1}/{policy.max_attempts} after {fc}")
         else:

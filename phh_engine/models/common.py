@@ -138,6 +138,13 @@ EventKind = Literal[
     "node_lost",  # a cluster node died or its agent stopped answering
 ]
 
+#: Upper bounds of durations and counts people give (docs/safety.md#documents): far above any
+#: real use, far below what date arithmetic overflows on (a backoff of 1e308 s made every
+#: reader of the store raise OverflowError).
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_DAYS = 100 * 365.0
+MAX_ATTEMPTS = 1000
+
 #: Classes that say nothing about the step itself (the account hit its usage limit, the
 #: engine was stopped): always retried, and never counted toward `max_attempts`.
 UNCOUNTED_FAILURE_CLASSES: frozenset[str] = frozenset({"usage_limited", "shutdown"})

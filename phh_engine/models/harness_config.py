@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import Id, Strict
+from .common import MAX_SECONDS, Id, Strict
 from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
 
 MIN_STALE_SECONDS = 1800
@@ -58,7 +58,8 @@ class StuckRemediation(Strict):
 
 
 class ScoreboardDefaults(Strict):
-    heartbeat_stale_after_seconds: float = Field(default=2700, ge=MIN_STALE_SECONDS)
+    heartbeat_stale_after_seconds: float = Field(default=2700, ge=MIN_STALE_SECONDS,
+                                                 le=MAX_SECONDS)
     stuck_auto_remediation: StuckRemediation = Field(default_factory=StuckRemediation)
     write_interval_seconds: float = Field(default=1.0, gt=0)
 
@@ -137,7 +138,7 @@ class CodexSettings(Strict):
     config_toml: str | None = None
     credential_dir: str | None = Field(default=None, description="runner-local dir with auth.json")
     heartbeat_seconds: float = Field(default=30.0, gt=0, le=900)
-    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    cancel_grace_seconds: float = Field(default=5.0, ge=0, le=3600)
     linger_grace_seconds: float = Field(
         default=10.0, ge=0, le=3600,
         description="seconds Codex may stay up after turn.completed with a valid final "

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .common import Id, Selector, Strict, WorkspacePolicy
+from .common import MAX_SECONDS, Id, Selector, Strict, WorkspacePolicy
 from .policies import (
     ExecutionPolicyOverride,
     RetentionPolicyOverride,
@@ -46,7 +46,7 @@ class StepSpec(Strict):
     output_schema_ref: str | None = None
     depends_on: list[Id] = Field(default_factory=list)
     resume_from: ResumeFrom | None = None
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     retry_policy: RetryPolicyOverride | None = None
     runner_affinity: RunnerAffinity | None = None
     artifacts_expected: list[str] = Field(default_factory=list)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import FailureClass, SandboxMode, Strict
+from .common import MAX_ATTEMPTS, MAX_DAYS, MAX_SECONDS, FailureClass, SandboxMode, Strict
 
 DEFAULT_RETRY_ON: list[FailureClass] = [
     "model_error", "rate_limited", "timeout", "runner_lost", "nonzero_exit",
@@ -52,40 +52,42 @@ class ExecutionPolicyOverride(Strict):
 
 
 class RetryPolicy(Strict):
-    max_attempts: int = Field(default=2, ge=1)
-    backoff_seconds: float = Field(default=30.0, ge=0)
-    backoff_factor: float = Field(default=2.0, ge=1)
-    backoff_max_seconds: float = Field(default=600.0, ge=0)
+    max_attempts: int = Field(default=2, ge=1, le=MAX_ATTEMPTS)
+    backoff_seconds: float = Field(default=30.0, ge=0, le=MAX_SECONDS)
+    backoff_factor: float = Field(default=2.0, ge=1, le=1000)
+    backoff_max_seconds: float = Field(default=600.0, ge=0, le=MAX_SECONDS)
     mode: Literal["fresh", "resume_same_thread"] = "fresh"
     retry_on: list[FailureClass] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
 class RetryPolicyOverride(Strict):
-    max_attempts: int | None = Field(default=None, ge=1)
-    backoff_seconds: float | None = Field(default=None, ge=0)
-    backoff_factor: float | None = Field(default=None, ge=1)
-    backoff_max_seconds: float | None = Field(default=None, ge=0)
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS)
+    backoff_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    backoff_factor: float | None = Field(default=None, ge=1, le=1000)
+    backoff_max_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
     mode: Literal["fresh", "resume_same_thread"] | None = None
     retry_on: list[FailureClass] | None = None
 
 
 class Timeouts(Strict):
-    step_seconds: float = Field(default=3600.0, gt=0, description="default step timeout")
+    step_seconds: float = Field(default=3600.0, gt=0, le=MAX_SECONDS,
+                                description="default step timeout")
 
 
 class TimeoutsOverride(Strict):
-    step_seconds: float | None = Field(default=None, gt=0)
+    step_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 class RetentionPolicy(Strict):
-    events_days: float | None = Field(default=30, description="keep raw event logs N days")
-    compress_events_after_days: float | None = 7
-    state_and_final_days: float | None = None
-    git_artifacts_days: float | None = 30
-    resume_bases_days: float | None = 30
+    events_days: float | None = Field(default=30, ge=0, le=MAX_DAYS,
+                                      description="keep raw event logs N days")
+    compress_events_after_days: float | None = Field(default=7, ge=0, le=MAX_DAYS)
+    state_and_final_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
+    git_artifacts_days: float | None = Field(default=30, ge=0, le=MAX_DAYS)
+    resume_bases_days: float | None = Field(default=30, ge=0, le=MAX_DAYS)
     delete_successful_finals: bool = False
     workspaces_days: float | None = Field(
-        default=0,
+        default=0, ge=0, le=MAX_DAYS,
         description="remove a closed batch's isolated workspaces N days after the job's last "
         "attempt ended (git worktree: uncommitted work is committed onto the job's branch, "
         "which is kept; plain copy: deleted). None keeps them",
@@ -93,10 +95,10 @@ class RetentionPolicy(Strict):
 
 
 class RetentionPolicyOverride(Strict):
-    events_days: float | None = None
-    compress_events_after_days: float | None = None
-    state_and_final_days: float | None = None
-    git_artifacts_days: float | None = None
-    resume_bases_days: float | None = None
+    events_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
+    compress_events_after_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
+    state_and_final_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
+    git_artifacts_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
+    resume_bases_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
     delete_successful_finals: bool | None = None
-    workspaces_days: float | None = None
+    workspaces_days: float | None = Field(default=None, ge=0, le=MAX_DAYS)
