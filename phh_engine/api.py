@@ -72,6 +72,7 @@ from .artifacts import (
     read_lines,
 )
 from .documents import DocumentError, loads_json
+from .logs import MAX_OFFSET
 from .models import ID_PATTERN, TERMINAL_STATUSES, BatchScoreboard, HarnessConfig, SystemScoreboard
 from .models.scoreboard import SystemRow
 from .paths import ARTIFACT_NAMES, Layout
@@ -552,6 +553,9 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     def _events(ref: AttemptRef, offset: int, tail: int | None, follow: bool,
                 last_event_id: str | None) -> Response:
         if last_event_id is not None and last_event_id.strip().isdigit():
+            if len(last_event_id.strip()) > 19 or int(last_event_id) > MAX_OFFSET:
+                raise StarletteHTTPException(400, f"Last-Event-ID: a byte offset, at most "
+                                                  f"{MAX_OFFSET}")
             offset, tail = int(last_event_id.strip()), None
         name = events_file(ref)
         if not follow:
@@ -598,7 +602,8 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
              summary="Events of an attempt by ids; follow=true streams (SSE)", **ev_params)
     def events(batch_id: BatchId, job_id: JobId, step_id: StepId,
                run_id: RunIdQuery = None,
-               offset: int = Query(default=0, ge=0), tail: int | None = Query(
+               offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
+               tail: int | None = Query(
                    default=None, ge=1, le=100_000),
                follow: bool = Query(default=False),
                last_event_id: str | None = Header(default=None)) -> Response:
@@ -607,7 +612,8 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
 
     @app.get("/v1/attempt/events", summary="Events of an attempt by attempt_dir",
              **ev_params)
-    def events_by_dir(attempt_dir: str = Query(), offset: int = Query(default=0, ge=0),
+    def events_by_dir(attempt_dir: str = Query(),
+                      offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
                       tail: int | None = Query(default=None, ge=1, le=100_000),
                       follow: bool = Query(default=False),
                       last_event_id: str | None = Header(default=None)) -> Response:

@@ -48,6 +48,9 @@ GZ_SUFFIX = ".gz"
 MAX_PAGE_BYTES = 4 << 20
 #: lines up to this are handed out whole; longer ones are cut (memory per reader is bounded)
 MAX_LINE_BYTES = 16 << 20
+#: Largest byte offset a cursor may name (a signed 63-bit file offset; anything larger is
+#: past every log's end, and seek() would raise on it).
+MAX_OFFSET = 2**62
 #: what is kept of a cut line
 CUT_KEEP_BYTES = 64 << 10
 CHUNK = 256 << 10
@@ -152,7 +155,12 @@ class RawLine:
 def _iter_lines(fh: LogStream, offset: int, max_line: int, final: bool) -> Iterator[RawLine]:
     """Lines from `offset` on; blank lines are skipped (their bytes still advance the
     cursor). An unterminated last line is yielded only when `final` (the writer is done)."""
-    fh.seek(offset)
+    if not 0 <= offset <= MAX_OFFSET:  # a cursor no log reaches: nothing from there
+        return
+    try:
+        fh.seek(offset)
+    except (OSError, ValueError, OverflowError):  # beyond what the filesystem can hold
+        return
     if fh.tell() < offset:  # past the end (gzip stops at its end)
         return
     pos = offset

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phh_engine.paths import ARTIFACT_NAMES, Layout
-from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK
+from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, bounded_int
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
@@ -325,9 +325,10 @@ def add_commands(add: AddFn) -> None:
     sp.add_argument("ids", nargs="*", metavar="ID", help="BATCH JOB STEP")
     sp.add_argument("--run", help="run_id (default: the step's latest attempt)")
     sp.add_argument("--attempt-dir", help="an attempt directory as printed by phh")
-    sp.add_argument("-n", "--lines", type=int, default=0,
+    sp.add_argument("-n", "--lines", type=bounded_int(0, 100_000), default=0,
                     help="only the last N events (default: all)")
-    sp.add_argument("--offset", type=int, help="start at this byte offset (a cursor)")
+    sp.add_argument("--offset", type=bounded_int(0, 2**62),
+                    help="start at this byte offset (a cursor)")
     sp.add_argument("-f", "--follow", action="store_true",
                     help="keep printing new events until the attempt ends")
     sp.set_defaults(func=cmd_tail)

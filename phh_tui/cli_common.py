@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ def print_json(obj: Any) -> None:
 
 def err(msg: str) -> None:
     sys.stderr.write(f"phh: {msg}\n")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """argparse `type=` for a count or byte offset: outside [low, high] is a usage error
+    (exit 2) naming the range, never an OverflowError deeper down."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return n
+    return parse
 
 
 def id_arg(value: str) -> str:

@@ -173,3 +173,39 @@ def test_hostile_event_lines_never_make_a_reader_fail(harness: Harness,
     assert lines[-1]["event"] == {"type": "turn.completed"} and len(lines) == 5
     shown = [ln.text for ln in EventLog(att / EVENTS).read_new(final=True)]
     assert shown[-1].startswith("turn completed")
+
+
+def test_a_cursor_past_any_file_is_a_4xx_or_an_empty_page(harness: Harness,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """Offsets no file reaches (found by trying siblings of issue 11 D1): the API answered
+    500 (`seek` on 10**26) and `phh tail -n 10**23` printed an OverflowError traceback."""
+    from phh_engine.logs import MAX_OFFSET, read_lines
+    from phh_engine.models import utcnow
+    from phh_engine.store import atomic_write_json
+
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1")]}])
+    now = utcnow()
+    att = harness.layout.attempts_dir(bid, "j1", "s1") / f"{now:%Y%m%dT%H%M%SZ}_r000000cursor"
+    att.mkdir(parents=True)
+    atomic_write_json(att / "state.json", {
+        "batch_id": bid, "job_id": "j1", "step_id": "s1",
+        "run_id": "r000000cursor", "runner_id": "local", "status": "failed",
+        "updated_at": now.isoformat(), "ended_at": now.isoformat()})
+    (att / EVENTS).write_bytes(b'{"type": "turn.completed"}\n')
+    assert list(read_lines(att, EVENTS, MAX_OFFSET)) == []
+    url = f"/v1/batches/{bid}/jobs/j1/steps/s1/events"
+    with serving(harness.layout, harness.settings) as c:
+        for offset in ("99999999999999999999999999", "9223372036854775808"):
+            res = c.get(url, params={"offset": offset})
+            assert res.status_code in (400, 422), res.text
+        res = c.get(url, params={"follow": "true"},
+                    headers={"Last-Event-ID": "99999999999999999999999"})
+        assert res.status_code == 400, res.text
+        page = c.get(url, params={"offset": str(MAX_OFFSET)})
+        assert page.status_code == 200 and page.json()["events"] == [], page.text
+    for args in (["-n", "99999999999999999999999"], ["--offset", "9223372036854775808"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--root", str(harness.root), "tail", bid, "j1", "s1", *args])
+        assert exc.value.code == 2
+        assert "outside" in capsys.readouterr().err
