@@ -14,12 +14,13 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from filelock import FileLock, Timeout
@@ -106,6 +107,9 @@ CONTEXT_EXHAUSTED_NOTE = (
 BOARD_DUTY = 20
 
 
+T = TypeVar("T")
+
+
 def board_delay(interval: float, spent: float) -> float:
     """Seconds until the next board write: the configured interval, stretched to BOARD_DUTY
     times what the last write took."""
@@ -160,13 +164,14 @@ class Engine:
         self.started_at = utcnow()
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._cancel_on_stop = False
-        self._detach = False
         self._dirty: set[str] = set()
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
         self.index.ready = self._ready
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: set (never cleared) once `serve` runs on its loop: from then on the thread-safe
+        #: entry points (`stop`, `run_threadsafe`, `call_threadsafe`) reach the loop
+        self.serving = threading.Event()
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
         self._boards: dict[str, BatchScoreboard] = {}
@@ -241,6 +246,63 @@ class Engine:
             out.append(note)
         return out
 
+    # ------------------------------------------------------------ public seams
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop `serve` runs on (None before it started; closed after it ended)."""
+        return self._loop
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was asked for (or the engine ended): no new starts."""
+        return self._stopping
+
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        """Block until `serve` runs on its loop; False when `timeout` seconds passed first."""
+        return self.serving.wait(timeout)
+
+    def run_threadsafe(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """From another thread: run `coro` on the serving engine's loop.
+        Raises RuntimeError when the engine is not serving."""
+        if self._loop is None:
+            raise RuntimeError("engine not serving")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call_threadsafe(self, fn: Callable[[], object]) -> None:
+        """From another thread: call `fn` on the serving engine's loop soon.
+        Raises RuntimeError when the engine is not serving (or its loop closed)."""
+        if self._loop is None:
+            raise RuntimeError("engine not serving")
+        self._loop.call_soon_threadsafe(fn)
+
+    def release_runner(self) -> None:
+        """Release this runner's engine lock taken by `setup` (idempotent): for an engine
+        set up but never served; `serve` releases it itself when it ends."""
+        if self._runner_lock is not None:
+            self._runner_lock.release()
+            self._runner_lock = None
+
+    @property
+    def notes(self) -> list[SystemNote]:
+        """System notes from the last health sample (a copy)."""
+        return list(self._notes)
+
+    @property
+    def health_error(self) -> str | None:
+        """Why the last health.json write failed ("OSError: No space left ..."), else None."""
+        return self._health_error
+
+    @property
+    def health_written_at(self) -> float | None:
+        """`time.monotonic()` of the last good health.json write (None: none yet)."""
+        return self._health_ok_at
+
+    def record_outcome(self, st: AttemptState) -> None:
+        """Learn from one ended attempt's state what the model API said: a usage limit
+        pauses starts on the root, HTTP 429 halves the effective concurrency, a success
+        raises it by one. Call on the engine's loop."""
+        self._after_outcome(st)
+
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
         """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
         left running for the next engine on this root to adopt."""
@@ -257,7 +319,6 @@ class Engine:
         first = not self._stopping
         self._stopping = True
         if detach:
-            self._detach = True
             self._emit(EngineEvent("stopping", utcnow(), detail=(
                 f"detaching: {len(self.tasks)} attempt(s) keep running for the next engine")))
             for task in list(self.tasks.values()):
@@ -265,7 +326,6 @@ class Engine:
             self._poke()
             return
         if cancel_running and self.runner is not None:
-            self._cancel_on_stop = True
             for run_id in list(self.runner.live):
                 self.runner.cancel(run_id, "shutdown")  # retried by the next engine
         if first or cancel_running:
@@ -385,6 +445,7 @@ class Engine:
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self.serving.set()
         if self.runner is None:
             await asyncio.to_thread(self.setup)
         for batch_id, job_id, step_id, view in self._to_adopt:
@@ -417,11 +478,10 @@ class Engine:
             for t in aux:
                 t.cancel()
             await asyncio.gather(*aux, return_exceptions=True)
-            self._write_scoreboards(all_batches=True)
+            self.write_scoreboards(all_batches=True)
             with contextlib.suppress(OSError):
-                self._write_health(stopped=True)
-            if self._runner_lock is not None:
-                self._runner_lock.release()
+                self.write_health(stopped=True)
+            self.release_runner()
             if self.runner is not None:  # as asyncio.run waits for its default pool
                 await asyncio.to_thread(self.runner.close)
 
@@ -437,9 +497,9 @@ class Engine:
                 await self._wake.wait()
                 continue
             now = utcnow()
-            if self._admission_reasons() != self._admission_reported:
+            if self.admission_reasons() != self._admission_reported:
                 self._after_sample()  # a start pause ended (or began): say so at once
-            caps = self._caps(now)
+            caps = self.caps(now)
             sel = self._ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
                 self._check_selection(sel, caps, now)
@@ -471,8 +531,9 @@ class Engine:
         ends = [p.until for p in active_pauses(self._pauses, now) if p.until is not None]
         return max(ends) if ends else None
 
-    def _caps(self, now: datetime | None = None) -> Caps:
-        """Free slots and running counts; brings the ReadySet up to date first."""
+    def caps(self, now: datetime | None = None, *, mono: float | None = None) -> Caps:
+        """Free slots and running counts at wall time `now` (default: now) and monotonic
+        reading `mono` (see `admission_reasons`); brings the ReadySet up to date first."""
         assert self.config is not None
         now = now or utcnow()
         stale_after = self.config.runner_health.stale_after_seconds
@@ -482,7 +543,7 @@ class Engine:
         # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
         if self._cred is not None:
             self._cred.poll()
-        free = 0 if self._admission_reasons() else self.effective_capacity - len(self.tasks)
+        free = 0 if self.admission_reasons(mono) else self.effective_capacity - len(self.tasks)
         if self._cred is not None:
             free = self._cred.admit(free)  # a stale token: one attempt refreshes it first
         # global concurrency spans every live runner on this store (from their health.json)
@@ -572,7 +633,7 @@ class Engine:
             self._poke()
             return
         if claimed is None:  # another engine got there first; the index will catch up
-            self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
+            self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
         if marks.pending_nonce or r.trigger.startswith("operator_"):
             marks.clear_request()
@@ -604,7 +665,9 @@ class Engine:
             self._sweep_orphans()  # its attempt may still say running: end it now
         self._poke()
 
-    def _refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
+    def refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
+        """Re-read one step's attempt directories into the index (no-op for an unknown
+        batch). Call on the engine's loop."""
         batch = self.index.batches.get(batch_id)
         if batch is None:
             return
@@ -1090,8 +1153,9 @@ class Engine:
             self.request(action, batch_id, job_id, step_id, **kw), self._loop)
 
     # ------------------------------------------------------------ stuck
-    def _check_stuck(self) -> None:
-        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded."""
+    def check_stuck(self) -> None:
+        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded.
+        Call on the engine's loop (it applies override requests)."""
         assert self.config is not None
         rem = self.config.scoreboard.stuck_auto_remediation
         if not rem.enabled:
@@ -1130,8 +1194,10 @@ class Engine:
 
     # ------------------------------------------------------------ side loops
     # ------------------------------------------------------------ health / drain / GC
-    def _admission_reasons(self) -> list[str]:
-        """Why this runner starts nothing new right now (empty: it may start work)."""
+    def admission_reasons(self, mono: float | None = None) -> list[str]:
+        """Why this runner starts nothing new right now, one sentence each (empty: it may
+        start work). `mono`: the `time.monotonic()` reading to judge health.json's age at
+        (default: now). Needs `setup()` first."""
         assert self.config is not None
         out: list[str] = []
         draining, why = self._drain
@@ -1144,22 +1210,24 @@ class Engine:
         if self.writes.problem:
             out.append(self.writes.problem)
         stale_after = self.config.runner_health.stale_after_seconds
-        if self._health_ok_at is not None and \
-                time.monotonic() - self._health_ok_at > stale_after:
+        mono = time.monotonic() if mono is None else mono
+        if self._health_ok_at is not None and mono - self._health_ok_at > stale_after:
             out.append(f"health.json not written for over {stale_after:g}s"
                        + (f" ({self._health_error})" if self._health_error else "")
                        + ": other harnesses would take this runner for dead")
         return out
 
-    def _sample(self) -> None:
-        """Blocking part of a health tick (disk, memory, drain file, peers): off the loop."""
+    def sample_health(self) -> None:
+        """Blocking part of a health tick: drain file, disk, memory, peers' health, pauses,
+        system notes, and this runner's health.json written (a failed write is kept in
+        `health_error`, not raised). The loop runs it in a thread; callable before `serve`."""
         assert self.config is not None
         self._drain = drain_state(self.layout, self.config, self.runner_id)
         self._resources = sample_resources(self.layout.root)
         self._resource_problems = resource_problems(self._resources, self.config.limits)
         self.writes.probe(self.layout.runs)  # space came back: starts resume
         try:
-            self._write_health()
+            self.write_health()
             self._health_ok_at = time.monotonic()
             self._health_error = None
         except OSError as exc:
@@ -1180,7 +1248,7 @@ class Engine:
 
     def _after_sample(self) -> None:
         """Loop side of a health tick: report admission changes, wake the scheduler."""
-        reasons = self._admission_reasons()
+        reasons = self.admission_reasons()
         if reasons == self._admission_reported:
             return
         was_blocked = bool(self._admission_reported)
@@ -1198,7 +1266,7 @@ class Engine:
         self._poke()
 
     def _health_tick(self) -> None:
-        self._sample()
+        self.sample_health()
         self._after_sample()
 
     async def _health_loop(self) -> None:
@@ -1206,10 +1274,11 @@ class Engine:
         interval = self.config.runner_health.interval_seconds
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(self._sample)
+            await asyncio.to_thread(self.sample_health)
             self._after_sample()
 
-    def _write_health(self, stopped: bool = False) -> None:
+    def write_health(self, stopped: bool = False) -> None:
+        """Write runners/<runner_id>/health.json now. Raises OSError when it cannot."""
         res = self._resources
         draining, why = self._drain
         if self._stopping and not draining:
@@ -1301,20 +1370,22 @@ class Engine:
             if full:
                 since_full = 0.0
                 try:
-                    self._check_stuck()
+                    self.check_stuck()
                 except OSError as exc:  # its override files: a full disk must not end the loop
                     self.writes.failed(exc, "a stuck-attempt remediation")
 
     def _timed_write(self, all_batches: bool) -> float:
         t0 = time.perf_counter()
         try:
-            self._write_scoreboards(all_batches=all_batches)
+            self.write_scoreboards(all_batches=all_batches)
         except OSError as exc:  # a full disk must not end the scoreboard loop
             self.writes.failed(exc, "the scoreboards")
             self._dirty.update(self.index.batches)  # all of them again once writes work
         return time.perf_counter() - t0
 
-    def _write_scoreboards(self, all_batches: bool = False) -> None:
+    def write_scoreboards(self, all_batches: bool = False) -> None:
+        """Write the scoreboards of batches changed since the last write (`all_batches`:
+        every batch) and the system scoreboard. Raises OSError when a write fails."""
         dirty = set(self.index.batches) if all_batches else self._dirty
         self._dirty = set()
         if not dirty and not all_batches:
@@ -1398,6 +1469,7 @@ class Engine:
         while True:
             # awatch registers its watches before it first waits, so this scan (which runs
             # once we wait) catches drops made before the watch began
+            # held: the loop keeps only a weak reference to a task
             self._queue_catch_up = asyncio.create_task(self._scan_queue())
             try:
                 async for _ in awatch(*paths,

@@ -314,6 +314,6 @@ def test_stop_after_the_engine_ended_is_a_no_op(harness: Harness) -> None:
     thread must not raise because the engine's loop is closed."""
     harness.submit([{"job_id": "j1", "steps": [step("s1", final("x"))]}])
     eng = harness.run()
-    assert eng._loop is not None and eng._loop.is_closed()
+    assert eng.loop is not None and eng.loop.is_closed()
     eng.stop()
     eng.stop(cancel_running=True, detach=True)
