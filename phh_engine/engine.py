@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psutil
 from filelock import FileLock, Timeout
 
-from . import __version__
+from . import __version__, actions
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .crash import faultpoint
 from .credentials import CredentialGate
@@ -74,7 +74,7 @@ from .pauses import (
 )
 from .pointers import update_current
 from .queue import DropQueue
-from .readiness import is_stuck, step_readiness
+from .readiness import is_stuck
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
 from .runners.base import Runner
 from .scheduler import Caps, ReadySet, Selection, running_counts, select
@@ -1048,18 +1048,15 @@ class Engine:
         batch = self.index.batches.get(req.batch_id) or self.index.load_batch(req.batch_id)
         if batch is None:
             return result("rejected", f"unknown batch {req.batch_id}")
-        if req.action == "close":
-            if batch.closed:
-                return result("rejected", f"batch {req.batch_id} is already closed")
-            batch.closed = True
-            return result("applied", "batch closed: no new attempts; running ones finish")
+        on_batch = actions.BATCH_ACTIONS.get(req.action)
+        if on_batch is not None:
+            return on_batch(batch, result)
         if not req.job_id or not req.step_id:
             return result("rejected", f"{req.action} needs a job_id and a step_id")
         job = batch.jobs.get(req.job_id)
         step = job.steps.get(req.step_id) if job else None
         if job is None or step is None:
             return result("rejected", f"unknown step {req.job_id}.{req.step_id} in {req.batch_id}")
-        key = f"{req.job_id}.{req.step_id}"
         inflight = step.in_flight
         if inflight is not None and self._orphan(inflight):
             # a step left `running` with nothing behind it must not refuse every action
@@ -1072,58 +1069,11 @@ class Engine:
                                                    req.run_id == orphan.run_id):
                         return result("applied", f"{orphan.run_id} had no process; "
                                       f"recorded {orphan.status}", orphan.run_id)
-        if req.action == "cancel":
-            att = step.find(req.run_id) if req.run_id else inflight
-            if att is None:
-                return result("rejected", f"no attempt {req.run_id} in {key}" if req.run_id
-                              else f"{key} has no attempt in flight")
-            if att.terminal:
-                return result("rejected", f"attempt {att.run_id} already {att.status}",
-                              att.run_id)
-            if self.runner.cancel(att.run_id, "canceled"):
-                return result("applied", f"cancel requested for {att.run_id}", att.run_id)
-            return result("rejected", f"attempt {att.run_id} is not running on this engine",
-                          att.run_id)
-        if req.action == "mark_failed":
-            if step.latest_successful is not None:
-                return result("rejected", f"{key} already succeeded")
-            step.marks.clear_request()
-            step.marks.marked_failed = req.reason or "marked failed by operator"
-            msg = f"{key} marked failed; dependants stay blocked"
-            if inflight is not None and self.runner.cancel(inflight.run_id, "marked failed"):
-                msg += f"; canceled {inflight.run_id}"
-            return result("applied", msg, inflight.run_id if inflight else None)
-        if batch.closed:
+        rule = actions.STEP_ACTIONS.get(req.action, actions.REQUEUE)
+        if rule.open_batch_only and batch.closed:
             return result("rejected", f"batch {req.batch_id} is closed")
-        if req.action == "resume":
-            if inflight is not None:
-                return result("rejected", f"{key} is running ({inflight.run_id})")
-            if not req.prompt:
-                return result("rejected", "resume needs a prompt (the follow-up turn)")
-            target = step.find(req.run_id) if req.run_id else next(
-                (a for a in reversed(step.attempts) if a.terminal and a.resume_base_ready), None)
-            if target is None or not target.resume_base_ready:
-                return result("rejected", f"{key} has no finished attempt with a conversation "
-                              "to resume")
-            self._arm(step, req, target.run_id)
-            return result("applied", f"resume of {target.run_id} queued", target.run_id)
-        # retry / requeue
-        if step.latest_successful is not None:
-            return result("rejected", f"{key} already succeeded; resume continues its "
-                          "conversation instead")
-        if inflight is not None:
-            if req.action == "retry":
-                return result("rejected", f"{key} is running ({inflight.run_id}); cancel it "
-                              "first, or requeue")
-            if not self.runner.cancel(inflight.run_id, "requeued"):
-                return result("rejected", f"attempt {inflight.run_id} is not running on this "
-                              "engine")
-        elif not step.attempts:
-            r = step_readiness(batch, job, step, utcnow())
-            if r.status == "blocked":
-                return result("rejected", f"{key} is blocked: " + "; ".join(r.reasons))
-        self._arm(step, req)
-        return result("applied", f"{req.action} of {key} queued")
+        return rule.run(actions.StepAction(req, batch, job, step, inflight,
+                                           self.runner.cancel, self._arm, result))
 
     async def request(
         self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,
