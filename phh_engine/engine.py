@@ -453,7 +453,7 @@ class Engine:
         self._to_adopt.clear()
         self._process_overrides()
         await self._scan_queue()
-        self._health_tick()  # drain / resources / health.json before anything starts
+        self.health_tick()  # drain / resources / health.json before anything starts
         note = self.capacity_note()
         if note:
             self._emit(EngineEvent("concurrency_capped", utcnow(), status="capped",
@@ -1215,7 +1215,9 @@ class Engine:
         self._dirty.update(self.index.batches)  # notes appear in every scoreboard
         self._poke()
 
-    def _health_tick(self) -> None:
+    def health_tick(self) -> None:
+        """One health tick in full: `sample_health`, then report an admission change and
+        wake the scheduler. Blocks (disk, files): the loop itself samples in a thread."""
         self.sample_health()
         self._after_sample()
 

@@ -254,8 +254,8 @@ def test_usage_limit_with_a_reset_time_pauses_until_it(harness: Harness) -> None
     assert st["failure_class"] == "usage_limited"
     # a second engine (another runner on the same root) sees the pause and starts nothing
     other = harness.engine(runner_id="other")
-    other._health_tick()
-    assert msg in other._admission_reasons()
+    other.health_tick()
+    assert msg in other.admission_reasons()
     harness.stop(eng)
     assert len(harness.attempts(bid, "j1", "s1")) == 1  # nothing started during the pause
     # with no engine serving, a derived board shows the pause too
