@@ -316,7 +316,7 @@ class CredentialGate:
         return changed or (was is None) != (self.paused is None)
 
     def reasons(self) -> list[str]:
-        """Admission reasons (empty: starts allowed) for the engine's `_admission_reasons`."""
+        """Admission reasons (empty: starts allowed) for the engine's `admission_reasons`."""
         if self.paused is not None and not env_key_set():
             return [pause_reason(self.paused)]
         return []

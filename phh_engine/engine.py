@@ -14,17 +14,18 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from filelock import FileLock, Timeout
 
-from . import __version__
+from . import __version__, actions
 from .catalog import Catalog, CatalogError
 from .codex_cli import CodexInfo, locate_codex, probe_codex
 from .crash import faultpoint
@@ -74,7 +75,7 @@ from .pauses import (
 )
 from .pointers import update_current
 from .queue import DropQueue
-from .readiness import is_stuck, step_readiness
+from .readiness import is_stuck
 from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
 from .runners.base import Runner
 from .scheduler import Caps, ReadySet, Selection, running_counts, select
@@ -105,6 +106,9 @@ CONTEXT_EXHAUSTED_NOTE = (
 #: about 1/BOARD_DUTY of its time writing them. A 10,000-step batch (~0.1 s to derive) is
 #: then rewritten every 2 s instead of every second, and the schedule stays responsive.
 BOARD_DUTY = 20
+
+
+T = TypeVar("T")
 
 
 def board_delay(interval: float, spent: float) -> float:
@@ -166,8 +170,6 @@ class Engine:
         self.started_at = utcnow()
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._cancel_on_stop = False
-        self._detach = False
         self._dirty: set[str] = set()
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
@@ -178,6 +180,9 @@ class Engine:
         self.catalog: Catalog | None = None
         self._catalog_full: set[str] = set()  # loaded batches whose attempts it must get
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: set (never cleared) once `serve` runs on its loop: from then on the thread-safe
+        #: entry points (`stop`, `run_threadsafe`, `call_threadsafe`) reach the loop
+        self.serving = threading.Event()
         self._runner_lock: FileLock | None = None
         self._handled: set[str] = set()
         self._boards: dict[str, BatchScoreboard] = {}
@@ -252,6 +257,63 @@ class Engine:
             out.append(note)
         return out
 
+    # ------------------------------------------------------------ public seams
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop `serve` runs on (None before it started; closed after it ended)."""
+        return self._loop
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was asked for (or the engine ended): no new starts."""
+        return self._stopping
+
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        """Block until `serve` runs on its loop; False when `timeout` seconds passed first."""
+        return self.serving.wait(timeout)
+
+    def run_threadsafe(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """From another thread: run `coro` on the serving engine's loop.
+        Raises RuntimeError when the engine is not serving."""
+        if self._loop is None:
+            raise RuntimeError("engine not serving")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call_threadsafe(self, fn: Callable[[], object]) -> None:
+        """From another thread: call `fn` on the serving engine's loop soon.
+        Raises RuntimeError when the engine is not serving (or its loop closed)."""
+        if self._loop is None:
+            raise RuntimeError("engine not serving")
+        self._loop.call_soon_threadsafe(fn)
+
+    def release_runner(self) -> None:
+        """Release this runner's engine lock taken by `setup` (idempotent): for an engine
+        set up but never served; `serve` releases it itself when it ends."""
+        if self._runner_lock is not None:
+            self._runner_lock.release()
+            self._runner_lock = None
+
+    @property
+    def notes(self) -> list[SystemNote]:
+        """System notes from the last health sample (a copy)."""
+        return list(self._notes)
+
+    @property
+    def health_error(self) -> str | None:
+        """Why the last health.json write failed ("OSError: No space left ..."), else None."""
+        return self._health_error
+
+    @property
+    def health_written_at(self) -> float | None:
+        """`time.monotonic()` of the last good health.json write (None: none yet)."""
+        return self._health_ok_at
+
+    def record_outcome(self, st: AttemptState) -> None:
+        """Learn from one ended attempt's state what the model API said: a usage limit
+        pauses starts on the root, HTTP 429 halves the effective concurrency, a success
+        raises it by one. Call on the engine's loop."""
+        self._after_outcome(st)
+
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
         """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
         left running for the next engine on this root to adopt."""
@@ -268,7 +330,6 @@ class Engine:
         first = not self._stopping
         self._stopping = True
         if detach:
-            self._detach = True
             self._emit(EngineEvent("stopping", utcnow(), detail=(
                 f"detaching: {len(self.tasks)} attempt(s) keep running for the next engine")))
             for task in list(self.tasks.values()):
@@ -276,7 +337,6 @@ class Engine:
             self._poke()
             return
         if cancel_running and self.runner is not None:
-            self._cancel_on_stop = True
             for run_id in list(self.runner.live):
                 self.runner.cancel(run_id, "shutdown")  # retried by the next engine
         if first or cancel_running:
@@ -415,6 +475,7 @@ class Engine:
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self.serving.set()
         if self.runner is None:
             await asyncio.to_thread(self.setup)
         for batch_id, job_id, step_id, view in self._to_adopt:
@@ -422,7 +483,7 @@ class Engine:
         self._to_adopt.clear()
         self._process_overrides()
         await self._scan_queue()
-        self._health_tick()  # drain / resources / health.json before anything starts
+        self.health_tick()  # drain / resources / health.json before anything starts
         note = self.capacity_note()
         if note:
             self._emit(EngineEvent("concurrency_capped", utcnow(), status="capped",
@@ -447,11 +508,10 @@ class Engine:
             for t in aux:
                 t.cancel()
             await asyncio.gather(*aux, return_exceptions=True)
-            self._write_scoreboards(all_batches=True)
+            self.write_scoreboards(all_batches=True)
             with contextlib.suppress(OSError):
-                self._write_health(stopped=True)
-            if self._runner_lock is not None:
-                self._runner_lock.release()
+                self.write_health(stopped=True)
+            self.release_runner()
             if self.runner is not None:  # as asyncio.run waits for its default pool
                 await asyncio.to_thread(self.runner.close)
             if self.catalog is not None:
@@ -469,9 +529,9 @@ class Engine:
                 await self._wake.wait()
                 continue
             now = utcnow()
-            if self._admission_reasons() != self._admission_reported:
+            if self.admission_reasons() != self._admission_reported:
                 self._after_sample()  # a start pause ended (or began): say so at once
-            caps = self._caps(now)
+            caps = self.caps(now)
             sel = self._ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
                 self._check_selection(sel, caps, now)
@@ -503,8 +563,9 @@ class Engine:
         ends = [p.until for p in active_pauses(self._pauses, now) if p.until is not None]
         return max(ends) if ends else None
 
-    def _caps(self, now: datetime | None = None) -> Caps:
-        """Free slots and running counts; brings the ReadySet up to date first."""
+    def caps(self, now: datetime | None = None, *, mono: float | None = None) -> Caps:
+        """Free slots and running counts at wall time `now` (default: now) and monotonic
+        reading `mono` (see `admission_reasons`); brings the ReadySet up to date first."""
         assert self.config is not None
         now = now or utcnow()
         stale_after = self.config.runner_health.stale_after_seconds
@@ -514,7 +575,7 @@ class Engine:
         # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
         if self._cred is not None:
             self._cred.poll()
-        free = 0 if self._admission_reasons() else self.effective_capacity - len(self.tasks)
+        free = 0 if self.admission_reasons(mono) else self.effective_capacity - len(self.tasks)
         if self._cred is not None:
             free = self._cred.admit(free)  # a stale token: one attempt refreshes it first
         # global concurrency spans every live runner on this store (from their health.json)
@@ -606,7 +667,7 @@ class Engine:
             self._poke()
             return
         if claimed is None:  # another engine got there first; the index will catch up
-            self._refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
+            self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
         if marks.pending_nonce or r.trigger.startswith("operator_"):
             marks.clear_request()
@@ -638,7 +699,9 @@ class Engine:
             self._sweep_orphans()  # its attempt may still say running: end it now
         self._poke()
 
-    def _refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
+    def refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
+        """Re-read one step's attempt directories into the index (no-op for an unknown
+        batch). Call on the engine's loop."""
         batch = self.index.batches.get(batch_id)
         if batch is None:
             return
@@ -1021,18 +1084,15 @@ class Engine:
         batch = self.index.batches.get(req.batch_id) or self.index.load_batch(req.batch_id)
         if batch is None:
             return result("rejected", f"unknown batch {req.batch_id}")
-        if req.action == "close":
-            if batch.closed:
-                return result("rejected", f"batch {req.batch_id} is already closed")
-            batch.closed = True
-            return result("applied", "batch closed: no new attempts; running ones finish")
+        on_batch = actions.BATCH_ACTIONS.get(req.action)
+        if on_batch is not None:
+            return on_batch(batch, result)
         if not req.job_id or not req.step_id:
             return result("rejected", f"{req.action} needs a job_id and a step_id")
         job = batch.jobs.get(req.job_id)
         step = job.steps.get(req.step_id) if job else None
         if job is None or step is None:
             return result("rejected", f"unknown step {req.job_id}.{req.step_id} in {req.batch_id}")
-        key = f"{req.job_id}.{req.step_id}"
         inflight = step.in_flight
         if inflight is not None and self._orphan(inflight):
             # a step left `running` with nothing behind it must not refuse every action
@@ -1045,58 +1105,11 @@ class Engine:
                                                    req.run_id == orphan.run_id):
                         return result("applied", f"{orphan.run_id} had no process; "
                                       f"recorded {orphan.status}", orphan.run_id)
-        if req.action == "cancel":
-            att = step.find(req.run_id) if req.run_id else inflight
-            if att is None:
-                return result("rejected", f"no attempt {req.run_id} in {key}" if req.run_id
-                              else f"{key} has no attempt in flight")
-            if att.terminal:
-                return result("rejected", f"attempt {att.run_id} already {att.status}",
-                              att.run_id)
-            if self.runner.cancel(att.run_id, "canceled"):
-                return result("applied", f"cancel requested for {att.run_id}", att.run_id)
-            return result("rejected", f"attempt {att.run_id} is not running on this engine",
-                          att.run_id)
-        if req.action == "mark_failed":
-            if step.latest_successful is not None:
-                return result("rejected", f"{key} already succeeded")
-            step.marks.clear_request()
-            step.marks.marked_failed = req.reason or "marked failed by operator"
-            msg = f"{key} marked failed; dependants stay blocked"
-            if inflight is not None and self.runner.cancel(inflight.run_id, "marked failed"):
-                msg += f"; canceled {inflight.run_id}"
-            return result("applied", msg, inflight.run_id if inflight else None)
-        if batch.closed:
+        rule = actions.STEP_ACTIONS.get(req.action, actions.REQUEUE)
+        if rule.open_batch_only and batch.closed:
             return result("rejected", f"batch {req.batch_id} is closed")
-        if req.action == "resume":
-            if inflight is not None:
-                return result("rejected", f"{key} is running ({inflight.run_id})")
-            if not req.prompt:
-                return result("rejected", "resume needs a prompt (the follow-up turn)")
-            target = step.find(req.run_id) if req.run_id else next(
-                (a for a in reversed(step.attempts) if a.terminal and a.resume_base_ready), None)
-            if target is None or not target.resume_base_ready:
-                return result("rejected", f"{key} has no finished attempt with a conversation "
-                              "to resume")
-            self._arm(step, req, target.run_id)
-            return result("applied", f"resume of {target.run_id} queued", target.run_id)
-        # retry / requeue
-        if step.latest_successful is not None:
-            return result("rejected", f"{key} already succeeded; resume continues its "
-                          "conversation instead")
-        if inflight is not None:
-            if req.action == "retry":
-                return result("rejected", f"{key} is running ({inflight.run_id}); cancel it "
-                              "first, or requeue")
-            if not self.runner.cancel(inflight.run_id, "requeued"):
-                return result("rejected", f"attempt {inflight.run_id} is not running on this "
-                              "engine")
-        elif not step.attempts:
-            r = step_readiness(batch, job, step, utcnow())
-            if r.status == "blocked":
-                return result("rejected", f"{key} is blocked: " + "; ".join(r.reasons))
-        self._arm(step, req)
-        return result("applied", f"{req.action} of {key} queued")
+        return rule.run(actions.StepAction(req, batch, job, step, inflight,
+                                           self.runner.cancel, self._arm, result))
 
     async def request(
         self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,
@@ -1126,8 +1139,9 @@ class Engine:
             self.request(action, batch_id, job_id, step_id, **kw), self._loop)
 
     # ------------------------------------------------------------ stuck
-    def _check_stuck(self) -> None:
-        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded."""
+    def check_stuck(self) -> None:
+        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded.
+        Call on the engine's loop (it applies override requests)."""
         assert self.config is not None
         rem = self.config.scoreboard.stuck_auto_remediation
         if not rem.enabled:
@@ -1166,8 +1180,10 @@ class Engine:
 
     # ------------------------------------------------------------ side loops
     # ------------------------------------------------------------ health / drain / GC
-    def _admission_reasons(self) -> list[str]:
-        """Why this runner starts nothing new right now (empty: it may start work)."""
+    def admission_reasons(self, mono: float | None = None) -> list[str]:
+        """Why this runner starts nothing new right now, one sentence each (empty: it may
+        start work). `mono`: the `time.monotonic()` reading to judge health.json's age at
+        (default: now). Needs `setup()` first."""
         assert self.config is not None
         out: list[str] = []
         draining, why = self._drain
@@ -1180,22 +1196,24 @@ class Engine:
         if self.writes.problem:
             out.append(self.writes.problem)
         stale_after = self.config.runner_health.stale_after_seconds
-        if self._health_ok_at is not None and \
-                time.monotonic() - self._health_ok_at > stale_after:
+        mono = time.monotonic() if mono is None else mono
+        if self._health_ok_at is not None and mono - self._health_ok_at > stale_after:
             out.append(f"health.json not written for over {stale_after:g}s"
                        + (f" ({self._health_error})" if self._health_error else "")
                        + ": other harnesses would take this runner for dead")
         return out
 
-    def _sample(self) -> None:
-        """Blocking part of a health tick (disk, memory, drain file, peers): off the loop."""
+    def sample_health(self) -> None:
+        """Blocking part of a health tick: drain file, disk, memory, peers' health, pauses,
+        system notes, and this runner's health.json written (a failed write is kept in
+        `health_error`, not raised). The loop runs it in a thread; callable before `serve`."""
         assert self.config is not None
         self._drain = drain_state(self.layout, self.config, self.runner_id)
         self._resources = sample_resources(self.layout.root)
         self._resource_problems = resource_problems(self._resources, self.config.limits)
         self.writes.probe(self.layout.runs)  # space came back: starts resume
         try:
-            self._write_health()
+            self.write_health()
             self._health_ok_at = time.monotonic()
             self._health_error = None
         except OSError as exc:
@@ -1216,7 +1234,7 @@ class Engine:
 
     def _after_sample(self) -> None:
         """Loop side of a health tick: report admission changes, wake the scheduler."""
-        reasons = self._admission_reasons()
+        reasons = self.admission_reasons()
         if reasons == self._admission_reported:
             return
         was_blocked = bool(self._admission_reported)
@@ -1233,8 +1251,10 @@ class Engine:
         self._dirty.update(self.index.batches)  # notes appear in every scoreboard
         self._poke()
 
-    def _health_tick(self) -> None:
-        self._sample()
+    def health_tick(self) -> None:
+        """One health tick in full: `sample_health`, then report an admission change and
+        wake the scheduler. Blocks (disk, files): the loop itself samples in a thread."""
+        self.sample_health()
         self._after_sample()
 
     async def _health_loop(self) -> None:
@@ -1242,10 +1262,11 @@ class Engine:
         interval = self.config.runner_health.interval_seconds
         while True:
             await asyncio.sleep(interval)
-            await asyncio.to_thread(self._sample)
+            await asyncio.to_thread(self.sample_health)
             self._after_sample()
 
-    def _write_health(self, stopped: bool = False) -> None:
+    def write_health(self, stopped: bool = False) -> None:
+        """Write runners/<runner_id>/health.json now. Raises OSError when it cannot."""
         res = self._resources
         draining, why = self._drain
         if self._stopping and not draining:
@@ -1337,20 +1358,22 @@ class Engine:
             if full:
                 since_full = 0.0
                 try:
-                    self._check_stuck()
+                    self.check_stuck()
                 except OSError as exc:  # its override files: a full disk must not end the loop
                     self.writes.failed(exc, "a stuck-attempt remediation")
 
     def _timed_write(self, all_batches: bool) -> float:
         t0 = time.perf_counter()
         try:
-            self._write_scoreboards(all_batches=all_batches)
+            self.write_scoreboards(all_batches=all_batches)
         except OSError as exc:  # a full disk must not end the scoreboard loop
             self.writes.failed(exc, "the scoreboards")
             self._dirty.update(self.index.batches)  # all of them again once writes work
         return time.perf_counter() - t0
 
-    def _write_scoreboards(self, all_batches: bool = False) -> None:
+    def write_scoreboards(self, all_batches: bool = False) -> None:
+        """Write the scoreboards of batches changed since the last write (`all_batches`:
+        every batch) and the system scoreboard. Raises OSError when a write fails."""
         dirty = set(self.index.batches) if all_batches else self._dirty
         self._dirty = set()
         if not dirty and not all_batches:
@@ -1461,6 +1484,7 @@ class Engine:
         while True:
             # awatch registers its watches before it first waits, so this scan (which runs
             # once we wait) catches drops made before the watch began
+            # held: the loop keeps only a weak reference to a task
             self._queue_catch_up = asyncio.create_task(self._scan_queue())
             try:
                 async for _ in awatch(*paths,

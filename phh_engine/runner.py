@@ -45,8 +45,10 @@ from .models import (
     AttemptState,
     AttemptStatus,
     EnvironmentSnapshot,
+    ExecutionPolicy,
     FailureClass,
     HarnessConfig,
+    NormalizedStep,
     PolicySnapshot,
     ResumeSource,
     RunReport,
@@ -55,6 +57,7 @@ from .models import (
     Usage,
     utcnow,
 )
+from .models.common import WorkspacePolicy
 from .paths import (
     CODEX_HOME,
     EVENTS,
@@ -374,6 +377,25 @@ class _Watch:
     credential: tuple[Path, str | None] | None = None
 
 
+@dataclass(slots=True)
+class _Start:
+    """One attempt's start as `LocalRunner._prepare` composes it, step by step."""
+
+    plan: AttemptPlan
+    path: Path
+    run_id: str
+    spec: NormalizedStep
+    policy: ExecutionPolicy
+    ws_policy: WorkspacePolicy
+    workdir: Path
+    #: the attempt whose conversation this one continues (resume, same-thread retry)
+    source: AttemptView | None = None
+    expected_thread: str | None = None
+    prompt: str = ""
+    schema_obj: dict[str, Any] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+
+
 class _Handle:
     pid: int
 
@@ -630,28 +652,50 @@ class LocalRunner:
                  live: LiveAttempt, state: AttemptState, number: int) -> _Prepared:
         """Workspace, resume base, prompt, meta.json, spawn, 'running' state, current.json.
         Runs in a worker thread; touches no view."""
-        path, run_id = live.path, live.run_id
-        spec = step.spec
-        policy = batch.meta.effective_defaults.execution_policy
         faultpoint("start")
-        # -- where it runs, what it continues, what it is told
         try:
             ws_policy, workdir = resolve_workspace(self.layout, batch, job)
         except WorkspaceError as exc:
             return _Prepared(state, error=str(exc))
+        start = _Start(plan=plan, path=live.path, run_id=live.run_id, spec=step.spec,
+                       policy=batch.meta.effective_defaults.execution_policy,
+                       ws_policy=ws_policy, workdir=workdir)
+        self._provision(start)
+        self._write_prompt(start, job)
+        self._write_command(start)
+        meta = self._write_meta(start, number)
+        crashpoint("after_meta")
+        watch = _Watch(
+            events_path=start.path / (EVENTS if start.policy.capture_events else STDOUT),
+            expected_thread=start.expected_thread, schema=start.schema_obj, workdir=workdir,
+            timeout_seconds=start.spec.timeout_seconds,
+            capture_git=start.policy.capture_git_artifacts,
+            artifacts_expected=list(start.spec.artifacts_expected),
+        )
+        if live.cancel_requested.is_set():  # canceled while it was being prepared
+            return _Prepared(state, meta=meta)  # queued -> canceled, never spawned
+        return self._spawn_running(start, live, state, meta, watch)
+
+    def _provision(self, start: _Start) -> None:
+        """What the attempt continues (a resume or a same-thread retry) and its codex_home:
+        the resume base copied, then auth/config provisioned."""
+        plan, spec = start.plan, start.spec
         source = plan.resume.source if plan.resume else None
-        expected_thread: str | None = None
         if plan.resume_same_thread and plan.retry_of is not None:
             source = plan.retry_of
         if source is not None:
-            expected_thread = (
+            start.expected_thread = (
                 spec.resume_from.codex_thread_id
                 if spec.resume_from and spec.resume_from.codex_thread_id and not
                 plan.resume_same_thread else source.thread_id
             )
-            self._copy_resume_base(source.resume_base_dir, path / CODEX_HOME)
-        self._provision_home(path / CODEX_HOME)
+            self._copy_resume_base(source.resume_base_dir, start.path / CODEX_HOME)
+        start.source = source
+        self._provision_home(start.path / CODEX_HOME)
 
+    def _write_prompt(self, start: _Start, job: JobView) -> None:
+        """Compose what the attempt is told and write it once to prompt.txt (Codex's stdin)."""
+        plan, spec = start.plan, start.spec
         if plan.trigger == "operator_resume" and plan.extra_prompt:
             prompt = plan.extra_prompt  # a follow-up turn in the same conversation
         else:
@@ -664,23 +708,30 @@ class LocalRunner:
                     prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
             if plan.extra_prompt:
                 prompt += "\n\n" + plan.extra_prompt
-        write_once_bytes(path / PROMPT_FILE, prompt.encode())
+        write_once_bytes(start.path / PROMPT_FILE, prompt.encode())
+        start.prompt = prompt
 
+    def _write_command(self, start: _Start) -> None:
+        """The output schema (the step's own written once, else the default) and the Codex
+        command line (`exec`, or `resume` of the expected thread / the last one)."""
         schema_path = self.default_schema
-        schema_obj = self._default_schema_obj
-        if spec.output_schema is not None:
-            schema_obj = spec.output_schema
-            schema_path = path / OUTPUT_SCHEMA
-            write_once_json(schema_path, schema_obj)
-        argv = build_command(
-            self.codex, policy, workdir=workdir, schema_path=schema_path,
-            final_txt=path / FINAL_TXT,
+        start.schema_obj = self._default_schema_obj
+        if start.spec.output_schema is not None:
+            start.schema_obj = start.spec.output_schema
+            schema_path = start.path / OUTPUT_SCHEMA
+            write_once_json(schema_path, start.schema_obj)
+        source, expected_thread = start.source, start.expected_thread
+        start.argv = build_command(
+            self.codex, start.policy, workdir=start.workdir, schema_path=schema_path,
+            final_txt=start.path / FINAL_TXT,
             resume_thread_id=expected_thread if source is not None else None,
             resume_last=source is not None and expected_thread is None,
             extra_args=self.config.codex.extra_args,
         )
 
-        # -- meta.json: write-once record of exactly how this attempt runs
+    def _write_meta(self, start: _Start, number: int) -> AttemptMeta:
+        """meta.json: the write-once record of exactly how this attempt runs."""
+        plan, spec, source, path = start.plan, start.spec, start.source, start.path
         resume_src: ResumeSource | None = None
         if source is not None:
             if plan.resume_same_thread:
@@ -691,50 +742,47 @@ class LocalRunner:
                                           selector=plan.resume.selector,
                                           selected_run_id=source.run_id)
         meta = AttemptMeta(
-            batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id, run_id=run_id,
-            runner_id=self.runner_id, run_dir_name=path.name, created_at=utcnow(),
+            batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id,
+            run_id=start.run_id, runner_id=self.runner_id, run_dir_name=path.name,
+            created_at=utcnow(),
             attempt_number=number,
             trigger=plan.trigger,
             invocation="resume" if source is not None else "exec",
             parent_run_id=source.run_id if source is not None else None,
             resume_from=resume_src,
             resume_base_copied_from=str(source.resume_base_dir) if source is not None else None,
-            codex_thread_id=expected_thread,
+            codex_thread_id=start.expected_thread,
             retry_of=plan.retry_of.run_id if plan.retry_of else None,
             override_nonce=plan.override_nonce,
-            prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
+            prompt_sha256=hashlib.sha256(start.prompt.encode()).hexdigest(),
             prompt_ref=spec.prompt_ref,
-            policy_snapshot=PolicySnapshot(execution_policy=policy,
+            policy_snapshot=PolicySnapshot(execution_policy=start.policy,
                                            timeout_seconds=spec.timeout_seconds,
                                            retry_policy=spec.retry_policy),
-            command=argv,
+            command=start.argv,
             environment_snapshot=EnvironmentSnapshot(
                 codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,
                 node=self.node,
-                working_directory=str(workdir), workspace_policy=ws_policy,
-                workspace_root=str(workdir),
+                working_directory=str(start.workdir), workspace_policy=start.ws_policy,
+                workspace_root=str(start.workdir),
             ),
         )
         write_once_json(path / META, meta)
-        crashpoint("after_meta")
+        return meta
 
-        # -- spawn (unless canceled while it was being prepared: queued -> canceled)
-        watch = _Watch(
-            events_path=path / (EVENTS if policy.capture_events else STDOUT),
-            expected_thread=expected_thread, schema=schema_obj, workdir=workdir,
-            timeout_seconds=spec.timeout_seconds, capture_git=policy.capture_git_artifacts,
-            artifacts_expected=list(spec.artifacts_expected),
-        )
-        if live.cancel_requested.is_set():
-            return _Prepared(state, meta=meta)
+    def _spawn_running(self, start: _Start, live: LiveAttempt, state: AttemptState,
+                       meta: AttemptMeta, watch: _Watch) -> _Prepared:
+        """Spawn Codex on prompt.txt (events and stderr appended to their files) and record
+        the attempt `running` with its pid. A spawn that fails is an error, not a raise."""
+        path = start.path
         if (path / CODEX_HOME / "auth.json").is_symlink():
             src = credentials.source_path(self.config)
             watch.credential = (src, credentials.fingerprint(src))
         try:
             with open(path / PROMPT_FILE, "rb") as stdin, open(watch.events_path, "ab") as out, \
                     open(path / STDERR, "ab") as err:
-                proc = self._spawn(path / EXIT_CODE, argv, stdin=stdin, stdout=out, stderr=err,
-                                   cwd=workdir, env=self._env(path / CODEX_HOME))
+                proc = self._spawn(path / EXIT_CODE, start.argv, stdin=stdin, stdout=out,
+                                   stderr=err, cwd=start.workdir, env=self._env(path / CODEX_HOME))
         except OSError as exc:
             return _Prepared(state, meta=meta, error=f"spawn failed: {exc}")
         crashpoint("after_spawn")
@@ -752,7 +800,7 @@ class LocalRunner:
         try:
             write_state(path / STATE, state)
         except OSError as exc:  # Codex runs now: watch it; the next heartbeat writes this
-            self.writes.failed(exc, f"the running state of run {run_id}")
+            self.writes.failed(exc, f"the running state of run {start.run_id}")
         # current.json follows once the thread id is known (_monitor), and at the end
         crashpoint("while_running")
         return _Prepared(state, meta=meta, watch=watch, proc=proc)
@@ -805,122 +853,154 @@ class LocalRunner:
     async def _monitor(self, plan: AttemptPlan, view: AttemptView, live: LiveAttempt,
                        state: AttemptState, proc: _Handle, watch: _Watch,
                        elapsed: float = 0.0) -> AttemptView:
-        path = view.path
-        facts = EventFacts()
-        tail = EventTail(watch.events_path)
-        timed_out = False
-        thread_mismatch: str | None = None
-        hb = self.config.codex.heartbeat_seconds
+        """Watch one attempt's process until it ends (events, heartbeats, timeout, cancel,
+        a Codex lingering after its report), then conclude it. `elapsed`: seconds it ran
+        before this engine took it over."""
+        w = self._watching(live, state, proc, watch, elapsed)
+        while not await self._observe(w, live, watch):
+            await self._enforce(w, view.path, live, proc, watch)
+            await self._beat(w, plan, view, live)
+        await self._stop_watching(w, proc)
+        crashpoint("before_finalize")
+        return await self._finish(w, plan, view, live, watch)
+
+    def _watching(self, live: LiveAttempt, state: AttemptState, proc: _Handle, watch: _Watch,
+                  elapsed: float) -> _Watching:
         loop = asyncio.get_running_loop()
+        hb = self.config.codex.heartbeat_seconds
         t0 = loop.time()
-        deadline = t0 + watch.timeout_seconds - elapsed
-        # a started attempt's 'running' state already carries its first heartbeat; an adopted
-        # one beats at once (the engine that wrote its last beat is gone)
-        next_beat = t0 + hb if elapsed == 0.0 else t0
         live.beat_mono = t0
-        last_write = t0
-        # wall minus monotonic: when it moves (sleep/resume, NTP step), beat at once so the
-        # heartbeat others read from state.json is fresh on the new wall clock
-        wall_skew = utcnow().timestamp() - t0
-        dirty = False
-        poll = 0.1
-        waiter = asyncio.ensure_future(proc.wait())
-        canceller = asyncio.ensure_future(live.cancel_requested.wait())
-        killer: asyncio.Future[None] | None = None
-        # Codex that stays up after turn.completed with a valid final message (seen in the
-        # wild) is ended after a short grace and recorded by its report, not by the timeout
-        linger = _Linger(self.config.codex.linger_grace_seconds)
-        # current.json gets the live attempt and its thread id as soon as Codex names it
-        # (SPEC 5.4/6.5); an attempt that is already over gets only the final update
-        pointer: asyncio.Future[None] | None = None
-        while True:
-            now_t = loop.time()
-            timeout = max(0.0, min(poll, deadline - now_t, next_beat - now_t,
-                                   linger.until - now_t))
-            await asyncio.wait({waiter, canceller}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-            faultpoint("monitor")
-            new = tail.read_new()
-            if waiter.done():
-                new += tail.flush_partial()
-            now = utcnow()
-            now_t = loop.time()
-            for ev in new:
-                dirty |= facts.apply(ev)
-            if new:
-                poll = 0.1
-                state = state.model_copy(update={"last_event_at": now})
-            else:
-                poll = min(poll * 1.5, 1.0)
-            if (watch.expected_thread and facts.thread_id
-                    and facts.thread_id != watch.expected_thread and not thread_mismatch):
-                thread_mismatch = (f"resumed thread {facts.thread_id} is not the expected "
-                                   f"{watch.expected_thread}")
-                live.cancel_reason = "thread_mismatch"
-                live.cancel_requested.set()
-            if waiter.done():
-                break
-            if (linger.until == _NEVER and facts.turn_completed and not facts.turn_failed
-                    and killer is None and await self._in_io(linger.final_ready, path, watch)):
-                linger.until = now_t + linger.grace
-            if killer is None and (now_t >= linger.until
-                                   or (linger.until < _NEVER and now_t >= deadline)):
-                # the report is in: a timeout reached while Codex lingers does not discard it
-                linger.ended = True
-                killer = asyncio.ensure_future(self._stop_process(proc, signal.SIGTERM))
-            if now_t >= deadline and not timed_out and not linger.ended:
-                timed_out = True
-                live.cancel_reason = "timeout"
-                live.cancel_requested.set()
-            if live.cancel_requested.is_set() and killer is None:
-                killer = asyncio.ensure_future(self._stop_process(proc))
-            skew = now.timestamp() - now_t
-            beat = now_t >= next_beat or abs(skew - wall_skew) > CLOCK_JUMP_SECONDS
-            wall_skew = skew
-            new_thread = pointer is None and facts.thread_id is not None
-            if beat or new_thread or (dirty and now_t - last_write >= STATE_WRITE_MIN_INTERVAL):
-                state = self._merge_facts(state, facts, now).model_copy(
-                    update={"last_heartbeat_at": now if beat else state.last_heartbeat_at}
-                )
-                if beat:
-                    next_beat = now_t + hb
-                # on the worker threads: with hundreds of agents streaming events this is up
-                # to one fsynced write per agent per second, which would stall the loop
-                try:
-                    await self._in_io(write_state, path / STATE, state)
-                except TerminalStateError:
-                    pass
-                except OSError as exc:  # full disk: keep watching Codex; retried next beat
-                    self.writes.failed(exc, f"the heartbeat of run {view.run_id}")
-                else:
-                    if beat:
-                        live.beat_mono = now_t
-                view.state = state
-                last_write, dirty = now_t, False
-                self._emit(plan, view)
-                if new_thread and self.writes_pointers:
-                    pointer = asyncio.ensure_future(self._in_io(
-                        update_current, self.layout, plan.batch_id, plan.job_id))
-        canceller.cancel()
-        if killer is not None:
-            await killer
-        if pointer is not None:
-            with contextlib.suppress(Exception):  # the final update below rewrites it anyway
-                await pointer
+        return _Watching(
+            state=state, tail=EventTail(watch.events_path), hb=hb,
+            deadline=t0 + watch.timeout_seconds - elapsed,
+            # a started attempt's 'running' state already carries its first heartbeat; an
+            # adopted one beats at once (the engine that wrote its last beat is gone)
+            next_beat=t0 + hb if elapsed == 0.0 else t0,
+            last_write=t0,
+            # wall minus monotonic: when it moves (sleep/resume, NTP step), beat at once so
+            # the heartbeat others read from state.json is fresh on the new wall clock
+            wall_skew=utcnow().timestamp() - t0,
+            waiter=asyncio.ensure_future(proc.wait()),
+            canceller=asyncio.ensure_future(live.cancel_requested.wait()),
+            # Codex that stays up after turn.completed with a valid final message (seen in
+            # the wild) is ended after a short grace and recorded by its report, not by the
+            # timeout
+            linger=_Linger(self.config.codex.linger_grace_seconds),
+            now=utcnow(), now_t=t0,
+        )
+
+    async def _observe(self, w: _Watching, live: LiveAttempt, watch: _Watch) -> bool:
+        """Wait for the process to end, a cancel, or the next poll/beat/deadline; take in
+        the new events. True once the process has ended."""
+        loop = asyncio.get_running_loop()
+        now_t = loop.time()
+        timeout = max(0.0, min(w.poll, w.deadline - now_t, w.next_beat - now_t,
+                               w.linger.until - now_t))
+        await asyncio.wait({w.waiter, w.canceller}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        faultpoint("monitor")
+        new = w.tail.read_new()
+        if w.waiter.done():
+            new += w.tail.flush_partial()
+        w.now = utcnow()
+        w.now_t = loop.time()
+        for ev in new:
+            w.dirty |= w.facts.apply(ev)
+        if new:
+            w.poll = 0.1
+            w.state = w.state.model_copy(update={"last_event_at": w.now})
+        else:
+            w.poll = min(w.poll * 1.5, 1.0)
+        if (watch.expected_thread and w.facts.thread_id
+                and w.facts.thread_id != watch.expected_thread and not w.thread_mismatch):
+            w.thread_mismatch = (f"resumed thread {w.facts.thread_id} is not the expected "
+                                 f"{watch.expected_thread}")
+            live.cancel_reason = "thread_mismatch"
+            live.cancel_requested.set()
+        return w.waiter.done()
+
+    async def _enforce(self, w: _Watching, path: Path, live: LiveAttempt, proc: _Handle,
+                       watch: _Watch) -> None:
+        """End the process when its report is in and it lingers, on timeout, or on cancel."""
+        now_t, linger = w.now_t, w.linger
+        if (linger.until == _NEVER and w.facts.turn_completed and not w.facts.turn_failed
+                and w.killer is None and await self._in_io(linger.final_ready, path, watch)):
+            linger.until = now_t + linger.grace
+        if w.killer is None and (now_t >= linger.until
+                                 or (linger.until < _NEVER and now_t >= w.deadline)):
+            # the report is in: a timeout reached while Codex lingers does not discard it
+            linger.ended = True
+            w.killer = asyncio.ensure_future(self._stop_process(proc, signal.SIGTERM))
+        if now_t >= w.deadline and not w.timed_out and not linger.ended:
+            w.timed_out = True
+            live.cancel_reason = "timeout"
+            live.cancel_requested.set()
+        if live.cancel_requested.is_set() and w.killer is None:
+            w.killer = asyncio.ensure_future(self._stop_process(proc))
+
+    async def _beat(self, w: _Watching, plan: AttemptPlan, view: AttemptView,
+                    live: LiveAttempt) -> None:
+        """Write state.json on a heartbeat, a clock jump, the thread id's arrival, or new
+        facts (at most once a STATE_WRITE_MIN_INTERVAL); point current.json at the
+        attempt once Codex names its thread."""
+        now, now_t = w.now, w.now_t
+        skew = now.timestamp() - now_t
+        beat = now_t >= w.next_beat or abs(skew - w.wall_skew) > CLOCK_JUMP_SECONDS
+        w.wall_skew = skew
+        new_thread = w.pointer is None and w.facts.thread_id is not None
+        if not (beat or new_thread
+                or (w.dirty and now_t - w.last_write >= STATE_WRITE_MIN_INTERVAL)):
+            return
+        w.state = self._merge_facts(w.state, w.facts, now).model_copy(
+            update={"last_heartbeat_at": now if beat else w.state.last_heartbeat_at}
+        )
+        if beat:
+            w.next_beat = now_t + w.hb
+        # on the worker threads: with hundreds of agents streaming events this is up
+        # to one fsynced write per agent per second, which would stall the loop
+        try:
+            await self._in_io(write_state, view.path / STATE, w.state)
+        except TerminalStateError:
+            pass
+        except OSError as exc:  # full disk: keep watching Codex; retried next beat
+            self.writes.failed(exc, f"the heartbeat of run {view.run_id}")
+        else:
+            if beat:
+                live.beat_mono = now_t
+        view.state = w.state
+        w.last_write, w.dirty = now_t, False
+        self._emit(plan, view)
+        if new_thread and self.writes_pointers:
+            # current.json gets the live attempt and its thread id as soon as Codex names
+            # it (SPEC 5.4/6.5); an attempt that is already over gets only the final update
+            w.pointer = asyncio.ensure_future(self._in_io(
+                update_current, self.layout, plan.batch_id, plan.job_id))
+
+    async def _stop_watching(self, w: _Watching, proc: _Handle) -> None:
+        w.canceller.cancel()
+        if w.killer is not None:
+            await w.killer
+        if w.pointer is not None:
+            with contextlib.suppress(Exception):  # the final update rewrites it anyway
+                await w.pointer
         # Nothing of this attempt's process group outlives it. Only the group: the wrapper
         # is reaped by now, so its pid may already name another process whose children a
         # tree walk would kill (and a command that left the group was reparented, out of
         # any walk's reach; a cancel walks the tree while the process is alive).
         kill_group(proc.pid, signal.SIGKILL)
-        crashpoint("before_finalize")
 
+    async def _finish(self, w: _Watching, plan: AttemptPlan, view: AttemptView,
+                      live: LiveAttempt, watch: _Watch) -> AttemptView:
+        """Conclude the ended attempt (final state, report, artifacts) and report it."""
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
+        state = w.state
         state, report, ready = await retry_writes(
             self.writes, f"the end of run {view.run_id}", lambda: self._in_io(
-                self._conclude, plan, path, view.run_id, state, facts, watch, waiter.result(),
-                canceled=canceled, timed_out=timed_out, thread_mismatch=thread_mismatch,
-                cancel_reason=live.cancel_reason, lingered=linger.ended))
+                self._conclude, plan, view.path, view.run_id, state, w.facts, watch,
+                w.waiter.result(), canceled=canceled, timed_out=w.timed_out,
+                thread_mismatch=w.thread_mismatch, cancel_reason=live.cancel_reason,
+                lingered=w.linger.ended))
         view.state, view.report, view.resume_base_ready = state, report, ready
         self._emit(plan, view)
         return view
@@ -1209,6 +1289,32 @@ class _Linger:
             return False
         report, obj, _ = validate_report(text, watch.schema)
         return report is not None or obj is not None
+
+
+@dataclass(slots=True)
+class _Watching:
+    """One attempt's watch loop as `LocalRunner._monitor` runs it (loop-clock times)."""
+
+    state: AttemptState
+    tail: EventTail
+    hb: float
+    deadline: float
+    next_beat: float
+    last_write: float
+    wall_skew: float
+    waiter: asyncio.Future[int | None]
+    canceller: asyncio.Future[Any]
+    linger: _Linger
+    #: the wall and loop time of the last wake
+    now: datetime
+    now_t: float
+    facts: EventFacts = field(default_factory=EventFacts)
+    timed_out: bool = False
+    thread_mismatch: str | None = None
+    dirty: bool = False
+    poll: float = 0.1
+    killer: asyncio.Future[None] | None = None
+    pointer: asyncio.Future[None] | None = None
 
 
 def in_git_work_tree(workdir: Path) -> bool:

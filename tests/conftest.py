@@ -104,7 +104,7 @@ class Harness:
 
         t = threading.Thread(target=serve, name="phh-test-engine", daemon=True)
         t.start()
-        wait_for(lambda: eng._loop is not None, 10, "engine loop")
+        assert eng.wait_serving(10), "engine loop"
         self._threads.append((eng, t, errors))
         return eng
 
@@ -119,8 +119,7 @@ class Harness:
 
     def call(self, eng: Engine, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on a serving engine's loop and return its result."""
-        assert eng._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, eng._loop).result(timeout)
+        return eng.run_threadsafe(coro).result(timeout)
 
     def attempts(self, batch_id: str, job_id: str, step_id: str) -> list[Path]:
         d = self.layout.attempts_dir(batch_id, job_id, step_id)

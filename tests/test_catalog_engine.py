@@ -210,7 +210,7 @@ def test_a_batch_that_settles_while_serving_leaves_memory(harness: Harness) -> N
     backdate(harness.layout, bid)  # outside the racy window, as 2 s later
 
     async def board_pass() -> None:
-        eng._write_scoreboards(all_batches=True)
+        eng.write_scoreboards(all_batches=True)
 
     wait_for(lambda: harness.call(eng, board_pass()) or bid not in eng.index.batches, 30,
              "eviction")

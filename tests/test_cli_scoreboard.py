@@ -148,7 +148,7 @@ class Store:
             self.lock.release()
 
     def write_boards(self, computed_at: datetime) -> tuple[BatchScoreboard, SystemScoreboard]:
-        """What Engine._write_scoreboards writes, plus a note only the engine's files carry."""
+        """What Engine.write_scoreboards writes, plus a note only the engine's files carry."""
         index = StoreIndex(self.layout)
         index.load()
         sb = batch_scoreboard(index.batches[self.batch_id], computed_at).model_copy(

@@ -314,6 +314,21 @@ def test_stop_after_the_engine_ended_is_a_no_op(harness: Harness) -> None:
     thread must not raise because the engine's loop is closed."""
     harness.submit([{"job_id": "j1", "steps": [step("s1", final("x"))]}])
     eng = harness.run()
-    assert eng._loop is not None and eng._loop.is_closed()
+    assert eng.loop is not None and eng.loop.is_closed()
     eng.stop()
     eng.stop(cancel_running=True, detach=True)
+
+
+def test_serving_signal_before_and_after_the_loop(harness: Harness) -> None:
+    """`serving` is the public signal a caller waits on instead of polling the loop: unset
+    (and the thread-safe entry points refuse) before `serve`; set once it ran."""
+    from phh_engine.engine import Engine
+
+    idle = Engine(harness.root)
+    assert idle.loop is None and not idle.wait_serving(0.01)
+    with pytest.raises(RuntimeError, match="not serving"):
+        idle.call_threadsafe(lambda: None)
+    harness.submit([{"job_id": "j1", "steps": [step("s1", final("x"))]}])
+    eng = harness.run()
+    assert eng.serving.is_set() and eng.wait_serving(0)
+    assert eng.loop is not None and eng.loop.is_closed()

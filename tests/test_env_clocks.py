@@ -62,7 +62,7 @@ def test_forward_jump_does_not_make_a_healthy_attempt_stuck(harness: Harness,
         assert not [r for r in sb.attention if r.kind == "stuck"]
 
         async def check() -> None:
-            eng._check_stuck()
+            eng.check_stuck()
 
         h.call(eng, check())
         assert not eng.runner.live[flight.run_id].cancel_requested.is_set()

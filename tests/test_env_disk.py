@@ -116,8 +116,8 @@ def test_full_disk_pauses_and_resumes_without_a_restart(small_fs: Path, standin:
                  "the turn to start")
         hog = InodeHog(filler)
         wait_for(lambda: "heartbeat" in (eng.writes.problem or ""), 30, "a failed heartbeat")
-        wait_for(lambda: any(n.kind == "write_error" for n in eng._notes), 10, "the note")
-        assert any("write error" in r for r in eng._admission_reasons())
+        wait_for(lambda: any(n.kind == "write_error" for n in eng.notes), 10, "the note")
+        assert any("write error" in r for r in eng.admission_reasons())
         # Codex itself may fail on the full disk or finish: either way it ends, and its end
         # is recorded once space returns (the monitor never stopped watching it)
         wait_for(lambda: not _alive(pid), 60, "Codex to end")
@@ -138,7 +138,7 @@ def test_full_disk_pauses_and_resumes_without_a_restart(small_fs: Path, standin:
         hog = InodeHog(filler)
         wait_for(lambda: "a claim of" in (eng.writes.problem or ""), 60, "the failed claim")
         assert len(attempt_dirs(h, b2, "j2")) == 1  # no half-made attempt dir left behind
-        assert eng._stopping is False and eng._loop is not None and eng._loop.is_running()
+        assert eng.stopping is False and eng.loop is not None and eng.loop.is_running()
         hog.release()
         wait_for(lambda: len(a := attempt_dirs(h, b2, "j2")) == 2
                  and h.state(a[1])["status"] == "failed", 90, "j2's retry after space returned")

@@ -254,8 +254,8 @@ def test_usage_limit_with_a_reset_time_pauses_until_it(harness: Harness) -> None
     assert st["failure_class"] == "usage_limited"
     # a second engine (another runner on the same root) sees the pause and starts nothing
     other = harness.engine(runner_id="other")
-    other._health_tick()
-    assert msg in other._admission_reasons()
+    other.health_tick()
+    assert msg in other.admission_reasons()
     harness.stop(eng)
     assert len(harness.attempts(bid, "j1", "s1")) == 1  # nothing started during the pause
     # with no engine serving, a derived board shows the pause too
@@ -298,7 +298,7 @@ def test_aimd_bounds(harness: Harness) -> None:
     eng = harness.engine()
 
     def end(fc: str | None, status: str = "failed") -> None:
-        eng._after_outcome(AttemptState(
+        eng.record_outcome(AttemptState(
             batch_id="b", job_id="j", step_id="s", run_id="r", runner_id="local",
             status=status, updated_at=utcnow(), failure_class=fc))  # type: ignore[arg-type]
 
@@ -307,10 +307,10 @@ def test_aimd_bounds(harness: Harness) -> None:
         end("rate_limited")
         got.append(eng.effective_capacity)
     assert got == [3, 1, 1, 1]
-    eng._write_scoreboards(all_batches=True)
+    eng.write_scoreboards(all_batches=True)
     notes = [n["message"] for n in _board(harness)["notes"]]
     assert any("effective concurrency 1/6" in n for n in notes), notes
-    eng._write_health()
+    eng.write_health()
     assert json.loads(harness.layout.runner_health("local").read_text())[
         "effective_capacity"] == 1
     got = []

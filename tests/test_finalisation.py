@@ -19,6 +19,7 @@ import psutil
 import pytest
 from conftest import Harness, final, step, wait_for
 
+from phh_engine.engine import Engine
 from phh_engine.models import utcnow
 from phh_engine.scoreboards import batch_scoreboard
 from phh_engine.store import atomic_write_json
@@ -196,8 +197,8 @@ def test_operator_actions_on_a_step_running_without_a_process(harness: Harness) 
     assert_invariant(harness, bid)
 
 
-async def _refresh(eng: object, bid: str, job: str) -> None:
-    eng._refresh_step(bid, job, "s1")  # type: ignore[attr-defined]
+async def _refresh(eng: Engine, bid: str, job: str) -> None:
+    eng.refresh_step(bid, job, "s1")
 
 
 #: only an attempt's run lingers (`exec --json`), not phh's `--version` / `--help` probes

@@ -235,7 +235,7 @@ def test_engine_runs_gc_on_its_schedule_when_enabled(harness: Harness) -> None:
         assert "delete" in (ev.detail or "")
         assert log_path(s1, EVENTS) is None
     finally:
-        wait_for(lambda: eng._loop is not None, 10, "loop")
+        assert eng.wait_serving(10), "loop"
         eng.stop()
         t.join(30)
     assert not t.is_alive()

@@ -43,7 +43,7 @@ def serve_in_thread(harness: Harness, **kw: Any) -> tuple[Engine, threading.Thre
     eng.setup()
     t = threading.Thread(target=lambda: asyncio.run(eng.serve()), daemon=True)
     t.start()
-    wait_for(lambda: eng._loop is not None, 10, "engine loop")
+    assert eng.wait_serving(10), "engine loop"
     return eng, t
 
 
@@ -198,14 +198,13 @@ def test_stale_peers_stop_counting_against_global_concurrency(harness: Harness) 
     eng = harness.engine()
     try:
         fake_health(harness, "r2", age=1, running=3)
-        eng._sample()
-        assert eng._caps().free_slots == 1  # 4 global - 3 running on r2
+        eng.sample_health()
+        assert eng.caps().free_slots == 1  # 4 global - 3 running on r2
         fake_health(harness, "r2", age=600, running=3)
-        eng._sample()
-        assert eng._caps().free_slots == 4
+        eng.sample_health()
+        assert eng.caps().free_slots == 4
     finally:
-        assert eng._runner_lock is not None
-        eng._runner_lock.release()
+        eng.release_runner()
 
 
 def test_own_health_unwritable_stops_new_starts(harness: Harness,
@@ -221,24 +220,25 @@ def test_own_health_unwritable_stops_new_starts(harness: Harness,
         real(path, obj)
 
     try:
-        eng._sample()
-        assert eng._admission_reasons() == [] and eng._caps().free_slots == 4
+        eng.sample_health()
+        assert eng.admission_reasons() == [] and eng.caps().free_slots == 4
         monkeypatch.setattr(engine_mod, "atomic_write_json", failing)
-        eng._sample()
-        assert eng._health_error and "No space left" in eng._health_error
-        assert eng._caps().free_slots == 4  # not stale yet: one missed write is not death
-        assert eng._health_ok_at is not None
-        eng._health_ok_at -= eng.config.runner_health.stale_after_seconds + 1  # type: ignore[union-attr]
-        (why,) = eng._admission_reasons()
+        eng.sample_health()
+        assert eng.health_error and "No space left" in eng.health_error
+        assert eng.caps().free_slots == 4  # not stale yet: one missed write is not death
+        assert eng.health_written_at is not None
+        assert eng.config is not None
+        # judged one stale period after the last good write: others take it for dead
+        later = eng.health_written_at + eng.config.runner_health.stale_after_seconds + 1
+        (why,) = eng.admission_reasons(mono=later)
         assert "health.json not written" in why and "No space left" in why
-        assert eng._caps().free_slots == 0
-        assert any(n.kind == "health_unwritable" for n in eng._notes)
+        assert eng.caps(mono=later).free_slots == 0
+        assert any(n.kind == "health_unwritable" for n in eng.notes)
         monkeypatch.setattr(engine_mod, "atomic_write_json", real)
-        eng._sample()
-        assert eng._admission_reasons() == [] and eng._caps().free_slots == 4
+        eng.sample_health()
+        assert eng.admission_reasons() == [] and eng.caps().free_slots == 4
     finally:
-        assert eng._runner_lock is not None
-        eng._runner_lock.release()
+        eng.release_runner()
 
 
 @pytest.mark.parametrize(("limit", "needle"), [

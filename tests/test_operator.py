@@ -114,7 +114,7 @@ def test_cancel_before_start_goes_queued_to_canceled(harness: Harness) -> None:
     state = json.loads((claimed[1] / "state.json").read_text())
     assert state["status"] == "canceled" and "pid" not in state
     assert not (claimed[1] / "codex.events.jsonl").exists()  # Codex never started
-    eng._runner_lock.release()  # type: ignore[union-attr]
+    eng.release_runner()
 
 
 def test_retry_now_past_max_attempts_and_resume_with_prompt(harness: Harness) -> None:
@@ -279,9 +279,9 @@ def test_stuck_attempt_is_shown_and_auto_remediation_recorded(harness: Harness) 
                               beat_ages=eng.runner.beat_ages())  # type: ignore[union-attr]
         assert [a.kind for a in sb.attention] == ["stuck"]
         assert sb.running[0].stuck is True
-        eng._check_stuck()
+        eng.check_stuck()
 
-    eng._loop.call_soon_threadsafe(age_heartbeat)  # type: ignore[union-attr]
+    eng.call_threadsafe(age_heartbeat)
     wait_for(lambda: len(harness.attempts(bid, "j1", "s1")) == 2
              and harness.state(harness.attempts(bid, "j1", "s1")[1]).get("status")
              == "succeeded", 60, "remediated retry")
