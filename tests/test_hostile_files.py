@@ -109,3 +109,39 @@ def test_read_document_bytes_refuses_devices_fifos_dirs_and_big_files(tmp_path: 
     with pytest.raises(FileNotFoundError):
         read_document_bytes(tmp_path / "nope", max_bytes=10, what="Launch Table")
     assert read_document_bytes(big, max_bytes=11, what="Launch Table") == b" " * 11
+
+
+def test_submit_check_refuses_dev_zero_and_fifo(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    z = tmp_path / "zero.json"
+    os.symlink("/dev/zero", z)  # the finding was `phh submit --check /dev/zero`
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    for path, why in ((z, "is a character device, not a regular file"),
+                      (fifo, "is a FIFO (named pipe), not a regular file")):
+        for args in (("submit", "--check", str(path)), ("submit", str(path))):
+            out = phh(root, *args, timeout=60)
+            assert out.returncode == 2, (args, out.stdout, out.stderr)
+            text = out.stdout + out.stderr
+            assert f"Launch Table {path}: {why}" in text, text
+            assert "Traceback" not in text and "MemoryError" not in text
+    assert not (root / "runs").exists() or not [
+        p for p in (root / "runs").iterdir() if not p.name.startswith("_")]
+
+
+def test_submit_check_directory_gives_fifo_and_loop_a_verdict(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    os.mkfifo(tables / "x.json")
+    os.symlink(tables / "loopB.yaml", tables / "loopA.yaml")
+    os.symlink(tables / "loopA.yaml", tables / "loopB.yaml")
+    out = phh(root, "submit", "--check", str(tables), "--json", timeout=60)
+    assert out.returncode == 2, out.stderr
+    verdicts = {Path(v["file"]).name: v for v in json.loads(out.stdout)["files"]}
+    assert set(verdicts) == {"x.json", "loopA.yaml", "loopB.yaml"}
+    assert all(v["verdict"] == "rejected" for v in verdicts.values())
+    assert "FIFO" in verdicts["x.json"]["errors"][0]["message"]
+    assert "symlink loop" in verdicts["loopA.yaml"]["errors"][0]["message"]
