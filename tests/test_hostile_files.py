@@ -145,3 +145,33 @@ def test_submit_check_directory_gives_fifo_and_loop_a_verdict(tmp_path: Path) ->
     assert all(v["verdict"] == "rejected" for v in verdicts.values())
     assert "FIFO" in verdicts["x.json"]["errors"][0]["message"]
     assert "symlink loop" in verdicts["loopA.yaml"]["errors"][0]["message"]
+
+
+# ------------------------------------------------------------------ F8: Codex config loop
+@pytest.mark.codex
+def test_codex_config_symlink_loop_is_a_codex_config_error(harness: Harness,
+                                                           tmp_path: Path) -> None:
+    loop_a, loop_b = tmp_path / "loopA", tmp_path / "loopB"
+    os.symlink(loop_b, loop_a)
+    os.symlink(loop_a, loop_b)
+    env = {"PHH_CODEX_CONFIG": str(loop_a)}
+    out = phh(harness.root, "run", "--no-ui", "--until-idle", env=env)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert f"Codex config {loop_a}: cannot be resolved: symlink loop" in out.stderr
+    assert "Traceback" not in out.stderr
+    doc = phh(harness.root, "doctor", "--json", env=env)
+    rows = {r["name"]: r for r in json.loads(doc.stdout)["checks"]}
+    row = rows["codex config"]
+    assert row["status"] == "fail" and "symlink loop" in row["found"], row
+    assert "raised" not in row["found"] and "PHH_CODEX_CONFIG" in row["fix"], row
+
+
+# ------------------------------------------------------------------ F2: phh_config.json
+def test_harness_config_dev_zero_is_refused(harness: Harness) -> None:
+    harness.layout.settings_path.unlink()
+    os.symlink("/dev/zero", harness.layout.settings_path)
+    out = phh(harness.root, "submit", "--check", str(harness.root / "none.json"), timeout=60)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert (f"harness config {harness.layout.settings_path}: is a character device, not a "
+            "regular file") in out.stderr
+    assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr
