@@ -175,3 +175,20 @@ def test_harness_config_dev_zero_is_refused(harness: Harness) -> None:
     assert (f"harness config {harness.layout.settings_path}: is a character device, not a "
             "regular file") in out.stderr
     assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr
+
+
+# ------------------------------------------------------------------ F9: FIFO as an event log
+@pytest.mark.codex
+def test_tail_and_artifact_refuse_a_fifo_event_log(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final())]}])
+    harness.run()
+    (attempt,) = harness.attempts(bid, "j1", "s1")
+    events = attempt / "codex.events.jsonl"
+    events.unlink()
+    os.mkfifo(events)
+    for args in (("tail", bid, "j1", "s1"), ("tail", bid, "j1", "s1", "-n", "2"),
+                 ("artifact", bid, "j1", "s1", "codex.events.jsonl")):
+        out = phh(harness.root, *args, timeout=60)  # a hang fails here on the timeout
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "codex.events.jsonl" in out.stderr and "not a regular file" in out.stderr
+        assert "Traceback" not in out.stderr
