@@ -192,3 +192,26 @@ def test_tail_and_artifact_refuse_a_fifo_event_log(harness: Harness) -> None:
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert "codex.events.jsonl" in out.stderr and "not a regular file" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_api_launch_table_ref_refuses_dev_zero_and_fifo(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from phh_engine.api import Auth, create_app
+
+    layout = Layout(tmp_path / "root")
+    layout.root.mkdir()
+    z = tmp_path / "zero.json"
+    os.symlink("/dev/zero", z)
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    with TestClient(create_app(layout, Auth("none")), base_url="http://127.0.0.1",
+                    client=("127.0.0.1", 5555)) as c:
+        for path, why in ((z, "character device"), (fifo, "FIFO")):
+            r = c.post("/v1/batches", json={"launch_table_ref": str(path)})
+            assert r.status_code == 422, r.text
+            assert str(path) in r.text and why in r.text and "not a regular file" in r.text
+        assert c.post("/v1/batches", json={"launch_table_ref": str(tmp_path / "no.json")}
+                      ).status_code == 404
+    assert not layout.runs.exists() or not [
+        p for p in layout.runs.iterdir() if not p.name.startswith("_")]
