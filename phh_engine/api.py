@@ -476,7 +476,8 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
                 raise LookupFailed(400, "launch_table_ref is not a usable path")
             path = Path(req.launch_table_ref).expanduser()
             source = path if path.is_absolute() else layout.root / path
-            if not source.is_file():
+            # a FIFO, a device or a symlink loop is refused by submit with its reason (422)
+            if not os.path.lexists(source):
                 raise LookupFailed(404, f"launch_table_ref {req.launch_table_ref!r}: no such "
                                         "file on the server")
         else:

@@ -162,7 +162,9 @@ def open_artifact(ref: AttemptRef, name: str) -> tuple[int, int]:
     """(fd, size) of one attempt file; the caller closes fd. Refuses symlinks and non-files."""
     check_name(name)
     try:
-        fd = os.open(ref.path / name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO must be refused below, not waited on for a writer
+        fd = os.open(ref.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise missing(f"{name} does not exist (yet) in attempt {ref.run_id}") from None
     except OSError as exc:  # ELOOP: the name is a symlink
@@ -172,6 +174,7 @@ def open_artifact(ref: AttemptRef, name: str) -> tuple[int, int]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise bad(f"{name} in attempt {ref.run_id} is not a regular file; refused")
+    os.set_blocking(fd, True)
     return fd, st.st_size
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from .codex_cli import (
     install_hint,
     locate_codex,
 )
+from .docread import CODEX_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
 from .models import HarnessConfig
 from .paths import Layout
 
@@ -110,23 +112,36 @@ def codex_config_path(config: HarnessConfig | None,
     codex_home), resolved; None when neither is set."""
     env = os.environ if env is None else env
     raw = env.get("PHH_CODEX_CONFIG") or (config.codex.config_toml if config else None)
-    return Path(raw).expanduser().resolve() if raw else None
+    if not raw:
+        return None
+    try:
+        return Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: reading it says so, naming the file
+        return Path(raw).expanduser().absolute()
 
 
 def _config_source(env: Mapping[str, str]) -> str:
     return "PHH_CODEX_CONFIG" if env.get("PHH_CODEX_CONFIG") else "codex.config_toml"
 
 
+def _stat_mode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return 0
+
+
 def read_codex_config(path: Path) -> dict[str, Any] | str:
     """The TOML document, or one sentence naming the file and what is wrong with it."""
     try:
-        data = path.read_bytes()
+        # regular files only, bounded: a FIFO would block the doctor, /dev/zero never end
+        data = read_document_bytes(path, max_bytes=CODEX_CONFIG_MAX_BYTES, what="Codex config")
     except FileNotFoundError:
         return f"Codex config {path} does not exist"
-    except IsADirectoryError:
-        return f"Codex config {path} is a directory, not a file"
-    except OSError as exc:
-        return f"Codex config {path} cannot be read: {exc.strerror or exc}"
+    except DocumentReadError as exc:
+        if stat.S_ISDIR(_stat_mode(path)):
+            return f"Codex config {path} is a directory, not a file"
+        return str(exc)
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -59,8 +59,9 @@ from .overrides import (
     list_results,
     make_request,
     overrides_dir,
+    read_request,
     read_result,
-    request_problem,
+    refuse_request,
     write_result,
 )
 from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
@@ -985,7 +986,7 @@ class Engine:
                     self._arm(step, req, res.run_id)
 
     def _read_request(self, nonce: str) -> OverrideRequest | None:
-        return read_model(overrides_dir(self.layout) / f"{nonce}.json", OverrideRequest)
+        return read_request(overrides_dir(self.layout) / f"{nonce}.json")
 
     @staticmethod
     def _arm(step: StepView, req: OverrideRequest, resume_run_id: str | None = None) -> None:
@@ -1014,12 +1015,12 @@ class Engine:
             nonce = name[:-5]
             if nonce in self._handled or nonce in done:
                 continue
-            req = read_model(d / name, OverrideRequest)
+            req = read_request(d / name)
             if req is None:
                 # refused once (named in the log and on the scoreboards), never re-read
                 self._handled.add(nonce)
                 why = f"runs/_system/overrides/{name}: request refused: " + \
-                    request_problem(d / name)
+                    refuse_request(self.layout, d / name, f"engine:{self.runner_id}")
                 log.warning("%s", why)
                 self.index.unexpected[f"_system/overrides/{name}"] = why
                 continue

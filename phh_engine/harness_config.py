@@ -20,6 +20,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from .docread import HARNESS_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
 from .documents import DocumentError, loads_json
 from .models import HarnessConfig, HarnessSettings, LaunchTable, incoming_ids, utcnow
 from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES, MIN_STALE_SECONDS
@@ -267,7 +268,10 @@ def _override_problem(entry: str) -> str | None:
 
 
 def _outside_runs(layout: Layout, value: str) -> bool:
-    path = (layout.root / Path(value).expanduser()).resolve()
+    try:
+        path = (layout.root / Path(value).expanduser()).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: it cannot lead into runs/ either
+        return True
     return not path.is_relative_to(layout.runs)
 
 
@@ -308,9 +312,13 @@ def load_settings(layout: Layout) -> HarnessSettings:
     """`<root>/phh_config.json` when present, else all defaults; every problem is a ConfigError."""
     path = layout.settings_path
     try:
-        text = path.read_text(encoding="utf-8")
+        # regular files only, bounded: a FIFO would hang every command, /dev/zero never end
+        text = read_document_bytes(path, max_bytes=HARNESS_CONFIG_MAX_BYTES,
+                                   what="harness config").decode("utf-8")
     except FileNotFoundError:
         return HarnessSettings()
+    except DocumentReadError as exc:
+        raise ConfigError(f"cannot read {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:

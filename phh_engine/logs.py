@@ -81,10 +81,13 @@ def open_log(attempt_dir: Path | str, name: str = EVENTS) -> LogStream:
     p = log_path(attempt_dir, name)
     if p is None:
         raise FileNotFoundError(str(Path(attempt_dir) / name))
-    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever,
+    # before the regular-file check below could refuse it
+    fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", str(p))
+    os.set_blocking(fd, True)
     raw = os.fdopen(fd, "rb")
     if p.name.endswith(GZ_SUFFIX):
         return gzip.GzipFile(fileobj=raw, mode="rb")

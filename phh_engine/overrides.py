@@ -15,13 +15,14 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
+from .docread import OVERRIDE_REQUEST_MAX_BYTES, DocumentReadError, read_document_bytes
 from .documents import DocumentError, loads_json
 from .models import utcnow
-from .models.common import Id, Record
+from .models.common import Id, Record, check_id
 from .paths import Layout
 from .store import atomic_write_json, read_model, write_once_json
 from .views import BatchView, StepView
@@ -30,8 +31,18 @@ Action = Literal["cancel", "retry", "resume", "requeue", "mark_failed", "close"]
 ACTIONS: tuple[str, ...] = ("cancel", "retry", "resume", "requeue", "mark_failed", "close")
 
 
+def check_nonce(value: str) -> str:
+    """A nonce becomes file names in runs/_system/overrides/: it must be a valid id (no '/',
+    no '..', no leading dot). ValueError says why."""
+    return check_id(value, incoming=False)
+
+
+#: A request's nonce: its file is `<nonce>.json`, its claim and result are named after it.
+Nonce = Annotated[str, AfterValidator(check_nonce)]
+
+
 class OverrideRequest(Record):
-    nonce: str
+    nonce: Nonce
     action: Action
     batch_id: Id
     job_id: Id | None = None
@@ -48,7 +59,7 @@ OverrideOutcome = Literal["applied", "rejected"]
 
 
 class OverrideResult(Record):
-    nonce: str
+    nonce: Nonce
     action: Action
     batch_id: Id
     job_id: Id | None = None
@@ -65,11 +76,41 @@ def overrides_dir(layout: Layout) -> Path:
     return layout.system / "overrides"
 
 
+def _nonce_file(layout: Layout, nonce: str, suffix: str) -> Path:
+    """`runs/_system/overrides/<nonce><suffix>`; ValueError for a nonce that is no valid id
+    (it would name a path elsewhere)."""
+    return overrides_dir(layout) / f"{check_nonce(nonce)}{suffix}"
+
+
+def _read_request_bytes(path: Path) -> bytes:
+    # inside the store: never follow a symlink, never block on a FIFO, never read a device
+    return read_document_bytes(path, max_bytes=OVERRIDE_REQUEST_MAX_BYTES,
+                               what="override request", follow_symlinks=False)
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+
+
+def read_request(path: Path) -> OverrideRequest | None:
+    """The request in `path` (a `<nonce>.json`), or None when it cannot be applied: not a
+    regular file within 1 MiB, not a valid request, or its nonce is not the file's stem (the
+    result is named after the file, so it must be found where the asker looks).
+    `request_problem` says why."""
+    try:
+        req = OverrideRequest.model_validate_json(_read_request_bytes(path))
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+    return req if req.nonce == _stem(path) else None
+
+
 def request_problem(path: Path) -> str:
     """Why the request file at `path` cannot be applied, naming the JSON path at fault (for
-    a request `read_model` refused: hand-written, hostile or from another version)."""
+    a request `read_request` refused: hand-written, hostile or from another version)."""
     try:
-        data = loads_json(path.read_bytes())
+        data = loads_json(_read_request_bytes(path))
+    except DocumentReadError as exc:
+        return f"$: {exc.reason}"
     except DocumentError as exc:
         return f"{exc.path}: {exc.message}"
     except OSError as exc:
@@ -82,7 +123,32 @@ def request_problem(path: Path) -> str:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "$"
         return f"{where}: {err.get('msg', 'invalid')}"
+    nonce = data.get("nonce") if isinstance(data, dict) else None
+    if nonce != _stem(path):
+        return (f"nonce: {nonce!r} differs from the file name's {_stem(path)!r} (a request "
+                "is <nonce>.json)")
     return "$: unreadable"
+
+
+def refuse_request(layout: Layout, path: Path, applied_by: str) -> str:
+    """Refuse the request file at `path` and return why (see `request_problem`). When the
+    file's stem is a valid nonce and the request names its action and batch, the refusal is
+    also published as a `rejected` result under the FILE's stem (never a path taken from
+    the content), so whoever dropped the file gets an answer."""
+    why = request_problem(path)
+    stem = _stem(path)
+    try:
+        check_nonce(stem)
+        data = loads_json(_read_request_bytes(path))
+        res = OverrideResult.model_validate({
+            "nonce": stem, "action": data.get("action"), "batch_id": data.get("batch_id"),
+            "job_id": data.get("job_id"), "step_id": data.get("step_id"),
+            "outcome": "rejected", "message": f"request refused: {why}",
+            "applied_at": utcnow(), "applied_by": applied_by})
+    except (OSError, ValueError, AttributeError, DocumentError):
+        return why
+    write_result(layout, res)
+    return why
 
 
 def new_nonce() -> str:
@@ -91,7 +157,7 @@ def new_nonce() -> str:
 
 
 def write_request(layout: Layout, req: OverrideRequest) -> Path:
-    path = overrides_dir(layout) / f"{req.nonce}.json"
+    path = _nonce_file(layout, req.nonce, ".json")
     atomic_write_json(path, req)
     return path
 
@@ -105,9 +171,9 @@ def make_request(layout: Layout, action: str, batch_id: str, **kw: object) -> Ov
 
 
 def claim(layout: Layout, nonce: str) -> bool:
-    """Exclusive: exactly one engine applies a request."""
+    """Exclusive: exactly one engine applies a request. ValueError for an invalid nonce."""
     try:
-        fd = os.open(overrides_dir(layout) / f"{nonce}.claim",
+        fd = os.open(_nonce_file(layout, nonce, ".claim"),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
@@ -117,7 +183,8 @@ def claim(layout: Layout, nonce: str) -> bool:
 
 
 def result_path(layout: Layout, nonce: str) -> Path:
-    return overrides_dir(layout) / f"{nonce}.result.json"
+    """Where the result of `nonce` is published; ValueError for an invalid nonce."""
+    return _nonce_file(layout, nonce, ".result.json")
 
 
 def write_result(layout: Layout, res: OverrideResult) -> None:
@@ -126,7 +193,14 @@ def write_result(layout: Layout, res: OverrideResult) -> None:
 
 
 def read_result(layout: Layout, nonce: str) -> OverrideResult | None:
-    return read_model(result_path(layout, nonce), OverrideResult)
+    """The published result, or None (none yet, unreadable, or an invalid nonce, which no
+    result can have). A result whose nonce is not its file's is not this request's."""
+    try:
+        path = result_path(layout, nonce)
+    except ValueError:
+        return None
+    res = read_model(path, OverrideResult)
+    return res if res is not None and res.nonce == nonce else None
 
 
 def list_requests(layout: Layout) -> list[OverrideRequest]:
@@ -137,7 +211,7 @@ def list_requests(layout: Layout) -> list[OverrideRequest]:
     for p in sorted(d.glob("*.json")):
         if p.name.endswith(".result.json") or p.name.startswith("."):
             continue
-        req = read_model(p, OverrideRequest)
+        req = read_request(p)
         if req is not None:
             out.append(req)
     return out
@@ -147,8 +221,10 @@ def list_results(layout: Layout) -> list[OverrideResult]:
     d = overrides_dir(layout)
     if not d.is_dir():
         return []
+    # a result counts only under its own nonce's name (a hand-written one could claim another)
     return [r for p in sorted(d.glob("*.result.json"))
-            if (r := read_model(p, OverrideResult)) is not None]
+            if (r := read_model(p, OverrideResult)) is not None
+            and p.name == f"{r.nonce}.result.json"]
 
 
 def apply_marks(batches: Mapping[str, BatchView], res: OverrideResult) -> StepView | None:
@@ -180,4 +256,8 @@ def replay_marks(layout: Layout, batches: Mapping[str, BatchView]) -> None:
 
 
 def is_claimed(layout: Layout, nonce: str) -> bool:
-    return (overrides_dir(layout) / f"{nonce}.claim").exists()
+    """Whether an engine claimed `nonce`; False for an invalid nonce (nothing can claim it)."""
+    try:
+        return _nonce_file(layout, nonce, ".claim").exists()
+    except ValueError:
+        return False

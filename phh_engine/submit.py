@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .dialect import Note, translate
+from .docread import LAUNCH_TABLE_MAX_BYTES, DocumentMissing, read_document_bytes
 from .documents import DocumentError, check_tree, loads_json, loads_yaml
 from .harness_config import (
     describe_validation_error,
@@ -138,12 +139,13 @@ _YamlLoader.add_constructor(
 
 
 def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:
-    """Parse JSON (YAML for .yaml/.yml); a parse error names line and column."""
+    """Parse JSON (YAML for .yaml/.yml); a parse error names line and column. Only a
+    regular file of at most docread.LAUNCH_TABLE_MAX_BYTES is read (a FIFO, a device or a
+    symlink loop is refused by name, never waited on or read without bound)."""
     try:
-        data = Path(path).read_bytes()
+        data = read_document_bytes(path, max_bytes=LAUNCH_TABLE_MAX_BYTES, what="Launch Table")
     except OSError as exc:
-        message = f"cannot read Launch Table {path}: {exc.strerror}"
-        raise SubmitError([Issue("$", message)]) from None
+        raise SubmitError([Issue("$", str(exc))]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -439,7 +441,9 @@ class _Checker:
                     self.add(f"{spath}.prompt_ref", f"prompt file {path} is "
                              f"{path.stat().st_size} bytes, over limits.max_prompt_bytes = {limit}")
                     return
-                text = path.read_text(encoding="utf-8")
+                # regular files only: a FIFO (size 0) would block, a device never end
+                text = read_document_bytes(path, max_bytes=limit,
+                                           what="prompt file").decode("utf-8")
             except FileNotFoundError:
                 self.add(f"{spath}.prompt_ref", f"prompt file not found: {path}")
                 return
@@ -447,7 +451,8 @@ class _Checker:
                 self.add(f"{spath}.prompt_ref", f"prompt file is not UTF-8 text: {path}")
                 return
             except OSError as exc:
-                self.add(f"{spath}.prompt_ref", f"cannot read prompt file {path}: {exc.strerror}")
+                self.add(f"{spath}.prompt_ref", f"cannot read prompt file {path}: "
+                         f"{getattr(exc, 'reason', None) or exc.strerror}")
                 return
         if not isinstance(text, str):
             return
@@ -472,11 +477,12 @@ class _Checker:
         spath = f"jobs[{ji}].steps[{si}].output_schema_ref"
         path = _resolve(self.base, ref)
         try:
-            schema = loads_json(path.read_text(encoding="utf-8"))
+            schema = loads_json(read_document_bytes(
+                path, max_bytes=LAUNCH_TABLE_MAX_BYTES, what="output schema").decode("utf-8"))
         except DocumentError as exc:
             self.add(spath, f"output schema {path} is refused at {exc.path}: {exc.message}")
             return
-        except FileNotFoundError:
+        except DocumentMissing:
             self.add(spath, f"output schema file not found: {path}")
             return
         except (OSError, UnicodeDecodeError) as exc:

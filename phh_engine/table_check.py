@@ -57,14 +57,15 @@ def expand(paths: list[Path]) -> list[Path | Verdict]:
                 out.append(Verdict(str(path), False, errors=[
                     Issue("$", f"cannot list directory {path}: {exc.strerror}")]))
                 continue
+            # not only regular files: a FIFO, a symlink loop or a device named like a table
+            # gets its own verdict (load_launch_table says why) instead of a silent skip
             found = [path / n for n in names
-                     if not n.startswith(".") and n.lower().endswith(TABLE_SUFFIXES)
-                     and (path / n).is_file()]
+                     if not n.startswith(".") and n.lower().endswith(TABLE_SUFFIXES)]
             if not found:
                 out.append(Verdict(str(path), False, errors=[Issue(
                     "$", f"no Launch Tables ({', '.join(TABLE_SUFFIXES)}) in directory {path}")]))
             out.extend(found)
-        elif path.exists():
+        elif os.path.lexists(path):  # a dangling or looping symlink: its verdict says which
             out.append(path)
         else:
             out.append(Verdict(str(path), False, errors=[Issue("$", f"no such file: {path}")]))
