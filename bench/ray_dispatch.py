@@ -9,7 +9,8 @@ its first attempt, while the first two are full.
 `--jobs` two-step jobs (step2 resumes step1): 2 x jobs attempts. The fake `codex` is
 bench/fake_codex (POSIX sh, exits at once), behind a shim that sleeps 2 s while the third-node
 phase runs. Engine CPU is this process's (the engine and its Ray driver threads). Prints
-figures, asserts nothing (DESIGN §4). Target (issue 13): <= 1.2x the floor, >= 50 attempts/s.
+figures, asserts nothing (docs/architecture.md#tests). Target (issue 13): <= 1.2x the floor, >= 50
+attempts/s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Copy-on-resume cost for resume chains of 1, 10 and 50 (issue 6 / SPEC §8, CODEX_NOTES).
+"""Copy-on-resume cost for resume chains of 1, 10 and 50 (issue 6 / docs/resume.md, docs/codex.md).
 
     .venv/bin/python bench/resume_copy.py [--chain 50] [--points 1,10,50] [--reps 30]
                                           [--dir DIR ...] [--synthetic] [--keep]
@@ -55,7 +55,7 @@ from phh_engine.workspace import FICLONE, CopyStats, copy_tree  # noqa: E402
 
 GOAL = ("This batch measures what a long chain of Codex resumes costs phh when each resume "
         "copies the previous attempt's conversation files into a fresh session store. ") * 8
-SYN_FIRST_TURN = 40_000  # bytes of a fresh single-turn rollout (CODEX_NOTES: 36-62 KB)
+SYN_FIRST_TURN = 40_000  # bytes of a fresh single-turn rollout (docs/codex.md: 36-62 KB)
 SYN_PER_TURN = 12_000  # bytes a resumed turn appends (overridden by a real chain's slope)
 
 

@@ -19,7 +19,7 @@ interleaved), in two phases:
    which then print the engine's files, and `--recompute` (the derivation, for reference).
 Then in-process: StoreIndex.load() (everything, as the engine loads), the CLI's
 StoreIndex(for_scoreboards=True).load(), and the derivations. Prints figures, asserts
-nothing (DESIGN §4).
+nothing (docs/architecture.md#tests).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ pointing at `bench/fake_codex`: a POSIX sh script that prints the JSONL events, 
 Report and a rollout file and exits at once. So the figures are phh's own cost per attempt,
 not a model's latency.
 
-Prints figures, asserts nothing (DESIGN §4).
+Prints figures, asserts nothing (docs/architecture.md#tests).
 
 `--whatif NAME,...` measures suggested engine fixes without editing the engine: each variant
 runs in its own process with the change monkeypatched in (see WHATIFS), so its CPU and RSS

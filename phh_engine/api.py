@@ -1,4 +1,4 @@
-"""HTTP API (`phh serve`, SPEC §12): JSON over HTTP, OpenAPI at `/openapi.json`.
+"""HTTP API (`phh serve`, docs/interfaces.md): JSON over HTTP, OpenAPI at `/openapi.json`.
 
 The API is a thin face over `api_ops` (shared with the CLI) and `artifacts` (safe attempt
 file reads); it never touches the engine's memory, so it runs in its own process or beside an
@@ -142,7 +142,7 @@ def load_token(layout: Layout, config: HarnessConfig) -> bytes:
 
 def resolve_auth(layout: Layout, config: HarnessConfig, host: str | None,
                  uds: str | None = None) -> Auth:
-    """Check the bind against auth_mode (SPEC §12) and load the token when needed."""
+    """Check the bind against auth_mode (docs/interfaces.md) and load the token when needed."""
     mode: AuthMode = config.interfaces.api_mode.auth_mode
     if mode in ("none", "local_trust") and uds is None and not is_loopback_host(host or ""):
         raise ServeError(

@@ -1,4 +1,5 @@
-"""The operations every automation interface offers (SPEC §12), once, for the CLI and the API.
+"""The operations every automation interface offers (docs/interfaces.md), once, for the CLI and the
+API.
 
 Each returns plain JSON-able data (the same dict the CLI prints with `--json` and the API
 answers) or raises `LookupFailed` with the HTTP status that fits (400 malformed, 404 unknown,

@@ -1,6 +1,6 @@
 """Finding the Codex CLI, learning its flags once, and building `codex exec` command lines.
 
-CODEX_NOTES.md is the source of the facts encoded here: resume by explicit thread id, flags
+docs/codex.md is the source of the facts encoded here: resume by explicit thread id, flags
 such as `--sandbox` before the `resume` subcommand, prompt on stdin (`-`).
 """
 

@@ -189,9 +189,10 @@ class Engine:
         self._boards: dict[str, BatchScoreboard] = {}
         self._to_adopt: list[tuple[str, str, str, AttemptView]] = []
         self.completed = 0
-        self.queue: DropQueue | None = None  # the filesystem queue (SPEC §12), if enabled
+        self.queue: DropQueue | None = None  # the filesystem queue (docs/interfaces.md), if enabled
         self._queue_catch_up: asyncio.Task[None] | None = None
-        # -- runner health, drain, admission (SPEC §6.7): see phh_engine/health.py
+        # -- runner health, drain, admission (docs/architecture.md#scheduling): see
+        # phh_engine/health.py
         self._drain: tuple[bool, str | None] = (False, None)
         self._resources = Resources()
         self._resource_problems: list[str] = []
@@ -573,7 +574,8 @@ class Engine:
         avail = {rid for rid, h in self._peers.items()
                  if available(h, now, stale_after)} | {self.runner_id}
         self._ready.refresh(self.index.batches, now, self.runner_id, avail)
-        # health/drain/resources (SPEC §6.7): nothing new starts while any reason holds
+        # health/drain/resources (docs/architecture.md#scheduling): nothing new starts while any
+        # reason holds
         if self._cred is not None:
             self._cred.poll()
         free = 0 if self.admission_reasons(mono) else self.effective_capacity - len(self.tasks)
@@ -801,7 +803,8 @@ class Engine:
         return lock_held(self.layout.runners / runner_id / ".engine.lock")
 
     def _recover(self) -> None:
-        """SPEC §7.4: attempts left queued/running by a dead engine end as runner_lost (or
+        """docs/failure-classes.md#recovery: attempts left queued/running by a dead engine end as
+        runner_lost (or
         with their recorded exit code); a live Codex process is left alone. Total: a fault
         recovering one attempt ends that attempt and never stops the engine from starting."""
         for batch in self.index.batches.values():
@@ -1141,7 +1144,8 @@ class Engine:
 
     # ------------------------------------------------------------ stuck
     def check_stuck(self) -> None:
-        """SPEC 7.8: stale heartbeats are shown, not changed; optional remediation, bounded.
+        """docs/statuses.md#stuck: stale heartbeats are shown, not changed; optional remediation,
+        bounded.
         Call on the engine's loop (it applies override requests)."""
         assert self.config is not None
         rem = self.config.scoreboard.stuck_auto_remediation

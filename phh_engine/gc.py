@@ -1,4 +1,4 @@
-"""Retention / GC (SPEC §9): what may go, why, and doing it safely.
+"""Retention / GC (docs/layout.md#retention): what may go, why, and doing it safely.
 
 Policy: each job's `retention_policy` (batch `effective_defaults.retention_policy`, merged with
 an optional job-level override at submit; both frozen in batch_meta.json). Ages count from the

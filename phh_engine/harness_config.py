@@ -1,4 +1,5 @@
-"""The harness config (SPEC §3): load operator settings, refuse secrets, materialise versions.
+"""The harness config (docs/layout.md#harness-config): load operator settings, refuse secrets,
+materialise versions.
 
 Why a content-hash version: a batch records the `harness_config_version` it was submitted
 under, and `runs/_system/harness_config_versions/<version>.json` must let anyone reread exactly

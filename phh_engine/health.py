@@ -1,4 +1,5 @@
-"""Runner health, drain and admission (SPEC §6.7, §3 limits): shared by the engine and the CLI.
+"""Runner health, drain and admission (docs/architecture.md#scheduling,
+docs/layout.md#harness-config limits): shared by the engine and the CLI.
 
 Files (all atomic snapshots):
 - `runners/<runner_id>/health.json` — written by the runner's engine every
@@ -100,7 +101,7 @@ class Resources:
 
 def sample_resources(path: Path) -> Resources:
     """Disk free where attempts are written, memory available (Codex is memory-bound:
-    ~150 MiB per process, CODEX_NOTES), 1-minute load."""
+    ~150 MiB per process, docs/codex.md), 1-minute load."""
     r = Resources()
     with contextlib.suppress(OSError):
         r.disk_free_bytes = shutil.disk_usage(path).free

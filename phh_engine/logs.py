@@ -1,4 +1,5 @@
-"""Raw attempt logs that GC may have compressed (SPEC §9): one way to read them, either form.
+"""Raw attempt logs that GC may have compressed (docs/layout.md#retention): one way to read them,
+either form.
 
 Retention compresses an old attempt's `codex.events.jsonl`, `stdout.log` and `stderr.log` into
 `<name>.gz` (gzip from the standard library: no new dependency, and `zcat`/`zless` read it).

@@ -1,4 +1,5 @@
-"""Operator actions as files (SPEC §7.6): any process can ask, the engine applies each once.
+"""Operator actions as files (docs/operator-actions.md#rules): any process can ask, the engine
+applies each once.
 
 A request is `runs/_system/overrides/<nonce>.json`; the engine that takes it creates
 `<nonce>.claim` exclusively (so two engines never both apply it) and publishes the outcome as

@@ -1,4 +1,4 @@
-"""Where every file of the runs store lives, derived from ids alone (SPEC §5)."""
+"""Where every file of the runs store lives, derived from ids alone (docs/layout.md#durability)."""
 
 from __future__ import annotations
 

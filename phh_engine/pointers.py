@@ -1,4 +1,5 @@
-"""current.json: the per-job index, always rebuildable from attempt directories (SPEC §5.4)."""
+"""current.json: the per-job index, always rebuildable from attempt directories
+(docs/layout.md#currentjson)."""
 
 from __future__ import annotations
 

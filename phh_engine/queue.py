@@ -1,4 +1,4 @@
-"""The filesystem queue (SPEC §12): drop a Launch Table into `<queue_root>/incoming/`.
+"""The filesystem queue (docs/interfaces.md): drop a Launch Table into `<queue_root>/incoming/`.
 
 Outcome, per dropped file `NAME`:
 - accepted: the file moves to `accepted/NAME`, beside it `accepted/NAME.ack.json` with

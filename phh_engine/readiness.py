@@ -1,6 +1,7 @@
 """Pure derivations: step status, blocking reasons, retry budget/backoff, resume selectors.
 
-SPEC §7.1 (readiness), §7.5 (retries), §8 (selectors) and §11 (step status). No I/O: the
+docs/statuses.md#derivation-order (readiness), docs/failure-classes.md#retry-policy (retries),
+docs/resume.md (selectors) and docs/statuses.md#step-statuses (step status). No I/O: the
 scheduler, scoreboards and tests all call these with views.
 """
 
@@ -53,7 +54,7 @@ class Readiness:
 def resolve_resume_source(
     job: JobView, step_id: str, selector: Selector, run_id: str | None = None
 ) -> ResumeResolution:
-    """Deterministic selector resolution (SPEC §8) over the source step's attempts."""
+    """Deterministic selector resolution (docs/resume.md) over the source step's attempts."""
     src = job.steps.get(step_id)
     key = f"{job.job_id}.{step_id}"
     if src is None:
@@ -168,7 +169,8 @@ def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
 
 
 def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime) -> Readiness:
-    """Status (SPEC §11) and whether the scheduler may start an attempt now (SPEC §7.1)."""
+    """Status (docs/statuses.md#step-statuses) and whether the scheduler may start an attempt now
+    (docs/statuses.md#derivation-order)."""
     if step.in_flight is not None:
         return Readiness("running")
     if step.marks.resume_run_id is not None and not batch.closed:
@@ -242,7 +244,8 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
 
 def is_stuck(attempt: AttemptView, now: datetime, stale_after_seconds: float,
              beat_age: float | None = None) -> bool:
-    """SPEC §7.8: running with a heartbeat older than the threshold. Status is not changed.
+    """docs/statuses.md#stuck: running with a heartbeat older than the threshold. Status is not
+    changed.
     `beat_age` (seconds, monotonic: from the process monitoring it) wins over the wall-clock
     age of `last_heartbeat_at`, which a clock jump would inflate."""
     st = attempt.state

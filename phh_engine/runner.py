@@ -1,4 +1,5 @@
-"""The local runner: executes one run attempt as a Codex subprocess (SPEC §6, §8).
+"""The local runner: executes one run attempt as a Codex subprocess
+(docs/architecture.md#the-runner-seam, docs/resume.md).
 
 Codex writes its events straight into `codex.events.jsonl` and a tiny `sh` wrapper writes its
 exit code to a file, so nothing depends on a pipe held by this process: an attempt's record
@@ -156,7 +157,7 @@ class LiveAttempt:
 
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
 # same text must not read as HTTP 429 or 500. The texts are what Codex 0.169 prints for each
-# API answer (CODEX_NOTES; tests/test_failure_classes.py drives them through the real binary).
+# API answer (docs/codex.md; tests/test_failure_classes.py drives them through the real binary).
 # An account/plan usage limit ("You've hit your usage limit. Try again at 2:14 PM.") or an
 # exhausted quota: waiting for the reset is the only cure, so the root pauses its starts.
 _USAGE_LIMITED = re.compile(r"usage limit|usage_limit_reached|insufficient_quota|quota")
@@ -211,7 +212,7 @@ def classify(
     lingered: bool = False,
 ) -> Outcome:
     """Attempt status from everything observed. Success needs exit 0, turn.completed and a
-    schema-valid report (CODEX_NOTES: Codex may exit 0 after a failed turn). A cancel for
+    schema-valid report (docs/codex.md: Codex may exit 0 after a failed turn). A cancel for
     `cancel_reason="shutdown"` (the engine stopping) is class `shutdown`, retried by the
     next engine; any other cancel is the operator's `canceled`. `lingered`: phh ended a
     process that stayed up after turn.completed with a valid final message, so its exit code
@@ -294,7 +295,7 @@ def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None
 
 
 def resolve_placeholders(text: str, job: JobView) -> str:
-    """Hand-off by files: `{{steps.<id>.final_json_path}}` and friends (SPEC §8)."""
+    """Hand-off by files: `{{steps.<id>.final_json_path}}` and friends (docs/resume.md)."""
 
     def sub(m: re.Match[str]) -> str:
         step = job.steps.get(m.group(1))
@@ -339,7 +340,7 @@ def kill_group(pid: int, sig: int) -> None:
 
 def kill_tree(pid: int, sig: int) -> None:
     """Signal a process group and every descendant found by walking the tree: agent commands
-    can run in their own session, outside the group (CODEX_NOTES)."""
+    can run in their own session, outside the group (docs/codex.md)."""
     if pid <= 1:  # no walk of init's tree or ours (kill_group refuses those too)
         return
     victims: list[psutil.Process] = []
@@ -972,7 +973,8 @@ class LocalRunner:
         self._emit(plan, view)
         if new_thread and self.writes_pointers:
             # current.json gets the live attempt and its thread id as soon as Codex names
-            # it (SPEC 5.4/6.5); an attempt that is already over gets only the final update
+            # it (docs/layout.md#currentjson, docs/layout.md#currentjson); an attempt that is
+            # already over gets only the final update
             w.pointer = asyncio.ensure_future(self._in_io(
                 update_current, self.layout, plan.batch_id, plan.job_id))
 
@@ -1228,7 +1230,7 @@ class LocalRunner:
     @staticmethod
     def _copy_resume_base(src_home: Path, dst_home: Path) -> None:
         """Only the conversation files: Codex's SQLite state holds absolute paths to the source
-        home, so copying it would make the resume write into the source (CODEX_NOTES)."""
+        home, so copying it would make the resume write into the source (docs/codex.md)."""
         src = src_home / "sessions"
         if src.is_dir():
             # reflink where the filesystem can, else copy_file_range; the source is only read

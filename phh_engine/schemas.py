@@ -43,7 +43,8 @@ REPO_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "data"
 RUN_REPORT_FILE = "run_report.schema.json"
 
-#: file name -> model; the file names are part of the public surface (SPEC §5.5, DESIGN §2).
+#: file name -> model; the file names are part of the public surface (docs/statuses.md#success,
+# docs/interfaces.md#cli).
 MODELS: dict[str, type[BaseModel]] = {
     "launch_table.schema.json": LaunchTable,
     "harness_config.schema.json": HarnessConfig,

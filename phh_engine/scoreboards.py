@@ -1,4 +1,5 @@
-"""Scoreboards (SPEC §11): pure functions of the in-memory views, never of raw events.
+"""Scoreboards (docs/statuses.md#step-statuses): pure functions of the in-memory views, never of
+raw events.
 
 The engine, the API, the CLI and the dashboard all show the same numbers because they all call
 these. No I/O and one pass over the steps, so recomputing on every change stays cheap.

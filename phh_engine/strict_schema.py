@@ -1,7 +1,7 @@
 """Does an output schema fit OpenAI strict structured output (what Codex sends)?
 
 Codex passes a step's `--output-schema` to the model API as
-`{"type": "json_schema", "strict": true, "schema": ...}` (CODEX_NOTES). In strict mode the
+`{"type": "json_schema", "strict": true, "schema": ...}` (docs/codex.md). In strict mode the
 API accepts only a subset of JSON Schema and answers anything else with HTTP 400
 `invalid_json_schema` on EVERY attempt, so such a schema is refused at submit instead, with
 the JSON pointer of each construct the API would refuse:

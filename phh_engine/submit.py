@@ -1,4 +1,5 @@
-"""Submit a Launch Table (SPEC §2, §4): validate everything, then create the batch atomically.
+"""Submit a Launch Table (docs/layout.md#launch-table, docs/layout.md#batch_metajson): validate
+everything, then create the batch atomically.
 
 Why all-at-once validation: an operator preparing hundreds of jobs must see every mistake in
 one pass, and a half-created batch must never exist. `validate` only reads; `submit` publishes

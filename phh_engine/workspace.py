@@ -1,4 +1,5 @@
-"""Where a job's steps run (SPEC §10): the shared directory, or the job's own checkout.
+"""Where a job's steps run (docs/layout.md#workspaces): the shared directory, or the job's own
+checkout.
 
 - `shared`: Codex runs in `working_root/working_directory` as it is. Two jobs sharing that
   directory do not run at once unless the batch sets `allow_shared_directory_concurrency`

@@ -1,4 +1,5 @@
-"""The phh dashboard: a Textual app hosting the engine (DESIGN §1, §3).
+"""The phh dashboard: a Textual app hosting the engine (docs/architecture.md#data-flow,
+docs/layout.md#harness-config).
 
 Data flow
 - The engine runs in a thread worker (group "engine") on its own asyncio loop, so engine

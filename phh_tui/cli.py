@@ -1,4 +1,4 @@
-"""`phh` command line: a thin front over the engine's public API (DESIGN §2)."""
+"""`phh` command line: a thin front over the engine's public API (docs/interfaces.md#cli)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`phh` subcommands for automation (SPEC §12): the CLI face of `phh_engine.api_ops`.
+"""`phh` subcommands for automation (docs/interfaces.md): the CLI face of `phh_engine.api_ops`.
 
 Every command here prints with `--json` exactly what the HTTP API answers for the same
 operation (same keys, same values), and on failure with `--json` prints the API's error body

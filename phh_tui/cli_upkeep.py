@@ -1,4 +1,5 @@
-"""`phh gc` and `phh runner list|drain|undrain` (SPEC §9, §6.7): store upkeep and runner pool.
+"""`phh gc` and `phh runner list|drain|undrain` (docs/layout.md#retention,
+docs/architecture.md#scheduling): store upkeep and runner pool.
 
 Registered by cli.build_parser through its `add` helper. Exit codes: 0 ok; 1 failed (an action
 failed, unknown runner, no confirmation in time); 2 invalid input or harness config.

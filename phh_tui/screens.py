@@ -364,7 +364,8 @@ class BatchListRow(NamedTuple):
 
 
 class SystemScreen(PhhScreen):
-    """One row per batch (SPEC §11 system view): attention first, then running, newest."""
+    """One row per batch (docs/statuses.md#step-statuses system view): attention first, then
+    running, newest."""
 
     def body(self) -> ComposeResult:
         yield Static(id="totals")

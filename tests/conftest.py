@@ -140,7 +140,7 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path, standin: StandIn, codex_bin: str) -> Iterator[Harness]:
-    # Codex refuses an -o path under a symlink: use the resolved tmp path (CODEX_NOTES)
+    # Codex refuses an -o path under a symlink: use the resolved tmp path (docs/codex.md)
     h = Harness(tmp_path.resolve(), standin)
     yield h
     for eng, t, _ in h._threads:  # never leave an engine (or its Codex) behind

@@ -1,4 +1,4 @@
-"""Retention / GC (SPEC §9, issue 6) on attempts made by the real Codex binary.
+"""Retention / GC (docs/layout.md#retention, issue 6) on attempts made by the real Codex binary.
 
 Why: GC runs unattended over hundreds of agents' records. It must do exactly what its dry run
 listed, never take what a later step can still use (a resume base of an open batch, or one an
@@ -246,7 +246,7 @@ def test_engine_runs_gc_on_its_schedule_when_enabled(harness: Harness) -> None:
 
 
 def test_minimal_resume_copy_still_continues_the_thread_after_gc(harness: Harness) -> None:
-    """A resume copies only sessions/ (CODEX_NOTES), via the fast copy; after GC compressed
+    """A resume copies only sessions/ (docs/codex.md), via the fast copy; after GC compressed
     the source's logs, a real Codex resume still continues the same thread and the source's
     files stay byte-identical."""
     bid = harness.submit([two_step_job("j1")])

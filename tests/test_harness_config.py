@@ -1,4 +1,5 @@
-"""Harness config: defaults, versions, secret refusal, readable errors (SPEC §3).
+"""Harness config: defaults, versions, secret refusal, readable errors
+(docs/layout.md#harness-config).
 
 Why: every batch pins the `harness_config_version` it was submitted under, so versions must be
 stable content hashes, and the materialised config is readable by anyone, so it must never hold

@@ -1,4 +1,5 @@
-"""Runner health, drain, stale runners and low-resource admission (SPEC §6.7, issue 6).
+"""Runner health, drain, stale runners and low-resource admission (docs/architecture.md#scheduling,
+issue 6).
 
 Why: an operator must be able to take a runner out of service from any process without losing
 work (drain: running attempts finish, nothing new starts), schedulers must not wait on a runner

@@ -1,4 +1,5 @@
-"""Harness limits (SPEC §3, issue 6): enforced at submit with an error naming the limit, and
+"""Harness limits (docs/layout.md#harness-config, issue 6): enforced at submit with an error naming
+the limit, and
 global concurrency also at run time.
 
 Why: an operator's limits protect the host and the store; a Launch Table over a limit must be

@@ -315,7 +315,8 @@ def test_system_order_attention_then_running_then_newest(batches: list[BatchView
         assert r.attention_steps >= r.counts.failed + r.counts.needs_attention
 
 
-# -- exact reason strings (SPEC §11 examples) -------------------------------------------------
+# -- exact reason strings (docs/statuses.md#step-statuses examples)
+# -------------------------------------------------
 
 def _job09(*steps: NormalizedStep, closed: bool = False) -> tuple[BatchView, JobView]:
     meta = BatchMeta(

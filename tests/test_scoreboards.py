@@ -1,4 +1,4 @@
-"""Batch and system scoreboards (SPEC §11) on hand-built views.
+"""Batch and system scoreboards (docs/statuses.md#step-statuses) on hand-built views.
 
 Why: every interface (files, API, CLI, dashboard) shows these rows, so each field the SPEC names
 is pinned here with exact values, including the stuck threshold at both 2700 s and 1800 s.

@@ -1,7 +1,8 @@
 """Submit: every rule reported at once, nothing written on failure, atomic batch creation.
 
 Why: an operator launching hundreds of agents must see all mistakes in one pass, a typo must
-never be silently ignored, and a batch is either fully on disk or absent (SPEC §2, §4).
+never be silently ignored, and a batch is either fully on disk or absent
+(docs/layout.md#launch-table, docs/layout.md#batch_metajson).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Workspaces (SPEC §10, issue 6): shared vs isolated, with the real Codex binary.
+"""Workspaces (docs/layout.md#workspaces, issue 6): shared vs isolated, with the real Codex binary.
 
 Why: `isolated` exists so parallel jobs on one repository cannot trample each other, while the
 steps of one job must see each other's files (a resume continues the conversation against the

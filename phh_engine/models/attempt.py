@@ -1,4 +1,5 @@
-"""Attempt files (SPEC §5.1-5.2): meta.json (write-once) and state.json (guarded snapshot)."""
+"""Attempt files (docs/layout.md#metajson, docs/statuses.md#attempt-transitions): meta.json
+(write-once) and state.json (guarded snapshot)."""
 
 from __future__ import annotations
 

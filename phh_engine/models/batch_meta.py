@@ -1,4 +1,4 @@
-"""batch_meta.json (SPEC §4): write-once, no runtime results."""
+"""batch_meta.json (docs/layout.md#batch_metajson): write-once, no runtime results."""
 
 from __future__ import annotations
 

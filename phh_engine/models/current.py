@@ -1,4 +1,5 @@
-"""current.json (SPEC §5.4): per-job index, rebuildable from attempt directories."""
+"""current.json (docs/layout.md#currentjson): per-job index, rebuildable from attempt
+directories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The harness config (SPEC §3): operator defaults and limits, materialised under runs/_system."""
+"""The harness config (docs/layout.md#harness-config): operator defaults and limits, materialised
+under runs/_system."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class RunnerSpec(Strict):
 
 
 class RunnerHealthSettings(Strict):
-    """runners/<id>/health.json cadence, and when a runner counts as gone (SPEC §6.7)."""
+    """runners/<id>/health.json cadence, and when a runner counts as gone
+    (docs/architecture.md#scheduling)."""
 
     interval_seconds: float = Field(default=5.0, gt=0, le=300)
     stale_after_seconds: float = Field(
@@ -106,7 +108,8 @@ class RunnerHealthSettings(Strict):
 
 
 class GcSettings(Strict):
-    """Scheduled retention/GC inside the engine (SPEC §9); `phh gc` works regardless."""
+    """Scheduled retention/GC inside the engine (docs/layout.md#retention); `phh gc` works
+    regardless."""
 
     enabled: bool = False
     interval_seconds: float = Field(default=3600.0, ge=60)

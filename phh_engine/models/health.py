@@ -1,4 +1,5 @@
-"""runners/<runner_id>/health.json (SPEC §6.7) and runners/<runner_id>/drain.json."""
+"""runners/<runner_id>/health.json (docs/architecture.md#scheduling) and
+runners/<runner_id>/drain.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Launch Table as an operator writes it (SPEC §2). Unknown keys are errors."""
+"""The Launch Table as an operator writes it (docs/layout.md#launch-table). Unknown keys are
+errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Run Report (final.json, SPEC §5.5): the agent's structured answer and step hand-off.
+"""The Run Report (final.json, docs/statuses.md#success): the agent's structured answer and step
+hand-off.
 
 Every field is required and no extra keys are allowed, because Codex passes the schema to the
 model in strict structured-output mode, which demands exactly that shape.

@@ -1,4 +1,4 @@
-"""Scoreboards (SPEC §11): derived views, never a source of truth."""
+"""Scoreboards (docs/statuses.md#step-statuses): derived views, never a source of truth."""
 
 from __future__ import annotations
 
