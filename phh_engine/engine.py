@@ -77,15 +77,13 @@ from .pauses import (
 from .pointers import update_current
 from .queue import DropQueue
 from .readiness import is_stuck
-from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner
+from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner, record_runner_lost
 from .runners.base import Runner
 from .scheduler import Caps, ReadySet, Selection, running_counts, select
 from .schemas import default_run_report_schema_path
 from .scoreboards import batch_scoreboard, system_scoreboard
 from .store import (
-    TerminalStateError,
     atomic_write_json,
-    job_lock,
     lock_held,
     read_model,
     write_state,
@@ -882,22 +880,7 @@ class Engine:
         exit_code: int | None = None
         with contextlib.suppress(OSError, ValueError):
             exit_code = int((att.path / EXIT_CODE).read_text().strip())
-        with job_lock(self.layout.job_lock(batch_id, job_id)):
-            try:
-                if st.status == "queued":
-                    st = st.model_copy(update={"status": "running", "started_at": now,
-                                               "updated_at": now})
-                    write_state(att.path / STATE, st)
-                final = st.model_copy(update={
-                    "status": "failed", "updated_at": now, "ended_at": now,
-                    "exit_code": exit_code, "termination_reason": "runner_lost",
-                    "failure_class": "runner_lost",
-                    "errors": [*st.errors[-19:], why],
-                })
-                write_state(att.path / STATE, final)
-            except TerminalStateError:
-                final = read_model(att.path / STATE, AttemptState) or st
-            update_current(self.layout, batch_id, job_id, locked=True)
+        final = record_runner_lost(self.layout, batch_id, job_id, att.path, st, why, exit_code)
         att.state = final
         self._emit(EngineEvent("recovered", now, batch_id, job_id, step_id, att.run_id,
                                final.status, detail="runner_lost"))

@@ -198,6 +198,32 @@ def failure_class_of_text(text: str, turn_failed: bool = False) -> FailureClass:
     return "nonzero_exit"
 
 
+def record_runner_lost(layout: Layout, batch_id: str, job_id: str, path: Path,
+                       state: AttemptState, why: str, exit_code: int | None = None
+                       ) -> AttemptState:
+    """Write an in-flight attempt's terminal `failed` / `runner_lost` state under the job lock
+    (docs/failure-classes.md#recovery) and refresh current.json. A terminal state written
+    first by someone else wins (one terminal status, ever); returns what is on disk."""
+    now = utcnow()
+    st = state
+    with job_lock(layout.job_lock(batch_id, job_id)):
+        try:
+            if st.status == "queued":
+                st = st.model_copy(update={"status": "running", "started_at": now,
+                                           "updated_at": now})
+                write_state(path / STATE, st)
+            final = st.model_copy(update={
+                "status": "failed", "updated_at": now, "ended_at": now,
+                "exit_code": exit_code, "termination_reason": "runner_lost",
+                "failure_class": "runner_lost", "errors": [*st.errors[-19:], why],
+            })
+            write_state(path / STATE, final)
+        except TerminalStateError:
+            final = read_model(path / STATE, AttemptState) or st
+        update_current(layout, batch_id, job_id, locked=True)
+    return final
+
+
 def classify(
     *,
     exit_code: int | None,

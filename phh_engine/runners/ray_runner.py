@@ -26,8 +26,8 @@ from ..index import load_attempt
 from ..models import AttemptState, EventKind, HarnessConfig, utcnow
 from ..paths import EXIT_CODE, STATE, Layout
 from ..pointers import update_current
-from ..runner import AttemptPlan, LiveAttempt, LocalRunner
-from ..store import TerminalStateError, job_lock, read_model, write_state
+from ..runner import AttemptPlan, LiveAttempt, LocalRunner, record_runner_lost
+from ..store import read_model
 from ..views import AttemptView, BatchView, JobView, StepView
 from .base import NodeStatus
 from .ray_node import (
@@ -410,26 +410,12 @@ class RayRunner:
     def _finalize_lost(self, plan: AttemptPlan, view: AttemptView, label: str) -> AttemptView:
         """runner_lost, written by the engine under the job lock (a late agent write of a
         terminal state loses to this one, or this one to it: one terminal status, ever)."""
-        now = utcnow()
-        with job_lock(self.layout.job_lock(plan.batch_id, plan.job_id)):
-            st = read_model(view.path / STATE, AttemptState) or view.state
-            assert st is not None
-            try:
-                if st.status == "queued":
-                    st = st.model_copy(update={"status": "running", "started_at": now,
-                                               "updated_at": now})
-                    write_state(view.path / STATE, st)
-                final = st.model_copy(update={
-                    "status": "failed", "updated_at": now, "ended_at": now,
-                    "termination_reason": "runner_lost", "failure_class": "runner_lost",
-                    "errors": [*st.errors, f"Ray node {label or '?'} lost: no heartbeat for "
-                               f"{self.lost_after:g}s and no exit code"],
-                })
-                write_state(view.path / STATE, final)
-            except TerminalStateError:
-                final = read_model(view.path / STATE, AttemptState) or st
-            update_current(self.layout, plan.batch_id, plan.job_id, locked=True)
-        view.state = final
+        st = read_model(view.path / STATE, AttemptState) or view.state
+        assert st is not None
+        view.state = record_runner_lost(
+            self.layout, plan.batch_id, plan.job_id, view.path, st,
+            f"Ray node {label or '?'} lost: no heartbeat for {self.lost_after:g}s and no "
+            "exit code")
         return view
 
     def _emit(self, plan: AttemptPlan, view: AttemptView) -> None:
