@@ -101,7 +101,8 @@ def _surrogate_problem(text: str, what: str) -> str | None:
     if m is None:
         return None
     return (f"{what} holds the lone surrogate U+{ord(m.group()):04X} at character {m.start()} "
-            "(an unpaired \\ud800-\\udfff escape is not Unicode text)")
+            "(not Unicode text: an unpaired \\ud800-\\udfff escape, or bytes that are not "
+            "UTF-8)")
 
 
 def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "",

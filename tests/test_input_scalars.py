@@ -238,3 +238,26 @@ def test_f6_paired_surrogates_are_text_and_codex_files_stay_lenient(tmp_path: Pa
     auth = tmp_path / "auth.json"
     auth.write_text('{"OPENAI_API_KEY": "sk-x", "note": "\\ud800"}')
     assert read_auth(auth) == {"OPENAI_API_KEY": "sk-x", "note": "\ud800"}
+
+
+def test_f6_command_line_text_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): a reason or
+    prompt holding one is refused (exit 2) instead of crashing when the request is written."""
+    root = tmp_path / "root"
+    assert phh(root, "init").returncode == 0
+    lt = tmp_path / "lt.json"
+    lt.write_text(json.dumps(json_table(tmp_path)))
+    res = phh(root, "submit", "--json", str(lt))
+    assert res.returncode == 0, res
+    bid = json.loads(res.stdout)["batch_id"]
+    layout = Layout(root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for args in (("mark-failed", bid, "j1", "s1", "--reason", "bad\udc80"),
+                 ("retry", bid, "j1", "s1", "--prompt", "bad\udc80"),
+                 ("close", bid, "--reason", "bad\udc80"),
+                 ("runner", "drain", "local", "--reason", "bad\udc80")):
+        res = phh(root, *args, "--wait", "0") if args[0] != "runner" else phh(root, *args)
+        assert res.returncode == 2, (args, res)
+        assert "lone surrogate U+DC80" in res.stderr and "Traceback" not in res.stderr, res
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert batch_dirs(layout) == [bid]
