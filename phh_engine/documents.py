@@ -240,9 +240,13 @@ def loads_json(text: str | bytes, *, max_depth: int = MAX_DEPTH,
 
 
 _YAML = "tag:yaml.org,2002:"
-#: Scalar tags whose SafeConstructor raises ValueError/KeyError/AttributeError (not a
-#: YAMLError) on a bad value written with an explicit tag, e.g. `!!int abc`.
-_CHECKED_SCALARS = {f"{_YAML}{t}": t for t in ("int", "float", "bool", "timestamp")}
+#: Scalar tags whose SafeConstructor raises ValueError/KeyError (not a YAMLError) on a bad
+#: value written with an explicit tag, e.g. `!!int abc`.
+_CHECKED_SCALARS = {f"{_YAML}{t}": t for t in ("int", "float", "bool")}
+#: The YAML types that are JSON data; `!!timestamp`, `!!binary`, `!!set`, `!!omap` and
+#: `!!pairs` would reach phh as dates, bytes and sets no JSON document can hold.
+_JSON_TAGS = frozenset(f"{_YAML}{t}" for t in ("str", "int", "float", "bool", "null", "map",
+                                               "seq"))
 
 
 def _int_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | None:
@@ -268,8 +272,9 @@ def _int_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | None:
 
 def _check_yaml_nodes(loader: yaml.SafeLoader, root: yaml.Node) -> None:
     """Refuse, before anything is constructed: mapping keys that are not strings (a sequence
-    or mapping key is unhashable; `1:`, `yes:`, `~:` are not JSON keys), integers of more than
-    MAX_INT_DIGITS digits and explicitly tagged scalars their constructor cannot read.
+    or mapping key is unhashable; `1:`, `yes:`, `~:` are not JSON keys), values that are not
+    JSON data (dates, bytes, sets), integers of more than MAX_INT_DIGITS digits and
+    explicitly tagged scalars their constructor cannot read.
     Iterative; a node reached twice (an alias) is walked once. Raises DocumentError."""
     stack: list[tuple[yaml.Node, str]] = [(root, "")]
     seen: set[int] = set()
@@ -278,6 +283,10 @@ def _check_yaml_nodes(loader: yaml.SafeLoader, root: yaml.Node) -> None:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if node.tag not in _JSON_TAGS:
+            raise DocumentError(path or "$", f"a YAML {node.tag.replace(_YAML, '!!')} value "
+                                f"(line {node.start_mark.line + 1}) is not JSON data (quote "
+                                "it if it is meant as a string)")
         if isinstance(node, yaml.ScalarNode):
             kind = _CHECKED_SCALARS.get(node.tag)
             if kind == "int":
@@ -288,7 +297,7 @@ def _check_yaml_nodes(loader: yaml.SafeLoader, root: yaml.Node) -> None:
                     why = None
                 except yaml.YAMLError:
                     why = None  # construction reports it with line and column
-                except (ValueError, KeyError, AttributeError, TypeError, OverflowError):
+                except (ValueError, KeyError, TypeError, OverflowError):
                     why = f"{node.value[:40]!r} is not a valid {kind}"
             else:
                 why = None

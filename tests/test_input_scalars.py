@@ -117,7 +117,7 @@ def test_f4_the_yaml_integer_limit_is_on_the_value_in_every_notation(value: str,
 
 
 @pytest.mark.parametrize("text", ["a: !!int abc", "a: !!float abc", "a: !!bool maybe",
-                                  "a: !!timestamp abc", "a: !!int 0x1g"])
+                                  "a: !!int 0x1g"])
 def test_a_tagged_yaml_scalar_its_constructor_cannot_read_is_refused(text: str) -> None:
     with pytest.raises(DocumentError) as err:
         loads_yaml(text)
@@ -140,6 +140,27 @@ def test_f4_huge_integers_in_api_bodies_and_dicts_are_refused(tmp_path: Path) ->
         assert r.status_code == 400, r.text
         assert r.json()["errors"][0]["path"] == "launch_table.concurrency"
     assert batch_dirs(layout) == []
+
+
+@pytest.mark.parametrize(("text", "tag"), [
+    ("a: !!timestamp abc", "!!timestamp"), ("a: 2020-01-01", "!!timestamp"),
+    ("a: !!binary aGk=", "!!binary"), ("a: !!set {b, c}", "!!set"),
+    ("a: !!omap [{b: 1}]", "!!omap"), ("a: !foo x", "!foo"),
+])
+def test_yaml_values_that_are_not_json_data_are_refused(text: str, tag: str) -> None:
+    with pytest.raises(DocumentError) as err:
+        loads_yaml(text)
+    assert err.value.path == "a" and f"a YAML {tag} value" in err.value.message
+    assert loads_yaml('a: !!str 2020-01-01\nb: "aGk="\n') == {"a": "2020-01-01", "b": "aGk="}
+
+
+def test_a_yaml_binary_prompt_is_refused_at_every_door(tmp_path: Path) -> None:
+    """`prompt: !!binary aGk=` (bytes b"hi") passed pydantic and crashed --check and submit
+    with a KeyError; a date passed as far as pydantic's "not a string"."""
+    docs = {"binary.yaml": yaml_table(tmp_path).replace("prompt: hi", "prompt: !!binary aGk="),
+            "date.yaml": yaml_table(tmp_path).replace("prompt: hi", "prompt: 2020-01-01")}
+    refused_everywhere(tmp_path, docs, dict.fromkeys(docs, "jobs[0].steps[0].prompt"),
+                       "is not JSON data")
 
 
 # ------------------------------------------------------------------ F5: keys that are not strings
