@@ -263,7 +263,7 @@ def _int_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | None:
                 f"{MAX_INT_DIGITS} digits)")
     try:
         value = loader.construct_yaml_int(node)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, IndexError):
         return f"{node.value[:40]!r} is not an integer"
     if abs(value) >= _INT_LIMIT:
         return f"an integer of more than {MAX_INT_DIGITS} digits"
@@ -297,7 +297,7 @@ def _check_yaml_nodes(loader: yaml.SafeLoader, root: yaml.Node) -> None:
                     why = None
                 except yaml.YAMLError:
                     why = None  # construction reports it with line and column
-                except (ValueError, KeyError, TypeError, OverflowError):
+                except (ValueError, KeyError, IndexError, TypeError, OverflowError):
                     why = f"{node.value[:40]!r} is not a valid {kind}"
             else:
                 why = None

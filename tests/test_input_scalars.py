@@ -117,7 +117,8 @@ def test_f4_the_yaml_integer_limit_is_on_the_value_in_every_notation(value: str,
 
 
 @pytest.mark.parametrize("text", ["a: !!int abc", "a: !!float abc", "a: !!bool maybe",
-                                  "a: !!int 0x1g"])
+                                  "a: !!int 0x1g", 'a: !!int ""', 'a: !!float ""',
+                                  'a: !!int "-"'])
 def test_a_tagged_yaml_scalar_its_constructor_cannot_read_is_refused(text: str) -> None:
     with pytest.raises(DocumentError) as err:
         loads_yaml(text)
