@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from .artifacts import LookupFailed as LookupFailed  # raised by every function here
 from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
 from .board_files import cached_board, engine_board, keep_board
+from .documents import DocumentError, check_tree
 from .index import StoreIndex, unexpected_notes
 from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
 from .overrides import make_request, read_result, replay_marks
@@ -210,6 +211,10 @@ def request_action(
     for value, what in ((run_id, "run_id"), (runner_id, "runner_id")):
         if value is not None:  # a malformed id is bad input (400) before any lookup (404)
             valid_id(value, what)
+    try:  # argv text is not UTF-8-checked (surrogateescape): it could never be written
+        check_tree({"prompt": prompt, "reason": reason})
+    except DocumentError as exc:
+        raise LookupFailed(400, str(exc)) from None
     if op == "close":
         load_meta(layout, batch_id)
     else:

@@ -91,7 +91,8 @@ def source_path(settings: _SettingsLike) -> Path:
 def read_auth(path: Path) -> dict[str, Any] | None:
     """The parsed file, or None (missing, unreadable, not a JSON object)."""
     try:
-        data = loads_json(path.read_bytes())  # never RecursionError: a hostile file is None
+        # Codex writes this file: a lone surrogate in it is its business, not refused here
+        data = loads_json(path.read_bytes(), allow_surrogates=True)  # never RecursionError
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -114,7 +115,8 @@ def jwt_exp(token: Any) -> datetime | None:
         return None
     payload = token.split(".")[1]
     try:
-        claims = loads_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = loads_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)),
+                            allow_surrogates=True)
         exp = claims.get("exp") if isinstance(claims, dict) else None
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             return None

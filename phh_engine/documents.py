@@ -2,11 +2,13 @@
 
 Python's parsers accept things phh must not: `NaN`, `Infinity` and numbers like `1e400`
 (a float overflowing to infinity, which then serialises as `null`: a step silently loses its
-timeout), integers of thousands of digits (a ValueError that is not a JSONDecodeError), and
-nesting so deep that the parser itself raises RecursionError (a traceback, not an error
-message). Every loader here turns each of those into a `DocumentError` that names the JSON
-path of the first offending value, so a door can refuse the document (exit 2, HTTP 4xx)
-before anything is written.
+timeout), integers of thousands of digits (a ValueError that is not a JSONDecodeError, or in
+YAML a hex/sexagesimal value that later cannot be printed), strings holding lone surrogate
+escapes like `"\\ud800"` (not Unicode text: writing them as UTF-8 raises), YAML mapping keys
+that are not strings (`? [a, b]`: an unhashable key), and nesting so deep that the parser
+itself raises RecursionError (a traceback, not an error message). Every loader here turns
+each of those into a `DocumentError` that names the JSON path of the first offending value,
+so a door can refuse the document (exit 2, HTTP 4xx) before anything is written.
 
     loads_json(text)          # -> parsed value, or DocumentError(path, message)
     loads_yaml(text, loader)  # the same for YAML (a SafeLoader subclass)
@@ -32,6 +34,9 @@ MAX_EXPANDED_VALUES = 1_000_000
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: The smallest integer with more than MAX_INT_DIGITS digits.
+_INT_LIMIT = 10 ** MAX_INT_DIGITS
 
 
 class DocumentError(ValueError):
@@ -86,12 +91,25 @@ def _parse_float(text: str) -> float | _Hostile:
 def _parse_int(text: str) -> int | _Hostile:
     digits = len(text.lstrip("-"))
     if digits > MAX_INT_DIGITS:
-        return _Hostile(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+        return _Hostile(f"an integer of {digits} digits (at most {MAX_INT_DIGITS} digits)")
     return int(text)
 
 
-def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "") -> None:
-    """Refuse non-finite floats, over-deep nesting and alias explosions in a parsed value.
+def _surrogate_problem(text: str, what: str) -> str | None:
+    """Why `text` (a string or key) is not Unicode text, or None."""
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    return (f"{what} holds the lone surrogate U+{ord(m.group()):04X} at character {m.start()} "
+            "(not Unicode text: an unpaired \\ud800-\\udfff escape, or bytes that are not "
+            "UTF-8)")
+
+
+def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "",
+               allow_surrogates: bool = False) -> None:
+    """Refuse non-finite floats, integers of more than MAX_INT_DIGITS digits, strings or keys
+    holding lone surrogates (unless `allow_surrogates`), over-deep nesting and alias
+    explosions in a parsed value.
 
     Iterative (no recursion limit); a container reached twice (a YAML alias) is walked once.
     Raises DocumentError naming the first offending path (below `root`)."""
@@ -100,6 +118,8 @@ def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "") -> Non
     stack: list[Entry] = [(value, None, None, 0)]
     seen: set[int] = set()
     shared = False
+    walked: tuple[type, ...] = (float, int, _Hostile, dict, list, *(() if allow_surrogates
+                                                                     else (str,)))
 
     def path_of(entry: Entry) -> str:
         keys: list[Any] = []
@@ -115,7 +135,18 @@ def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "") -> Non
     while stack:
         entry = stack.pop()
         node, _, _, depth = entry
-        if isinstance(node, float):
+        if isinstance(node, str):
+            why = _surrogate_problem(node, "the string")
+            if why is not None:
+                raise DocumentError(path_of(entry), why)
+        elif isinstance(node, bool):
+            pass
+        elif isinstance(node, int):
+            # bit_length first: the exact comparison is only paid for near-limit values
+            if node.bit_length() > 3 * MAX_INT_DIGITS and abs(node) >= _INT_LIMIT:
+                raise DocumentError(path_of(entry), f"an integer of more than "
+                                                    f"{MAX_INT_DIGITS} digits")
+        elif isinstance(node, float):
             if not math.isfinite(node):
                 raise DocumentError(path_of(entry), f"{node} is not a finite number (NaN and "
                                                     "infinities are refused)")
@@ -131,7 +162,11 @@ def check_tree(value: Any, *, max_depth: int = MAX_DEPTH, root: str = "") -> Non
             seen.add(id(node))
             items = node.items() if isinstance(node, dict) else enumerate(node)
             for key, child in items:
-                if isinstance(child, float | dict | list | _Hostile):
+                if not allow_surrogates and isinstance(key, str) and isinstance(node, dict):
+                    why = _surrogate_problem(key, "the key")
+                    if why is not None:
+                        raise DocumentError(path_of((child, entry, key, depth + 1)), why)
+                if isinstance(child, walked):
                     stack.append((child, entry, key, depth + 1))
     if shared and _expanded(value, {}) > MAX_EXPANDED_VALUES:
         raise DocumentError(root or "$", f"the document expands to more than "
@@ -185,10 +220,12 @@ def _deep_json_path(text: str, max_depth: int) -> str:
 
 
 def loads_json(text: str | bytes, *, max_depth: int = MAX_DEPTH,
-               object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+               object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+               allow_surrogates: bool = False) -> Any:
     """Parse JSON text. Raises `json.JSONDecodeError` for a syntax error (with line and
-    column) and `DocumentError` for a non-finite number, an over-long integer or nesting
-    deeper than `max_depth`."""
+    column) and `DocumentError` for a non-finite number, an over-long integer, a lone
+    surrogate escape in a string or key (unless `allow_surrogates`: files Codex writes) or
+    nesting deeper than `max_depth`."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")
     try:
@@ -198,8 +235,89 @@ def loads_json(text: str | bytes, *, max_depth: int = MAX_DEPTH,
         raise DocumentError(_deep_json_path(text, max_depth),
                             f"nested deeper than {max_depth} levels of objects and "
                             "arrays") from None
-    check_tree(value, max_depth=max_depth)
+    check_tree(value, max_depth=max_depth, allow_surrogates=allow_surrogates)
     return value
+
+
+_YAML = "tag:yaml.org,2002:"
+#: Scalar tags whose SafeConstructor raises ValueError/KeyError (not a YAMLError) on a bad
+#: value written with an explicit tag, e.g. `!!int abc`.
+_CHECKED_SCALARS = {f"{_YAML}{t}": t for t in ("int", "float", "bool")}
+#: The YAML types that are JSON data; `!!timestamp`, `!!binary`, `!!set`, `!!omap` and
+#: `!!pairs` would reach phh as dates, bytes and sets no JSON document can hold.
+_JSON_TAGS = frozenset(f"{_YAML}{t}" for t in ("str", "int", "float", "bool", "null", "map",
+                                               "seq"))
+
+
+def _int_problem(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str | None:
+    """Why an `!!int` scalar is refused (too many digits, not an integer), or None. The
+    digits are counted before converting: `int()` of 4,300+ decimal digits raises, and a
+    hex or sexagesimal value converts fine but cannot be printed later."""
+    text = node.value.replace("_", "").lstrip("+-")
+    if text.isascii() and text.isdigit() and not (text.startswith("0") and len(text) > 1):
+        if len(text) > MAX_INT_DIGITS:
+            return f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS} digits)"
+        return None
+    if len(text) > 4 * MAX_INT_DIGITS:  # refused unread: bounds what converting may cost
+        return (f"an integer written with {len(text)} characters (at most "
+                f"{MAX_INT_DIGITS} digits)")
+    try:
+        value = loader.construct_yaml_int(node)
+    except (ValueError, TypeError, IndexError):
+        return f"{node.value[:40]!r} is not an integer"
+    if abs(value) >= _INT_LIMIT:
+        return f"an integer of more than {MAX_INT_DIGITS} digits"
+    return None
+
+
+def _check_yaml_nodes(loader: yaml.SafeLoader, root: yaml.Node) -> None:
+    """Refuse, before anything is constructed: mapping keys that are not strings (a sequence
+    or mapping key is unhashable; `1:`, `yes:`, `~:` are not JSON keys), values that are not
+    JSON data (dates, bytes, sets), integers of more than MAX_INT_DIGITS digits and
+    explicitly tagged scalars their constructor cannot read.
+    Iterative; a node reached twice (an alias) is walked once. Raises DocumentError."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.tag not in _JSON_TAGS:
+            raise DocumentError(path or "$", f"a YAML {node.tag.replace(_YAML, '!!')} value "
+                                f"(line {node.start_mark.line + 1}) is not JSON data (quote "
+                                "it if it is meant as a string)")
+        if isinstance(node, yaml.ScalarNode):
+            kind = _CHECKED_SCALARS.get(node.tag)
+            if kind == "int":
+                why = _int_problem(loader, node)
+            elif kind is not None:
+                try:
+                    loader.yaml_constructors[node.tag](loader, node)
+                    why = None
+                except yaml.YAMLError:
+                    why = None  # construction reports it with line and column
+                except (ValueError, KeyError, IndexError, TypeError, OverflowError):
+                    why = f"{node.value[:40]!r} is not a valid {kind}"
+            else:
+                why = None
+            if why is not None:
+                raise DocumentError(path or "$", why)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, join(path, i)) for i, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            for key, child in node.value:
+                if key.tag == f"{_YAML}merge":  # `<<: *base`: its keys land in this mapping
+                    stack.append((child, path))
+                    continue
+                if not (isinstance(key, yaml.ScalarNode) and key.tag == f"{_YAML}str"):
+                    shape = ("a sequence" if isinstance(key, yaml.SequenceNode) else
+                             "a mapping" if isinstance(key, yaml.MappingNode) else
+                             f"{key.value[:40]!r} (read as {key.tag.rsplit(':', 1)[-1]})")
+                    raise DocumentError(path or "$", f"a mapping key must be a string, not "
+                                        f"{shape} (line {key.start_mark.line + 1}; quote a "
+                                        "scalar key to make it a string)")
+                stack.append((child, join(path, key.value)))
 
 
 def _deep_yaml_path(text: str, loader: type[yaml.SafeLoader], max_depth: int) -> str:
@@ -242,12 +360,20 @@ def _deep_yaml_path(text: str, loader: type[yaml.SafeLoader], max_depth: int) ->
 def loads_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader, *,
                max_depth: int = MAX_DEPTH) -> Any:
     """Parse YAML text with `loader` (a SafeLoader subclass). Raises `yaml.YAMLError` for a
-    syntax error and `DocumentError` as `loads_json` does (`.inf` and `.nan` included)."""
+    syntax error and `DocumentError` as `loads_json` does (`.inf` and `.nan` included), and
+    for a mapping key that is not a string or a tagged scalar that is not what its tag says.
+    The nodes are checked before anything is constructed (a constructor may hash keys)."""
+    reader = loader(text)
     try:
-        value = yaml.load(text, Loader=loader)
+        node = reader.get_single_node()
+        if node is not None:
+            _check_yaml_nodes(reader, node)
+        value = reader.construct_document(node) if node is not None else None
     except RecursionError:
         raise DocumentError(_deep_yaml_path(text, loader, max_depth),
                             f"nested deeper than {max_depth} levels of mappings and "
                             "sequences") from None
+    finally:
+        reader.dispose()
     check_tree(value, max_depth=max_depth)
     return value

@@ -746,6 +746,10 @@ def submit(
     submitted again return the first batch instead of creating a second one."""
     now = now or utcnow()
     if isinstance(source, dict):
+        try:
+            check_tree(source)  # before hashing: a lone surrogate or a huge int cannot encode
+        except DocumentError as exc:
+            raise SubmitError([Issue(exc.path, exc.message)]) from None
         raw, data, source_path = source, canonical_bytes(source), None
     else:
         raw, data = load_launch_table(Path(source))

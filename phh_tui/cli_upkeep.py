@@ -67,6 +67,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
     """`runner list | drain ID | undrain ID`."""
     from pydantic import ValidationError
 
+    from phh_engine.documents import DocumentError, check_tree
     from phh_engine.harness_config import ConfigError, load_config
     from phh_engine.health import fmt_bytes, read_health, runner_statuses, set_drain
     from phh_engine.models import utcnow
@@ -111,8 +112,13 @@ def cmd_runner(args: argparse.Namespace) -> int:
         _err(f"unknown runner {args.runner_id!r} (known: {', '.join(sorted(known)) or 'none'})")
         return EXIT_FAIL
     try:
+        # argv text is not UTF-8-checked (surrogateescape): refuse what could not be written
+        check_tree({"reason": getattr(args, "reason", None)})
         set_drain(layout, args.runner_id, draining, reason=getattr(args, "reason", None),
                   requested_by="cli")
+    except DocumentError as exc:
+        _err(str(exc))
+        return EXIT_INVALID
     except ValidationError as exc:
         _err("; ".join(str(e["msg"]) for e in exc.errors()))
         return EXIT_INVALID
