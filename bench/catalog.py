@@ -47,7 +47,7 @@ from scoreboard import GOAL, PROMPT, build_store, fill_batch  # noqa: E402
 SERVE = r"""
 import time, sys, os, threading, asyncio, resource, json
 t0 = time.perf_counter()
-from phh_engine.engine import Engine
+from phh_engine.engine.loop import Engine
 root, bounded, use = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
 eng = Engine(root, bounded=bounded, use_catalog=use, concurrency=1)
 health = os.path.join(root, "runners", "local", "health.json")
@@ -181,9 +181,9 @@ def main() -> int:
                 ("phh --help (interpreter + imports)", ["--help"])):
             med, size = cli(root, argv, env)
             print(f"  {label:42s} {med * 1000:8.1f} ms  {size / 1024:8.1f} KiB")
-        from phh_engine import history
-        from phh_engine.catalog import Catalog
-        from phh_engine.paths import Layout
+        from phh_engine.interfaces import history
+        from phh_engine.store.catalog import Catalog
+        from phh_engine.store.paths import Layout
 
         cat = Catalog.open(Layout(root))
         print("in-process pages from the catalog (median of 20; target <= 50 ms):")

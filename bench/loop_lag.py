@@ -47,12 +47,12 @@ VARIANTS = ("engine", "loop-writes")
 
 def run_variant(variant: str, jobs: int, concurrency: int, events: int, gap: float) -> dict:
     """One engine run in this process; returns its figures."""
-    from phh_engine import runner
-    from phh_engine.engine import Engine
-    from phh_engine.harness_config import materialize
+    from phh_engine.engine.loop import Engine
     from phh_engine.models import HarnessSettings
-    from phh_engine.paths import Layout
-    from phh_engine.store import atomic_write_json, write_state
+    from phh_engine.runners import local as runner
+    from phh_engine.store.files import atomic_write_json, write_state
+    from phh_engine.store.harness_config import materialize
+    from phh_engine.store.paths import Layout
 
     tmp = Path(tempfile.mkdtemp(prefix="phh-bench-lag-"))
     root = tmp / "phh"

@@ -51,12 +51,12 @@ import ray  # noqa: E402
 from common import cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from phh_engine.engine import Engine, EngineEvent  # noqa: E402
-from phh_engine.harness_config import materialize  # noqa: E402
+from phh_engine.engine.loop import Engine, EngineEvent  # noqa: E402
 from phh_engine.models import HarnessSettings  # noqa: E402
 from phh_engine.models.harness_config import RunnerSpec  # noqa: E402
-from phh_engine.paths import Layout  # noqa: E402
-from phh_engine.store import atomic_write_json  # noqa: E402
+from phh_engine.store.files import atomic_write_json  # noqa: E402
+from phh_engine.store.harness_config import materialize  # noqa: E402
+from phh_engine.store.paths import Layout  # noqa: E402
 
 PROMPT = "Do nothing, quickly."
 
@@ -66,7 +66,7 @@ class Floor:
     on a pidfd), `conc` at a time; returns the wall seconds."""
 
     async def run(self, dirs: list[str], conc: int) -> float:
-        from phh_engine.runner import _AdoptedHandle
+        from phh_engine.runners.local import _AdoptedHandle
         from phh_engine.runners.ray_node import spawn_detached
 
         sem = asyncio.Semaphore(conc)

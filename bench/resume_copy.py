@@ -43,15 +43,15 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from phh_engine.engine import Engine  # noqa: E402
-from phh_engine.harness_config import materialize  # noqa: E402
+from phh_engine.engine.loop import Engine  # noqa: E402
+from phh_engine.interfaces.submit import submit  # noqa: E402
 from phh_engine.models import HarnessSettings  # noqa: E402
-from phh_engine.paths import Layout  # noqa: E402
-from phh_engine.runner import LocalRunner  # noqa: E402
+from phh_engine.runners.local import LocalRunner  # noqa: E402
+from phh_engine.runners.workspace import FICLONE, CopyStats, copy_tree  # noqa: E402
 from phh_engine.standin import StandIn, script  # noqa: E402
-from phh_engine.store import atomic_write_json  # noqa: E402
-from phh_engine.submit import submit  # noqa: E402
-from phh_engine.workspace import FICLONE, CopyStats, copy_tree  # noqa: E402
+from phh_engine.store.files import atomic_write_json  # noqa: E402
+from phh_engine.store.harness_config import materialize  # noqa: E402
+from phh_engine.store.paths import Layout  # noqa: E402
 
 GOAL = ("This batch measures what a long chain of Codex resumes costs phh when each resume "
         "copies the previous attempt's conversation files into a fresh session store. ") * 8

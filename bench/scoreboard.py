@@ -6,7 +6,7 @@ The store is made by `phh init` + `phh submit` (through the CLI entry point, ben
 and then a synthetic writer (on phh_tui.synthetic.AttemptWriter, which the dashboard's synthetic
 store uses too) that lays out attempt directories exactly as the runner does (meta.json,
 state.json, final.json, handoff.json, events, a codex_home/sessions rollout, current.json),
-built from phh's own models and serialised with `phh_engine.store.to_bytes`, but without the
+built from phh's own models and serialised with `phh_engine.store.files.to_bytes`, but without the
 per-file fsync (that only matters for crash safety, not for what a reader sees). A few jobs
 retried, failed or need attention, so every scoreboard section has rows.
 
@@ -49,8 +49,7 @@ if str(REPO) not in sys.path:  # `python bench/scoreboard.py` from a checkout wi
 
 from common import FAKE_CODEX, cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
 
-from phh_engine import board_files  # noqa: E402
-from phh_engine.index import StoreIndex  # noqa: E402
+from phh_engine.derive.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
 from phh_engine.models import (  # noqa: E402
     AttemptState,
     BatchMeta,
@@ -60,7 +59,13 @@ from phh_engine.models import (  # noqa: E402
     Usage,
     utcnow,
 )
-from phh_engine.paths import (  # noqa: E402
+from phh_engine.store.files import (  # noqa: E402
+    board_files,
+    read_model,
+    to_bytes,
+)
+from phh_engine.store.index import StoreIndex  # noqa: E402
+from phh_engine.store.paths import (  # noqa: E402
     CODEX_HOME,
     EVENTS,
     FINAL_JSON,
@@ -70,9 +75,7 @@ from phh_engine.paths import (  # noqa: E402
     STATE,
     Layout,
 )
-from phh_engine.pointers import build_current  # noqa: E402
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard  # noqa: E402
-from phh_engine.store import read_model, to_bytes  # noqa: E402
+from phh_engine.store.pointers import build_current  # noqa: E402
 from phh_tui import cli  # noqa: E402
 from phh_tui.synthetic import AttemptWriter, Parent  # noqa: E402
 

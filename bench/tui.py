@@ -40,9 +40,9 @@ from textual import events  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 from textual.widgets import DataTable, TabbedContent, TabPane  # noqa: E402
 
-from phh_engine.index import StoreIndex  # noqa: E402
-from phh_engine.paths import Layout  # noqa: E402
-from phh_engine.scoreboards import batch_scoreboard  # noqa: E402
+from phh_engine.derive.scoreboards import batch_scoreboard  # noqa: E402
+from phh_engine.store.index import StoreIndex  # noqa: E402
+from phh_engine.store.paths import Layout  # noqa: E402
 from phh_tui.app import PhhApp  # noqa: E402
 from phh_tui.backend import StoreBackend  # noqa: E402
 from phh_tui.screens import BatchScreen  # noqa: E402
@@ -208,7 +208,7 @@ async def bench_external_write(root: Path, batch_id: str, writes: int) -> None:
     throttled redraw): the issue's 250 ms goal. The watching store backend, as in observer
     mode; the write is an atomic replace, as the engine's."""
     from phh_engine.models import AttemptState
-    from phh_engine.store import atomic_write_json, read_model
+    from phh_engine.store.files import atomic_write_json, read_model
     from phh_tui.screens import BatchScreen as _BatchScreen
 
     app = PhhApp(root, backend=StoreBackend(root), alerts="off")

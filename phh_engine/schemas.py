@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from .credentials import CredentialPause
 from .models import (
     ID_PATTERN,
     AttemptMeta,
@@ -37,6 +36,7 @@ from .models import (
     check_id,
 )
 from .models.pause import StartPause
+from .runners.credentials import CredentialPause
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 REPO_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"

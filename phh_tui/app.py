@@ -42,9 +42,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from phh_engine.engine import EngineError, EngineEvent
+from phh_engine.engine.loop import EngineError, EngineEvent
 from phh_engine.models import RunnerHealth, utcnow
-from phh_engine.store import read_model
+from phh_engine.store.files import read_model
 from phh_tui.backend import Backend, EngineBackend, Outcome, StoreBackend
 from phh_tui.board import Alert, Board, compute_board
 from phh_tui.dialogs import HelpScreen, QuitScreen

@@ -1,4 +1,4 @@
-"""The files of one attempt the step screen shows, read through phh_engine.logs (the one
+"""The files of one attempt the step screen shows, read through phh_engine.store.logs (the one
 reader of attempt files: a GC-compressed log reads like the plain one; symlinks and
 non-regular files are refused). No Textual here: every function blocks on file I/O and is
 called from a worker thread, never on the UI thread."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from phh_engine.logs import log_path, open_log, read_log_bytes, read_log_tail
-from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
+from phh_engine.store.logs import log_path, open_log, read_log_bytes, read_log_tail
+from phh_engine.store.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
 from phh_tui.eventlines import EventLog, Line
 
 #: final.txt shown when it is not a valid Run Report (characters)

@@ -24,23 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phh_engine.api_ops import engine_serving
-from phh_engine.engine import Engine, EngineEvent
-from phh_engine.index import CLOSED_MARKER, StoreIndex
-from phh_engine.overrides import (
+from phh_engine.engine.loop import Engine, EngineEvent
+from phh_engine.interfaces.api_ops import engine_serving
+from phh_engine.store.index import CLOSED_MARKER, StoreIndex
+from phh_engine.store.overrides import (
     OverrideResult,
     apply_marks,
     make_request,
     read_result,
     replay_marks,
 )
-from phh_engine.paths import (
+from phh_engine.store.paths import (
     Layout,
     attempt_dir_names,
     is_attempt_dir_name,
     run_id_of,
 )
-from phh_engine.views import BatchView, StepView
+from phh_engine.store.views import BatchView, StepView
 
 from .watchset import WatchSet, is_interesting
 

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from phh_engine.derive.scoreboards import batch_scoreboard, system_scoreboard
 from phh_engine.models import BatchScoreboard, RunnerHealth, SystemScoreboard
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
-from phh_engine.views import BatchView
+from phh_engine.store.views import BatchView
 
 ATTENTION_KINDS = ("stuck", "needs_attention", "failed")
 TERMINAL_STEP_STATUSES = ("succeeded", "failed", "needs_attention", "canceled")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, id_arg
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
@@ -22,9 +22,9 @@ from phh_tui.cli_common import root_of as _root
 
 # ---------------------------------------------------------------- commands
 def cmd_init(args: argparse.Namespace) -> int:
-    from phh_engine.harness_config import ConfigError, load_settings, materialize
     from phh_engine.models import HarnessSettings
-    from phh_engine.store import atomic_write_json
+    from phh_engine.store.files import atomic_write_json
+    from phh_engine.store.harness_config import ConfigError, load_settings, materialize
 
     layout = Layout(_root(args))
     for d in (layout.runs, layout.runners):
@@ -51,8 +51,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from phh_engine.harness_config import ConfigError
-    from phh_engine.submit import SubmitError, submit
+    from phh_engine.interfaces.submit import SubmitError, submit
+    from phh_engine.store.harness_config import ConfigError
     from phh_tui.cli_check import cmd_check, print_notes
 
     if args.check:
@@ -114,9 +114,9 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         return run_app(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                        alerts=args.alerts, ray_address=args.ray)
-    from phh_engine.doctor import PreflightError
-    from phh_engine.engine import Engine, EngineError
-    from phh_engine.harness_config import ConfigError
+    from phh_engine.engine.loop import Engine, EngineError
+    from phh_engine.runners.doctor import PreflightError
+    from phh_engine.store.harness_config import ConfigError
 
     engine = Engine(_root(args), concurrency=args.concurrency, runner_id=args.runner_id,
                     until_idle=args.until_idle, ray_address=args.ray)
@@ -144,7 +144,7 @@ def cmd_scoreboard(args: argparse.Namespace) -> int:
     """The engine's own file while an engine serves the root and keeps it fresh (a few ms),
     else the view a derivation kept while nothing it read has changed (~0.1 s at 1000 jobs),
     else derived from the store here (reads every attempt's state.json)."""
-    from phh_engine.board_files import cached_board, engine_board
+    from phh_engine.store.board_files import cached_board, engine_board
 
     root = _root(args)
     if not args.recompute:
@@ -170,8 +170,8 @@ def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:
     # A one-shot process that keeps every object it makes until it exits: cyclic GC passes
     # over the thousands of small models would only cost time.
     gc.disable()
-    from phh_engine.api_ops import derive_view
-    from phh_engine.artifacts import LookupFailed
+    from phh_engine.interfaces.api_ops import derive_view
+    from phh_engine.interfaces.artifacts import LookupFailed
     from phh_tui.cli_automation import fail
 
     try:
@@ -203,8 +203,8 @@ def _show_board(batch_id: str | None, board: Any, age: float | None = None) -> i
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from phh_engine.catalog import Catalog, CatalogError
-    from phh_engine.pointers import reindex
+    from phh_engine.store.catalog import Catalog, CatalogError
+    from phh_engine.store.pointers import reindex
 
     layout = Layout(_root(args))
     n = reindex(layout)
@@ -227,7 +227,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     try:
         cfg = load_config(Layout(_root(args)))
@@ -240,7 +240,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def engine_serving(layout: Layout) -> bool:
     """Is any engine serving this root? (Each holds its runner's lock while it runs.)"""
-    from phh_engine.api_ops import engine_serving as serving
+    from phh_engine.interfaces.api_ops import engine_serving as serving
 
     return serving(layout)
 
@@ -248,9 +248,9 @@ def engine_serving(layout: Layout) -> bool:
 def cmd_override(args: argparse.Namespace) -> int:
     """cancel | retry | resume | requeue | mark-failed | close: a request file the engine
     applies exactly once; we wait for its result when an engine is running (the same
-    operation the HTTP API offers: phh_engine.api_ops.request_action)."""
-    from phh_engine.api_ops import request_action
-    from phh_engine.artifacts import LookupFailed
+    operation the HTTP API offers: phh_engine.interfaces.api_ops.request_action)."""
+    from phh_engine.interfaces.api_ops import request_action
+    from phh_engine.interfaces.artifacts import LookupFailed
 
     layout = Layout(_root(args))
     try:

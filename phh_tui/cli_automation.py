@@ -1,4 +1,5 @@
-"""`phh` subcommands for automation (docs/interfaces.md): the CLI face of `phh_engine.api_ops`.
+"""`phh` subcommands for automation (docs/interfaces.md): the CLI face of
+`phh_engine.interfaces.api_ops`.
 
 Every command here prints with `--json` exactly what the HTTP API answers for the same
 operation (same keys, same values), and on failure with `--json` prints the API's error body
@@ -16,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phh_engine.paths import ARTIFACT_NAMES, Layout
+from phh_engine.store.paths import ARTIFACT_NAMES, Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, bounded_int
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
 
 if TYPE_CHECKING:
-    from phh_engine.artifacts import AttemptRef, EventLine, LookupFailed
+    from phh_engine.interfaces.artifacts import AttemptRef, EventLine, LookupFailed
 
 AddFn = Callable[..., argparse.ArgumentParser]
 # Engine modules are imported inside each command: building the parser (every `phh` call)
@@ -45,7 +46,7 @@ def fail(exc: LookupFailed, as_json: bool) -> int:
 
 
 def _locate(layout: Layout, args: argparse.Namespace, ids: list[str]) -> AttemptRef:
-    from phh_engine.artifacts import LookupFailed, attempt_from_dir, find_attempt
+    from phh_engine.interfaces.artifacts import LookupFailed, attempt_from_dir, find_attempt
 
     if args.attempt_dir:
         if ids:
@@ -58,8 +59,8 @@ def _locate(layout: Layout, args: argparse.Namespace, ids: list[str]) -> Attempt
 
 # ---------------------------------------------------------------------------- commands
 def cmd_current(args: argparse.Namespace) -> int:
-    from phh_engine.api_ops import current_index
-    from phh_engine.artifacts import LookupFailed
+    from phh_engine.interfaces.api_ops import current_index
+    from phh_engine.interfaces.artifacts import LookupFailed
 
     try:
         cur = current_index(Layout(_root(args)), args.batch, args.job)
@@ -82,8 +83,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     if wants_page(args):  # one page from the catalog (before the heavier imports below)
         return paged_jobs(args)
-    from phh_engine.api_ops import list_jobs
-    from phh_engine.artifacts import LookupFailed
+    from phh_engine.interfaces.api_ops import list_jobs
+    from phh_engine.interfaces.artifacts import LookupFailed
 
     try:
         out = list_jobs(Layout(_root(args)), args.batch)
@@ -105,8 +106,8 @@ def cmd_attempts(args: argparse.Namespace) -> int:
 
     if wants_page(args):  # one page from the catalog (before the heavier imports below)
         return paged_attempts(args)
-    from phh_engine.api_ops import list_attempts
-    from phh_engine.artifacts import LookupFailed
+    from phh_engine.interfaces.api_ops import list_attempts
+    from phh_engine.interfaces.artifacts import LookupFailed
 
     try:
         out = list_attempts(Layout(_root(args)), args.batch, args.job, args.step)
@@ -122,8 +123,8 @@ def cmd_attempts(args: argparse.Namespace) -> int:
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
-    from phh_engine.artifacts import LookupFailed, check_name, iter_artifact
-    from phh_engine.documents import loads_json
+    from phh_engine.interfaces.artifacts import LookupFailed, check_name, iter_artifact
+    from phh_engine.store.documents import loads_json
 
     layout = Layout(_root(args))
     *ids, name = args.what
@@ -155,7 +156,7 @@ def cmd_artifact(args: argparse.Namespace) -> int:
 
 
 def _emit(line: EventLine, as_json: bool) -> None:
-    from phh_engine.artifacts import describe_event
+    from phh_engine.interfaces.artifacts import describe_event
 
     if as_json:
         sys.stdout.write(json.dumps(line.as_dict(), separators=(",", ":")) + "\n")
@@ -169,7 +170,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     same items as the API's `events`); --follow keeps going until the attempt ends."""
     import asyncio
 
-    from phh_engine.artifacts import LookupFailed, events_file, iter_lines, last_lines
+    from phh_engine.interfaces.artifacts import LookupFailed, events_file, iter_lines, last_lines
 
     layout = Layout(_root(args))
     try:
@@ -192,7 +193,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 async def _follow(ref: AttemptRef, offset: int, as_json: bool) -> int:
-    from phh_engine.artifacts import EventLine, follow_lines
+    from phh_engine.interfaces.artifacts import EventLine, follow_lines
 
     async for item in follow_lines(ref, offset):
         if isinstance(item, EventLine):
@@ -208,8 +209,8 @@ async def _follow(ref: AttemptRef, offset: int, as_json: bool) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """One scan of the filesystem queue (the engine does this by itself while it runs)."""
-    from phh_engine.harness_config import ConfigError, load_config
-    from phh_engine.queue import DropQueue
+    from phh_engine.interfaces.queue import DropQueue
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(_root(args))
     try:
@@ -236,8 +237,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from phh_engine.api import ApiServer, ServeError
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.interfaces.api import ApiServer, ServeError
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(_root(args))
     try:
@@ -259,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def api_enabled(root: Path) -> bool:
     """interfaces.api_mode.enabled: `phh run` then serves the API without --api."""
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     try:
         return load_config(Layout(root), write=False).interfaces.api_mode.enabled
@@ -270,8 +271,8 @@ def api_enabled(root: Path) -> bool:
 def start_api_for_run(root: Path) -> Any:
     """`phh run --api`: the API in a thread beside the engine; None (with a message) when it
     cannot start. The caller stops it."""
-    from phh_engine.api import ApiServer, ServeError
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.interfaces.api import ApiServer, ServeError
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(root)
     try:

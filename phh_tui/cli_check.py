@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 from phh_tui.cli_common import EXIT_INVALID, EXIT_OK, err, print_json, root_of
 
 
@@ -17,8 +17,8 @@ def print_notes(notes: list[dict[str, str]], indent: str = "") -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 only if every table passes; 2 if any is rejected (or nothing was found)."""
-    from phh_engine.harness_config import ConfigError, load_config
-    from phh_engine.table_check import check_paths
+    from phh_engine.interfaces.table_check import check_paths
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(root_of(args))
     try:

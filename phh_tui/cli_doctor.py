@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, err, print_json, root_of
 
 AddFn = Callable[..., argparse.ArgumentParser]
@@ -16,8 +16,8 @@ AddFn = Callable[..., argparse.ArgumentParser]
 def version_text(root: str | None = None) -> str:
     """`phh X.Y.Z` and the Codex CLI phh would run (version and path), or why there is none."""
     from phh_engine import __version__
-    from phh_engine.codex_cli import PINNED_CODEX_VERSION, CodexNotFound, codex_version
-    from phh_engine.doctor import context_for
+    from phh_engine.runners.codex_cli import PINNED_CODEX_VERSION, CodexNotFound, codex_version
+    from phh_engine.runners.doctor import context_for
 
     lines = [f"phh {__version__}"]
     try:
@@ -51,8 +51,8 @@ class VersionAction(argparse.Action):
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from phh_engine.doctor import context_for, run_checks
     from phh_engine.runners import ray_doctor  # registers the Ray cluster check
+    from phh_engine.runners.doctor import context_for, run_checks
 
     del ray_doctor
     rows = run_checks(context_for(Layout(root_of(args))))
@@ -78,8 +78,8 @@ def refuse_unrunnable(root: Path) -> int | None:
     when no attempt could succeed (no Codex, a Codex config missing or not TOML, an unknown
     provider, no credential); None when it may go on. A broken harness config is left to
     the engine's own error."""
-    from phh_engine.doctor import PreflightError, preflight
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.runners.doctor import PreflightError, preflight
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(root)
     try:
@@ -99,7 +99,7 @@ def refuse_unrunnable(root: Path) -> int | None:
 
 def refuse_without_codex() -> int | None:
     """For commands that run Codex on a root of their own (`phh demo`)."""
-    from phh_engine.doctor import PreflightError, check_codex_present, preflight
+    from phh_engine.runners.doctor import PreflightError, check_codex_present, preflight
 
     try:
         preflight(Layout(Path.cwd()), None, (check_codex_present,))
@@ -113,7 +113,7 @@ def refuse_without_codex() -> int | None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Bare `phh`: the dashboard on the root; it runs an engine unless one already serves
     the root (then it observes, and actions go to that engine)."""
-    from phh_engine.doctor import is_phh_root, serving_runners
+    from phh_engine.runners.doctor import is_phh_root, serving_runners
 
     root = root_of(args)
     layout = Layout(root)

@@ -1,7 +1,7 @@
 """`phh history ...` and the paged forms of `phh jobs` / `phh attempts`: the CLI face of
-phh_engine/history.py (catalog queries). With `--json` each prints what the API answers for
-the same query (/v1/history/*, /v1/batches/{b}/steps). Exit codes: 0 ok; 1 not found or the
-catalog cannot be used where it is configured; 2 a malformed argument (named)."""
+phh_engine/interfaces/history.py (catalog queries). With `--json` each prints what the API
+answers for the same query (/v1/history/*, /v1/batches/{b}/steps). Exit codes: 0 ok; 1 not
+found or the catalog cannot be used where it is configured; 2 a malformed argument (named)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 from phh_tui.cli_common import EXIT_OK
 from phh_tui.cli_common import print_json as _print_json
 from phh_tui.cli_common import root_of as _root
@@ -18,14 +18,14 @@ AddFn = Callable[..., argparse.ArgumentParser]
 
 
 def _run(args: argparse.Namespace, fn_name: str, **kw: Any) -> tuple[int, Any]:
-    from phh_engine import history
+    from phh_engine.interfaces import history
 
     reader = history.Reader(Layout(_root(args)))
     try:
         return EXIT_OK, reader.run(getattr(history, fn_name), **kw)
     except Exception as exc:
         # imported only now: the models behind it cost a catalog read ~0.3 s
-        from phh_engine.artifacts import LookupFailed
+        from phh_engine.interfaces.artifacts import LookupFailed
         from phh_tui.cli_automation import fail
 
         if not isinstance(exc, LookupFailed):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, id_arg
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
@@ -24,8 +24,8 @@ AddFn = Callable[..., argparse.ArgumentParser]
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Retention/GC: list (--dry-run) or carry out every action, each with its reason."""
-    from phh_engine.gc import GcBusy, run_gc
-    from phh_engine.health import fmt_bytes
+    from phh_engine.engine.gc import GcBusy, run_gc
+    from phh_engine.engine.health import fmt_bytes
 
     layout = Layout(_root(args))
     try:
@@ -67,10 +67,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
     """`runner list | drain ID | undrain ID`."""
     from pydantic import ValidationError
 
-    from phh_engine.documents import DocumentError, check_tree
-    from phh_engine.harness_config import ConfigError, load_config
-    from phh_engine.health import fmt_bytes, read_health, runner_statuses, set_drain
+    from phh_engine.engine.health import fmt_bytes, read_health, runner_statuses, set_drain
     from phh_engine.models import utcnow
+    from phh_engine.store.documents import DocumentError, check_tree
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     layout = Layout(_root(args))
     try:

@@ -9,13 +9,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from phh_engine.engine import Engine
-from phh_engine.harness_config import materialize
+from phh_engine.engine.loop import Engine
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import HarnessSettings
-from phh_engine.paths import Layout
 from phh_engine.standin import StandIn
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.paths import Layout
 
 DEMO_BATCH = Path(__file__).parent / "data" / "demo.json"
 

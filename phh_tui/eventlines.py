@@ -2,7 +2,7 @@
 
 Plain Python (no Textual) so `phh tail` or the API could print the same lines. Incremental:
 `EventLog` remembers its byte offset, so each poll of a growing `codex.events.jsonl` costs only
-the bytes appended since the last one. The reading is phh_engine.logs' (the one reader of
+the bytes appended since the last one. The reading is phh_engine.store.logs' (the one reader of
 attempt logs): a GC-compressed log reads like the plain one, and no line is too long to pass.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phh_engine.events import describe_item, parse_event_line
-from phh_engine.logs import LogFollower
+from phh_engine.store.events import describe_item, parse_event_line
+from phh_engine.store.logs import LogFollower
 
 MAX_OUTPUT_LINES = 6
 MAX_MESSAGE_LINES = 30

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from phh_tui.cli_common import EXIT_OK
 
 if TYPE_CHECKING:
-    from phh_engine.engine import Engine, EngineEvent
+    from phh_engine.engine.loop import Engine, EngineEvent
 
 SUMMARY_EVERY = 30.0
 
@@ -61,8 +61,8 @@ class HeadlessLog:
         if not force and t - self._last_summary < self.every:
             return
         self._last_summary = t
+        from phh_engine.derive.scoreboards import batch_scoreboard
         from phh_engine.models import utcnow
-        from phh_engine.scoreboards import batch_scoreboard
 
         now = utcnow()
         for batch in self.engine.index.batches.values():

@@ -1,6 +1,6 @@
 """The dashboard's "history" screen (key H): attempts and failures per hour (sparklines),
 retry rates by failure class, token usage per day and per model, the slowest attempts; all
-from the catalog (phh_engine/history.py, the same queries as `phh history`)."""
+from the catalog (phh_engine/interfaces/history.py, the same queries as `phh history`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 
 #: hours shown by the sparklines (the most recent ones that had attempts)
 HOURS = 72
@@ -55,7 +55,7 @@ class HistoryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True)
     def _load(self) -> None:
-        from phh_engine import history
+        from phh_engine.interfaces import history
 
         reader = history.Reader(self.store_layout)
         try:

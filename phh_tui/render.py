@@ -13,9 +13,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from phh_engine.derive.scoreboards import goal_preview
 from phh_engine.models import STEP_STATUSES, BatchScoreboard, StatusCounts, SystemScoreboard
 from phh_engine.models.scoreboard import ResumeView, SystemNote
-from phh_engine.scoreboards import goal_preview
 
 STATUS_STYLES: dict[str, str] = {
     "blocked": "yellow",

@@ -26,11 +26,11 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane
 
+from phh_engine.derive.scoreboards import goal_preview
 from phh_engine.models import BatchScoreboard, StatusCounts
 from phh_engine.models.scoreboard import ResumeView, StepRow
-from phh_engine.paths import GIT_DIFF
-from phh_engine.scoreboards import goal_preview
-from phh_engine.views import AttemptView, StepView
+from phh_engine.store.paths import GIT_DIFF
+from phh_engine.store.views import AttemptView, StepView
 from phh_tui.attempt_files import AttemptTail, DiffText, read_diff, read_final_text, stderr_tail
 from phh_tui.board import Board, Progress, live_runners
 from phh_tui.dialogs import ConfirmScreen, PromptScreen

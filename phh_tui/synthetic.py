@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from phh_engine.harness_config import materialize
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import (
     AttemptMeta,
     AttemptState,
@@ -33,7 +33,9 @@ from phh_engine.models import (
     TerminationReason,
     Usage,
 )
-from phh_engine.paths import (
+from phh_engine.store.files import read_model, to_bytes
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.paths import (
     CODEX_HOME,
     EVENTS,
     FINAL_JSON,
@@ -44,8 +46,6 @@ from phh_engine.paths import (
     Layout,
     run_dir_name,
 )
-from phh_engine.store import read_model, to_bytes
-from phh_engine.submit import submit
 
 FIXED_NOW = datetime(2026, 1, 14, 17, 30, 0, tzinfo=UTC)
 GOAL = (

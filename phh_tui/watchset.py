@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from phh_engine.index import CLOSED_MARKER
-from phh_engine.paths import FINAL_JSON, META, STATE
+from phh_engine.store.index import CLOSED_MARKER
+from phh_engine.store.paths import FINAL_JSON, META, STATE
 
 ATTEMPT_FILES = frozenset({STATE, META, FINAL_JSON})
 SYSTEM = "_system"

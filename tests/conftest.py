@@ -15,14 +15,14 @@ import pytest
 # (inherited by engines the tests start as subprocesses)
 os.environ["PHH_CHECK_SCHEDULER"] = "1"
 
-from phh_engine.codex_cli import CodexNotFound, locate_codex
-from phh_engine.engine import Engine, EngineEvent
-from phh_engine.harness_config import materialize
+from phh_engine.engine.loop import Engine, EngineEvent
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import HarnessSettings
-from phh_engine.paths import Layout
+from phh_engine.runners.codex_cli import CodexNotFound, locate_codex
 from phh_engine.standin import StandIn, script
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.paths import Layout
 
 GOAL = " ".join(f"word{i}" for i in range(160))
 

@@ -18,13 +18,13 @@ import httpx
 import pytest
 from conftest import GOAL, Harness, final, step, wait_for
 
-from phh_engine import api as api_mod
-from phh_engine.api import ApiServer, Auth, ServeError, create_app, resolve_auth
-from phh_engine.harness_config import load_config, materialize
+from phh_engine.interfaces import api as api_mod
+from phh_engine.interfaces.api import ApiServer, Auth, ServeError, create_app, resolve_auth
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import HarnessSettings
-from phh_engine.paths import ARTIFACT_NAMES, Layout
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import load_config, materialize
+from phh_engine.store.paths import ARTIFACT_NAMES, Layout
 
 VENV_BIN = Path(__file__).parents[1] / ".venv" / "bin"
 TOKEN = "phh-test-token-" + "Q7" * 20

@@ -20,10 +20,10 @@ import pytest
 from conftest import Harness, final, step, wait_for
 from token_server import TokenServer, jwt
 
-from phh_engine import credentials
 from phh_engine.models import HarnessSettings
+from phh_engine.runners import credentials
 from phh_engine.standin import StandIn
-from phh_engine.store import atomic_write_json
+from phh_engine.store.files import atomic_write_json
 
 N = 16
 # Codex 0.169 does not serialise refreshes across processes: a slow token endpoint is what
@@ -327,7 +327,7 @@ def test_gate_one_pilot_per_file_version(tmp_path: Path, tokens: TokenServer,
     the wave, and the same stale file gets no second pilot: no fleet serialised for good."""
     for key in credentials.SECRET_ENV:
         monkeypatch.delenv(key, raising=False)
-    from phh_engine.paths import Layout
+    from phh_engine.store.paths import Layout
 
     cred = tmp_path / "cred" / "auth.json"
     cred.parent.mkdir()
@@ -365,8 +365,8 @@ REFRESH_MESSAGES = [  # Codex 0.169's own texts (codex-rs/login/src/auth/manager
 
 @pytest.mark.parametrize("message", REFRESH_MESSAGES)
 def test_classify_auth(message: str) -> None:
-    from phh_engine.events import EventFacts
-    from phh_engine.runner import classify
+    from phh_engine.runners.local import classify
+    from phh_engine.store.events import EventFacts
 
     facts = EventFacts(turn_failed=message, errors=[message])
     out = classify(exit_code=1, facts=facts, report=None, report_error=None, canceled=False,
@@ -375,8 +375,8 @@ def test_classify_auth(message: str) -> None:
 
 
 def test_classify_not_auth_for_a_port_or_a_recovered_refresh_on_stderr() -> None:
-    from phh_engine.events import EventFacts
-    from phh_engine.runner import classify
+    from phh_engine.runners.local import classify
+    from phh_engine.store.events import EventFacts
 
     facts = EventFacts(turn_failed="unexpected status 500: server_error, url: "
                        "http://127.0.0.1:40123/v1/responses")
@@ -390,7 +390,7 @@ def test_classify_not_auth_for_a_port_or_a_recovered_refresh_on_stderr() -> None
 def test_hostile_auth_json_is_unreadable_not_a_crash(tmp_path: Path) -> None:
     """Issue 11 B2's kind at the credential reader: a file (or a JWT payload) nested 50000
     deep is read as unreadable, never a RecursionError in the engine's credential gate."""
-    from phh_engine.credentials import jwt_exp, status_of
+    from phh_engine.runners.credentials import jwt_exp, status_of
 
     auth = tmp_path / "auth.json"
     auth.write_text("[" * 50000 + "]" * 50000)

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phh_engine import catalog as catmod
-from phh_engine import history
-from phh_engine.artifacts import LookupFailed
-from phh_engine.catalog import Catalog, CatalogError, open_for_reader
+from phh_engine.interfaces import history
+from phh_engine.interfaces.artifacts import LookupFailed
 from phh_engine.models import BatchMeta, utcnow
-from phh_engine.paths import Layout
-from phh_engine.pointers import build_current
-from phh_engine.store import read_model, to_bytes
-from phh_engine.views import AttemptView
+from phh_engine.store import catalog as catmod
+from phh_engine.store.catalog import Catalog, CatalogError, open_for_reader
+from phh_engine.store.files import read_model, to_bytes
+from phh_engine.store.paths import Layout
+from phh_engine.store.pointers import build_current
+from phh_engine.store.views import AttemptView
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -368,8 +368,8 @@ def test_another_process_writes_are_picked_up(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path[:0] = [sys.argv[2], sys.argv[3]]\n"
         "from pathlib import Path\n"
-        "from phh_engine.catalog import Catalog\n"
-        "from phh_engine.index import StoreIndex\n"
+        "from phh_engine.store.catalog import Catalog\n"
+        "from phh_engine.store.index import StoreIndex\n"
         "import test_catalog as t\n"
         "s = object.__new__(t.Store); s.root = Path(sys.argv[1]); s.layout = t.Layout(s.root)\n"
         "s.batches, s.writers, s.parents, s.tick, s.jobs = [], {}, {}, 500, 5\n"

@@ -15,12 +15,12 @@ import pytest
 from conftest import Harness, final, step, wait_for
 from fastapi.testclient import TestClient
 
-from phh_engine import catalog as catmod
-from phh_engine.api import Auth, create_app
-from phh_engine.catalog import Catalog, open_for_reader
+from phh_engine.interfaces.api import Auth, create_app
 from phh_engine.models import STEP_STATUSES, TERMINAL_STATUSES
 from phh_engine.models.common import AttemptStatus
-from phh_engine.paths import Layout
+from phh_engine.store import catalog as catmod
+from phh_engine.store.catalog import Catalog, open_for_reader
+from phh_engine.store.paths import Layout
 
 pytestmark = pytest.mark.codex
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -65,7 +65,7 @@ def run_engine(harness: Harness, crash_at: str | None = None) -> subprocess.Comp
 
 def test_constants_match_the_models() -> None:
     """catalog/history keep copies so that a read imports no models: they must not drift."""
-    from phh_engine import history
+    from phh_engine.interfaces import history
 
     assert set(catmod.TERMINAL) == set(TERMINAL_STATUSES)
     assert history.STEP_STATUSES == STEP_STATUSES
@@ -187,7 +187,7 @@ def test_api_steps_pages_and_history(harness: Harness) -> None:
 def test_network_filesystem_refused_by_engine_and_cli(harness: Harness,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from phh_engine.engine import EngineError
+    from phh_engine.engine.loop import EngineError
     from phh_tui import cli
 
     monkeypatch.setattr(catmod, "fs_type", lambda path, mounts="/proc/mounts": "fuse.sshfs")

@@ -14,7 +14,7 @@ import pytest
 from conftest import Harness, final, step, wait_for
 from test_api import serving
 
-from phh_engine.paths import ARTIFACT_NAMES
+from phh_engine.store.paths import ARTIFACT_NAMES
 from phh_tui.cli import main
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")

@@ -28,18 +28,17 @@ from pydantic import BaseModel
 from test_scoreboards import NOW, ResumeFrom, ResumeSource, add, batch, meta_for, report
 from test_scoreboards import step as spec_step
 
-from phh_engine import board_files
-from phh_engine.api import Auth, create_app
-from phh_engine.board_files import FIELDS, fill
-from phh_engine.harness_config import materialize
-from phh_engine.index import CLOSED_MARKER, StoreIndex
+from phh_engine.derive.scoreboards import batch_scoreboard, system_scoreboard
+from phh_engine.interfaces.api import Auth, create_app
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import AttemptState, BatchScoreboard, RunnerHealth, SystemScoreboard
 from phh_engine.models.scoreboard import SystemNote
-from phh_engine.overrides import OverrideResult, new_nonce, write_result
-from phh_engine.paths import Layout, run_id_of
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
-from phh_engine.store import atomic_write_json, to_bytes
-from phh_engine.submit import submit
+from phh_engine.store.board_files import FIELDS, fill
+from phh_engine.store.files import atomic_write_json, board_files, to_bytes
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.index import CLOSED_MARKER, StoreIndex
+from phh_engine.store.overrides import OverrideResult, new_nonce, write_result
+from phh_engine.store.paths import Layout, run_id_of
 from phh_tui.cli import main
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")

@@ -26,13 +26,13 @@ import yaml
 from conftest import GOAL, Harness, final, step
 from test_api import serving
 
-from phh_engine.dialect import translate
-from phh_engine.harness_config import load_config, materialize
+from phh_engine.interfaces.dialect import translate
+from phh_engine.interfaces.queue import DropQueue
+from phh_engine.interfaces.submit import SubmitError, canonical_bytes, submit
 from phh_engine.models import HarnessSettings
-from phh_engine.paths import Layout
-from phh_engine.queue import DropQueue
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import SubmitError, canonical_bytes, submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import load_config, materialize
+from phh_engine.store.paths import Layout
 from phh_tui.cli import main
 
 #: every reference spelling this issue is about, as found in their tables

@@ -12,9 +12,9 @@ import pytest
 from conftest import Harness, final, step
 from token_server import jwt
 
-from phh_engine.codex_cli import PINNED_CODEX_VERSION
-from phh_engine.doctor import PreflightError, serving_runners, startup_error_line
-from phh_engine.engine import Engine
+from phh_engine.engine.loop import Engine
+from phh_engine.runners.codex_cli import PINNED_CODEX_VERSION
+from phh_engine.runners.doctor import PreflightError, serving_runners, startup_error_line
 from phh_tui.cli import main
 
 BROKEN_TOML = 'model_provider = "x\n'  # an unterminated string

@@ -13,7 +13,7 @@ import pytest
 from conftest import Harness, final, step
 
 from phh_engine.models import utcnow
-from phh_engine.pointers import build_current
+from phh_engine.store.pointers import build_current
 
 pytestmark = pytest.mark.codex
 
@@ -322,7 +322,7 @@ def test_stop_after_the_engine_ended_is_a_no_op(harness: Harness) -> None:
 def test_serving_signal_before_and_after_the_loop(harness: Harness) -> None:
     """`serving` is the public signal a caller waits on instead of polling the loop: unset
     (and the thread-safe entry points refuse) before `serve`; set once it ran."""
-    from phh_engine.engine import Engine
+    from phh_engine.engine.loop import Engine
 
     idle = Engine(harness.root)
     assert idle.loop is None and not idle.wait_serving(0.01)

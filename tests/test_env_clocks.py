@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.index import StoreIndex
+from phh_engine.derive.readiness import is_stuck
+from phh_engine.derive.scoreboards import batch_scoreboard
 from phh_engine.models import utcnow
 from phh_engine.models.common import set_wall_clock_skew
-from phh_engine.overrides import make_request
-from phh_engine.paths import claim_time, run_id_of
-from phh_engine.readiness import is_stuck
-from phh_engine.scoreboards import batch_scoreboard
+from phh_engine.store.index import StoreIndex
+from phh_engine.store.overrides import make_request
+from phh_engine.store.paths import claim_time, run_id_of
 
 pytestmark = pytest.mark.codex
 

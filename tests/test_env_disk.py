@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.health import resource_problems, sample_resources
+from phh_engine.engine.health import resource_problems, sample_resources
 from phh_engine.models.harness_config import Limits
 from phh_engine.standin import StandIn
 

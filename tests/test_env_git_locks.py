@@ -7,8 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from phh_engine import workspace
-from phh_engine.runner import _write_git_artifacts
+from phh_engine.runners import workspace
+from phh_engine.runners.local import _write_git_artifacts
 
 
 def _repo(path: Path) -> Path:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.events import EventFacts
 from phh_engine.models.pause import StartPause
-from phh_engine.pauses import (
+from phh_engine.runners.local import classify, failure_class_of_text
+from phh_engine.store.events import EventFacts
+from phh_engine.store.pauses import (
     USAGE_LIMIT,
     active_pauses,
     parse_reset,
@@ -33,7 +34,6 @@ from phh_engine.pauses import (
     set_pause,
     usage_limit_until,
 )
-from phh_engine.runner import classify, failure_class_of_text
 
 YOU = "You\u2019ve"  # what Codex prints (a typographic apostrophe)
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -167,7 +167,7 @@ def test_unknown_reset_pauses_exponentially_with_a_cap() -> None:
 
 
 def test_pause_store_is_shared_and_never_shortened(tmp_path: Path) -> None:
-    from phh_engine.paths import Layout
+    from phh_engine.store.paths import Layout
 
     layout = Layout(tmp_path)
     now = datetime.now(UTC)

@@ -1,6 +1,6 @@
 """Issue 11 A: nothing an attempt does may leave it `running` without a process.
 
-Faults are injected with PHH_FAULT_AT (phh_engine.crash.faultpoint) at every stage of an
+Faults are injected with PHH_FAULT_AT (phh_engine.store.crash.faultpoint) at every stage of an
 attempt's life: starting, monitoring, concluding, recovering. Whatever raises, the attempt ends
 terminal, the engine goes on, and `--until-idle` never says idle while a step shows running.
 """
@@ -19,10 +19,10 @@ import psutil
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.engine import Engine
+from phh_engine.derive.scoreboards import batch_scoreboard
+from phh_engine.engine.loop import Engine
 from phh_engine.models import utcnow
-from phh_engine.scoreboards import batch_scoreboard
-from phh_engine.store import atomic_write_json
+from phh_engine.store.files import atomic_write_json
 
 pytestmark = pytest.mark.codex
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -255,7 +255,7 @@ def test_lingering_without_a_valid_report_is_still_a_timeout(
 def test_monitor_event_parsing_survives_hostile_lines(tmp_path: Path) -> None:
     """Deep nesting, non-finite numbers, invalid UTF-8, wrong field types: skipped, and
     the events after them still count."""
-    from phh_engine.events import EventFacts, EventTail, read_facts
+    from phh_engine.store.events import EventFacts, EventTail, read_facts
 
     path = tmp_path / "codex.events.jsonl"
     good_start = json.dumps({"type": "thread.started", "thread_id": "t-1"}).encode()
@@ -279,7 +279,7 @@ def test_monitor_event_parsing_survives_hostile_lines(tmp_path: Path) -> None:
     assert facts.usage.get("input_tokens") == 5
     assert facts.skipped_events >= 1  # the list usage / non-string message lines
     assert read_facts(path).thread_id == "t-1"
-    from phh_engine.events import parse_event_line
+    from phh_engine.store.events import parse_event_line
     assert parse_event_line(hostile[1]) is None  # NaN / 1e400: no reader could echo them
     assert parse_event_line(b'{"type": "x", "v": 1.5}') == {"type": "x", "v": 1.5}
 

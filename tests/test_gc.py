@@ -21,11 +21,11 @@ import pytest
 from conftest import Harness, final, step, wait_for
 from filelock import FileLock
 
-from phh_engine.gc import GcBusy, closed_batches, plan_gc, run_gc
-from phh_engine.logs import iter_events, log_path, open_events, read_log_bytes
+from phh_engine.engine.gc import GcBusy, closed_batches, plan_gc, run_gc
 from phh_engine.models import utcnow
-from phh_engine.overrides import make_request
-from phh_engine.paths import EVENTS, STDERR
+from phh_engine.store.logs import iter_events, log_path, open_events, read_log_bytes
+from phh_engine.store.overrides import make_request
+from phh_engine.store.paths import EVENTS, STDERR
 
 pytestmark = pytest.mark.codex
 
@@ -221,7 +221,7 @@ def test_engine_runs_gc_on_its_schedule_when_enabled(harness: Harness) -> None:
     bid = harness.submit([two_step_job("j1")], retention_policy={"events_days": 0})
     harness.run()  # until idle: attempts end before the first scheduled pass
     (s1,) = harness.attempts(bid, "j1", "s1")
-    from phh_engine.engine import Engine
+    from phh_engine.engine.loop import Engine
 
     eng = Engine(harness.root, on_event=harness.events.append)
     eng.setup()

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from phh_engine.harness_config import (
+from phh_engine.models import HarnessConfig, HarnessSettings
+from phh_engine.store.harness_config import (
     ConfigError,
     config_version,
     find_secrets,
@@ -22,8 +23,7 @@ from phh_engine.harness_config import (
     load_settings,
     materialize,
 )
-from phh_engine.models import HarnessConfig, HarnessSettings
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 
 
 def write_settings(root: Path, data: dict[str, Any]) -> None:

@@ -23,18 +23,18 @@ from typing import Any
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine import engine as engine_mod
-from phh_engine.engine import Engine
-from phh_engine.health import (
+from phh_engine.engine import loop as engine_mod
+from phh_engine.engine.health import (
     Resources,
     read_drain,
     read_health,
     runner_statuses,
     set_drain,
 )
+from phh_engine.engine.loop import Engine
 from phh_engine.models import RunnerHealth, utcnow
 from phh_engine.models.harness_config import RunnerSpec
-from phh_engine.store import atomic_write_json
+from phh_engine.store.files import atomic_write_json
 
 pytestmark = pytest.mark.codex
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import Harness, final, step
 
-from phh_engine.docread import DocumentReadError, read_document_bytes
-from phh_engine.overrides import (
+from phh_engine.store.docread import DocumentReadError, read_document_bytes
+from phh_engine.store.overrides import (
     OverrideRequest,
     claim,
     is_claimed,
@@ -24,7 +24,7 @@ from phh_engine.overrides import (
     read_result,
     result_path,
 )
-from phh_engine.paths import Layout
+from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 
@@ -197,7 +197,7 @@ def test_tail_and_artifact_refuse_a_fifo_event_log(harness: Harness) -> None:
 def test_api_launch_table_ref_refuses_dev_zero_and_fifo(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from phh_engine.api import Auth, create_app
+    from phh_engine.interfaces.api import Auth, create_app
 
     layout = Layout(tmp_path / "root")
     layout.root.mkdir()

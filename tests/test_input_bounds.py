@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from test_input_documents import batch_dirs, phh, table
 
+from phh_engine.derive.readiness import _after, retry_delay_seconds
 from phh_engine.models import RetryPolicy
-from phh_engine.paths import Layout
-from phh_engine.pauses import MAX_RESET, parse_reset
-from phh_engine.readiness import _after, retry_delay_seconds
+from phh_engine.store.paths import Layout
+from phh_engine.store.pauses import MAX_RESET, parse_reset
 
 
 @pytest.mark.parametrize(("where", "raw"), [

@@ -13,13 +13,13 @@ import pytest
 from conftest import GOAL, Harness, final, step, wait_for
 from test_api import serving
 
-from phh_engine.documents import MAX_DEPTH, DocumentError, check_tree, loads_json, loads_yaml
-from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.interfaces.queue import DropQueue
+from phh_engine.interfaces.submit import SubmitError, submit
 from phh_engine.models import HarnessSettings
-from phh_engine.overrides import make_request, overrides_dir, read_result
-from phh_engine.paths import Layout
-from phh_engine.queue import DropQueue
-from phh_engine.submit import SubmitError, submit
+from phh_engine.store.documents import MAX_DEPTH, DocumentError, check_tree, loads_json, loads_yaml
+from phh_engine.store.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.store.overrides import make_request, overrides_dir, read_result
+from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 DEEP = 50000

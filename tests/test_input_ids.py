@@ -14,14 +14,14 @@ import yaml
 from conftest import GOAL, Harness, final, step
 from test_api import serving
 
-from phh_engine.gc import plan_gc
-from phh_engine.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.engine.gc import plan_gc
+from phh_engine.interfaces.queue import DropQueue
+from phh_engine.interfaces.submit import SubmitError, submit
 from phh_engine.models import HarnessSettings, check_id
-from phh_engine.paths import STORE_NAMES, Layout
-from phh_engine.pointers import reindex
-from phh_engine.queue import DropQueue
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import SubmitError, submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import ConfigError, load_config, load_settings, materialize
+from phh_engine.store.paths import STORE_NAMES, Layout
+from phh_engine.store.pointers import reindex
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 

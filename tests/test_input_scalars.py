@@ -14,12 +14,12 @@ import pytest
 from conftest import GOAL
 from test_api import serving
 
-from phh_engine.credentials import read_auth
-from phh_engine.documents import DocumentError, check_tree, loads_json, loads_yaml
-from phh_engine.harness_config import load_config
-from phh_engine.paths import Layout
-from phh_engine.queue import DropQueue
-from phh_engine.submit import SubmitError, load_launch_table, submit
+from phh_engine.interfaces.queue import DropQueue
+from phh_engine.interfaces.submit import SubmitError, load_launch_table, submit
+from phh_engine.runners.credentials import read_auth
+from phh_engine.store.documents import DocumentError, check_tree, loads_json, loads_yaml
+from phh_engine.store.harness_config import load_config
+from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import GOAL
 from test_api import serving
 
-from phh_engine.paths import Layout
+from phh_engine.interfaces.strict_schema import strict_problems
+from phh_engine.interfaces.submit import submit
 from phh_engine.schemas import default_run_report_schema_path, run_report_schema
-from phh_engine.strict_schema import strict_problems
-from phh_engine.submit import submit
+from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 EXAMPLE = {"type": "object", "properties": {"summary": {"type": "string"}}}
@@ -97,7 +97,7 @@ def test_strict_mode_rules_name_the_pointer(tmp_path: Path, schema: dict[str, An
     path.write_text(json.dumps(schema))
     lt = tmp_path / "lt.json"
     lt.write_text(json.dumps(table(tmp_path, path)))
-    from phh_engine.submit import SubmitError
+    from phh_engine.interfaces.submit import SubmitError
 
     with pytest.raises(SubmitError) as err:
         submit(Layout(tmp_path / "root"), lt)

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from conftest import GOAL, Harness, final, step
 
-from phh_engine.harness_config import materialize
+from phh_engine.interfaces.submit import SubmitError, submit
 from phh_engine.models import HarnessConfig, HarnessSettings
-from phh_engine.paths import Layout
-from phh_engine.store import atomic_write_json
-from phh_engine.submit import SubmitError, submit
+from phh_engine.store.files import atomic_write_json
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.paths import Layout
 
 
 def table(jobs: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 One 6 MB event line (a real agent message through the real Codex) used to stop `phh tail`,
 `--json`, the API's offset paging, SSE and the dashboard at the line before it; a log GC
 compressed was unreadable in the dashboard and `phh tail`. Every face reads through
-phh_engine.logs now; each is checked here on the plain and on the compressed log.
+phh_engine.store.logs now; each is checked here on the plain and on the compressed log.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from conftest import Harness, step
 from test_api import serving
 
-from phh_engine import logs
-from phh_engine.paths import EVENTS, STDERR
+from phh_engine.store import logs
+from phh_engine.store.paths import EVENTS, STDERR
 from phh_tui.cli import main
 from phh_tui.eventlines import EventLog
 
@@ -145,7 +145,7 @@ def test_hostile_event_lines_never_make_a_reader_fail(harness: Harness,
     """NaN, 1e400, nesting 50000 deep, invalid UTF-8: shown as raw lines (never a 5xx, a
     traceback or invalid JSON), and the events after them still arrive."""
     from phh_engine.models import utcnow
-    from phh_engine.store import atomic_write_json
+    from phh_engine.store.files import atomic_write_json
 
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1")]}])
     now = utcnow()
@@ -180,9 +180,9 @@ def test_a_cursor_past_any_file_is_a_4xx_or_an_empty_page(harness: Harness,
                                                          ) -> None:
     """Offsets no file reaches (found by trying siblings of issue 11 D1): the API answered
     500 (`seek` on 10**26) and `phh tail -n 10**23` printed an OverflowError traceback."""
-    from phh_engine.logs import MAX_OFFSET, read_lines
     from phh_engine.models import utcnow
-    from phh_engine.store import atomic_write_json
+    from phh_engine.store.files import atomic_write_json
+    from phh_engine.store.logs import MAX_OFFSET, read_lines
 
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1")]}])
     now = utcnow()

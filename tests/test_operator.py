@@ -14,12 +14,12 @@ import psutil
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.engine import Engine, EngineError
-from phh_engine.events import EventFacts
+from phh_engine.engine.loop import Engine, EngineError
 from phh_engine.models import utcnow
-from phh_engine.overrides import list_results
-from phh_engine.runner import AttemptPlan, classify
-from phh_engine.store import TerminalStateError, write_state
+from phh_engine.runners.local import AttemptPlan, classify
+from phh_engine.store.events import EventFacts
+from phh_engine.store.files import TerminalStateError, write_state
+from phh_engine.store.overrides import list_results
 
 pytestmark = pytest.mark.codex
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -273,7 +273,7 @@ def test_stuck_attempt_is_shown_and_auto_remediation_recorded(harness: Harness) 
         live = eng.runner.live[view.run_id]  # type: ignore[union-attr]
         assert live.beat_mono is not None
         live.beat_mono -= 2701
-        from phh_engine.scoreboards import batch_scoreboard
+        from phh_engine.derive.scoreboards import batch_scoreboard
 
         sb = batch_scoreboard(eng.index.batches[bid], utcnow(),
                               beat_ages=eng.runner.beat_ages())  # type: ignore[union-attr]
@@ -358,7 +358,7 @@ def test_engine_cpu_is_near_zero_when_idle(harness: Harness) -> None:
 def test_readers_without_an_engine_show_operator_marks(harness: Harness) -> None:
     """`phh scoreboard` recomputed from the store and the API must show a mark-failed step
     as the engine does (failed, dependants blocked), not as ready."""
-    from phh_engine.api_ops import view_json
+    from phh_engine.interfaces.api_ops import view_json
 
     bid = harness.submit([{"job_id": "j1", "steps": [
         step("s1", final("x")), step("s2", final("y"), depends_on=["s1"])]}])

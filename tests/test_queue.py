@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from conftest import GOAL, Harness, final, step, wait_for
 
-from phh_engine.harness_config import load_config, materialize
+from phh_engine.interfaces.queue import CLAIM_PREFIX, DropQueue
+from phh_engine.interfaces.submit import submit
 from phh_engine.models import HarnessSettings
-from phh_engine.paths import Layout
-from phh_engine.queue import CLAIM_PREFIX, DropQueue
-from phh_engine.submit import submit
+from phh_engine.store.harness_config import load_config, materialize
+from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
 

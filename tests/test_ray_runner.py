@@ -156,7 +156,7 @@ def _running(h: Harness, bid: str, job: str, n: int = 1) -> Path:
 def test_config_and_doctor(harness: Harness, sim: Sim) -> None:
     """A ray runner without an address is refused naming its path; `phh doctor` says whether
     each configured cluster answers."""
-    from phh_engine.harness_config import ConfigError, load_config
+    from phh_engine.store.harness_config import ConfigError, load_config
 
     harness.settings.runners = [RunnerSpec(runner_id="c1", kind="ray")]
     raw = harness.settings.model_dump(mode="json", exclude_none=True)
@@ -203,7 +203,7 @@ def test_agent_scan_kills_agents_of_terminal_attempts(harness: Harness) -> None:
     attempt is current is its to adopt."""
     from phh_engine.models import AttemptState, utcnow
     from phh_engine.runners.ray_node import NodeAgent, spawn_detached
-    from phh_engine.store import atomic_write_json
+    from phh_engine.store.files import atomic_write_json
 
     agent = NodeAgent(str(harness.root), "local", "a")
     pids = {}

@@ -14,6 +14,14 @@ from typing import get_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phh_engine.derive.readiness import (
+    counted_attempts,
+    is_stuck,
+    resolve_resume_source,
+    retry_delay_seconds,
+    step_readiness,
+)
+from phh_engine.derive.scoreboards import batch_scoreboard, system_scoreboard
 from phh_engine.models import (
     STEP_STATUSES,
     AttemptState,
@@ -29,15 +37,7 @@ from phh_engine.models import (
     Timeouts,
 )
 from phh_engine.models.common import UNCOUNTED_FAILURE_CLASSES
-from phh_engine.readiness import (
-    counted_attempts,
-    is_stuck,
-    resolve_resume_source,
-    retry_delay_seconds,
-    step_readiness,
-)
-from phh_engine.scoreboards import batch_scoreboard, system_scoreboard
-from phh_engine.views import AttemptView, BatchView, JobView, StepView
+from phh_engine.store.views import AttemptView, BatchView, JobView, StepView
 
 NOW = datetime(2026, 1, 14, 18, 0, tzinfo=UTC)
 FAILURE_CLASSES: list[str] = list(get_args(FailureClass))

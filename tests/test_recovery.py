@@ -16,7 +16,7 @@ import pytest
 from conftest import Harness, final, step, wait_for
 
 from phh_engine.models import utcnow
-from phh_engine.pointers import build_current
+from phh_engine.store.pointers import build_current
 
 pytestmark = pytest.mark.codex
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -144,7 +144,7 @@ def test_store_writes_leave_only_whole_files_beside_their_target(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Snapshots and write-once files go temp -> fsync -> rename/link in the target's own
     directory (a bare file name included); a write-once file is never replaced."""
-    from phh_engine.store import atomic_write_bytes, write_once_bytes
+    from phh_engine.store.files import atomic_write_bytes, write_once_bytes
 
     monkeypatch.chdir(tmp_path)
     renames: list[tuple[str, str]] = []

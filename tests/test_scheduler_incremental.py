@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_readiness_props import NOW, batch_views
 
+from phh_engine.derive.scheduler import Caps, ReadySet, Selection, running_counts, select
 from phh_engine.models import AttemptState
-from phh_engine.scheduler import Caps, ReadySet, Selection, running_counts, select
-from phh_engine.views import AttemptView, BatchView
+from phh_engine.store.views import AttemptView, BatchView
 
 props = settings(deadline=None, max_examples=60)
 

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from phh_engine.derive.scoreboards import batch_scoreboard, goal_preview, system_scoreboard
 from phh_engine.models import (
     AttemptMeta,
     AttemptState,
@@ -32,8 +33,7 @@ from phh_engine.models import (
     Timeouts,
     Usage,
 )
-from phh_engine.scoreboards import batch_scoreboard, goal_preview, system_scoreboard
-from phh_engine.views import AttemptView, BatchView
+from phh_engine.store.views import AttemptView, BatchView
 
 NOW = datetime(2026, 1, 14, 18, 0, tzinfo=UTC)
 ROOT = Path("/runs")
@@ -381,7 +381,7 @@ def test_goal_preview_cuts_long_text_at_a_word() -> None:
 def test_board_writes_are_spaced_by_what_they_cost() -> None:
     """The engine derives whole batches on its loop: a huge batch is written less often
     rather than starving the schedule (engine.board_delay)."""
-    from phh_engine.engine import BOARD_DUTY, board_delay
+    from phh_engine.engine.loop import BOARD_DUTY, board_delay
 
     assert board_delay(1.0, 0.01) == 1.0  # a small batch: the configured interval
     assert board_delay(1.0, 0.1) == pytest.approx(0.1 * BOARD_DUTY)  # ~10,000 steps

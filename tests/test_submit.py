@@ -19,16 +19,16 @@ from typing import Any
 import pytest
 import yaml
 
-from phh_engine.harness_config import materialize
-from phh_engine.models import BatchMeta, HarnessConfig, HarnessSettings
-from phh_engine.paths import Layout
-from phh_engine.submit import (
+from phh_engine.interfaces.submit import (
     SubmitError,
     load_launch_table,
     submission_marker,
     submit,
     validate,
 )
+from phh_engine.models import BatchMeta, HarnessConfig, HarnessSettings
+from phh_engine.store.harness_config import materialize
+from phh_engine.store.paths import Layout
 
 NOW = datetime(2026, 1, 14, 17, 30, tzinfo=UTC)
 SCHEMA = {

@@ -18,7 +18,7 @@ from textual.command import CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import RichLog, TabbedContent
 
-from phh_engine.views import StepView
+from phh_engine.store.views import StepView
 from phh_tui.app import BoardReady, PhhApp
 from phh_tui.backend import StoreBackend
 from phh_tui.dialogs import KEYS, ConfirmScreen, HelpScreen, PromptScreen, QuitScreen
@@ -511,7 +511,7 @@ async def test_external_state_change_shows_on_screen(tmp_path: Path) -> None:
     (watchfiles, 50 ms debounce, throttled redraw). How fast (the 250 ms goal) is measured
     by bench/tui.py, not asserted here: a loaded CI machine is not a stopwatch."""
     from phh_engine.models import AttemptState
-    from phh_engine.store import atomic_write_json, read_model
+    from phh_engine.store.files import atomic_write_json, read_model
     from phh_tui.synthetic import build
 
     root = tmp_path.resolve()

@@ -1,4 +1,4 @@
-"""The dashboard reads attempt files through phh_engine.logs (compressed or not) and never on
+"""The dashboard reads attempt files through phh_engine.store.logs (compressed or not) and never on
 the UI thread; screens show data and post intents instead of reaching into the engine."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from textual.pilot import Pilot
 
 import phh_tui.screens as screens
-from phh_engine import logs
-from phh_engine.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDOUT
+from phh_engine.store import logs
+from phh_engine.store.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDOUT
 from phh_tui import attempt_files
 from phh_tui.app import PhhApp
 from phh_tui.attempt_files import AttemptTail, read_diff, read_final_text

@@ -14,9 +14,9 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets.data_table import ColumnKey
 
-from phh_engine.index import StoreIndex
 from phh_engine.models import BatchScoreboard
-from phh_engine.paths import Layout
+from phh_engine.store.index import StoreIndex
+from phh_engine.store.paths import Layout
 from phh_tui.board import alerts_between, compute_board, finished, progress
 from phh_tui.eventlines import EventLog, event_lines, shell_command
 from phh_tui.synthetic import FIXED_NOW, build
@@ -203,7 +203,8 @@ async def test_keyed_table_many_removals_rebuild() -> None:
 
 # ---------------------------------------------------------------- layering
 def test_engine_never_imports_textual() -> None:
-    code = ("import sys, phh_engine.engine, phh_engine.scoreboards, phh_engine.standin; "
+    code = ("import sys, phh_engine.engine.loop, phh_engine.derive.scoreboards, "
+            "phh_engine.standin; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', "
             "'phh_tui')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -213,9 +214,9 @@ def test_engine_never_imports_textual() -> None:
 
 def test_system_totals_show_each_cluster_node() -> None:
     """A Ray runner's nodes appear next to it on the system screen; a lost one says so."""
+    from phh_engine.derive.scoreboards import system_scoreboard
     from phh_engine.models import RunnerHealth, utcnow
     from phh_engine.models.health import RunnerNode
-    from phh_engine.scoreboards import system_scoreboard
     from phh_tui.board import Board
     from phh_tui.screens import SystemScreen
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from phh_engine import __version__
-from phh_engine.codex_cli import PINNED_CODEX_VERSION
+from phh_engine.runners.codex_cli import PINNED_CODEX_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("phh_engine", "phh_tui")
@@ -97,6 +97,8 @@ def test_wheel_holds_every_module_and_data_file(installed: Installed) -> None:
     missing = sorted(_source_files(REPO) - names)
     assert not missing, f"not in {installed.wheel.name}: {missing}"
     assert "phh_engine/models/__init__.py" in names  # the subpackage issue 16 found missing
+    layers = ("models", "store", "derive", "runners", "interfaces", "engine")
+    assert {f"phh_engine/{layer}/__init__.py" for layer in layers} <= names
     assert {"phh_engine/data/run_report.schema.json", "phh_tui/app.tcss",
             "phh_tui/data/demo.json"} <= names
 

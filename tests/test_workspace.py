@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from conftest import Harness, final, step
 
-from phh_engine.gc import plan_gc, run_gc
-from phh_engine.overrides import make_request
-from phh_engine.workspace import (
+from phh_engine.engine.gc import plan_gc, run_gc
+from phh_engine.runners.workspace import (
     CopyStats,
     branch_name,
     copy_file,
     copy_tree,
     read_workspace_record,
 )
+from phh_engine.store.overrides import make_request
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -276,11 +276,11 @@ def _resolve(tmp_path: Path, working_directory: str, workspace_policy: str = "is
              ) -> tuple[str, Path, Any]:
     from conftest import GOAL
 
-    from phh_engine.harness_config import materialize
-    from phh_engine.index import StoreIndex
-    from phh_engine.paths import Layout
-    from phh_engine.submit import submit
-    from phh_engine.workspace import resolve_workspace
+    from phh_engine.interfaces.submit import submit
+    from phh_engine.runners.workspace import resolve_workspace
+    from phh_engine.store.harness_config import materialize
+    from phh_engine.store.index import StoreIndex
+    from phh_engine.store.paths import Layout
 
     layout = Layout(tmp_path / "root")
     materialize(layout)
@@ -331,7 +331,7 @@ def test_reflink_used_where_the_filesystem_supports_it(tmp_path: Path) -> None:
     path; otherwise runs where tmp_path supports FICLONE, else skips."""
     import fcntl
 
-    from phh_engine.workspace import FICLONE
+    from phh_engine.runners.workspace import FICLONE
 
     base = Path(os.environ.get("PHH_TEST_REFLINK_DIR") or tmp_path)
     work = base / f"phh_reflink_{os.getpid()}"
@@ -363,7 +363,7 @@ def test_reflink_used_where_the_filesystem_supports_it(tmp_path: Path) -> None:
 def test_git_probe_is_skipped_only_outside_repositories(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The cheap `.git` walk must never skip a real work tree (worktrees have a .git file)."""
-    from phh_engine.runner import in_git_work_tree
+    from phh_engine.runners.local import in_git_work_tree
 
     monkeypatch.delenv("GIT_DIR", raising=False)
     plain = tmp_path / "plain" / "deep"

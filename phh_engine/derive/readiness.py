@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .models import RetryPolicy, StepStatus
-from .models.common import (
+from ..models import RetryPolicy, StepStatus
+from ..models.common import (
     MAX_SECONDS,
     UNCOUNTED_FAILURE_CLASSES,
     Selector,
@@ -19,7 +19,7 @@ from .models.common import (
     Trigger,
     as_terminal,
 )
-from .views import AttemptView, BatchView, JobView, StepView
+from ..store.views import AttemptView, BatchView, JobView, StepView
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
 #: `auth` failures retried at once because the credential file changed mid-attempt (another

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..store.views import BatchView, JobView, StepView
 from .readiness import Readiness, step_readiness
-from .views import BatchView, JobView, StepView
 
 
 @dataclass(slots=True)

@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from .models import BatchScoreboard, StatusCounts, SystemScoreboard, Usage
-from .models.scoreboard import (
+from ..models import BatchScoreboard, StatusCounts, SystemScoreboard, Usage
+from ..models.scoreboard import (
     AttentionRow,
     BlockedRow,
     FailureRow,
@@ -21,8 +21,8 @@ from .models.scoreboard import (
     StepRow,
     SystemRow,
 )
+from ..store.views import AttemptView, BatchView, JobView, StepView
 from .readiness import Readiness, is_stuck, resolve_resume_source, step_readiness
-from .views import AttemptView, BatchView, JobView, StepView
 
 __all__ = ["batch_scoreboard", "goal_preview", "system_scoreboard"]
 

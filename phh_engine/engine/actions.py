@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .models import utcnow
-from .overrides import OverrideOutcome, OverrideRequest, OverrideResult
-from .readiness import step_readiness
-from .views import AttemptView, BatchView, JobView, StepView
+from ..derive.readiness import step_readiness
+from ..models import utcnow
+from ..store.overrides import OverrideOutcome, OverrideRequest, OverrideResult
+from ..store.views import AttemptView, BatchView, JobView, StepView
 
 
 class MakeResult(Protocol):

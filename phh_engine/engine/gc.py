@@ -25,7 +25,7 @@ current.json); a resume base an in-flight attempt is copying from (its meta.json
 `resume_base_copied_from`); anything in a job with an attempt in flight, for workspaces and
 resume bases.
 
-Compressed logs stay readable through `phh_engine.logs` (`open_events`, `read_log_bytes`).
+Compressed logs stay readable through `phh_engine.store.logs` (`open_events`, `read_log_bytes`).
 Every executed action is appended to `runs/_system/gc_log.jsonl`. Two GCs never run at once
 (`runs/_system/gc.lock`).
 """
@@ -45,9 +45,7 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
-from .index import CLOSED_MARKER
-from .logs import GZ_SUFFIX, RAW_LOGS, compress_log, log_path
-from .models import (
+from ..models import (
     TERMINAL_STATUSES,
     AttemptMeta,
     AttemptState,
@@ -56,8 +54,12 @@ from .models import (
     RetentionPolicy,
     utcnow,
 )
-from .overrides import list_results
-from .paths import (
+from ..runners.workspace import WorkspaceError, describe_removal, remove_workspace, tree_bytes
+from ..store.files import job_lock, read_model
+from ..store.index import CLOSED_MARKER
+from ..store.logs import GZ_SUFFIX, RAW_LOGS, compress_log, log_path
+from ..store.overrides import list_results
+from ..store.paths import (
     CODEX_HOME,
     FILES_TOUCHED,
     FINAL_JSON,
@@ -72,8 +74,6 @@ from .paths import (
     Layout,
     attempt_dir_names,
 )
-from .store import job_lock, read_model
-from .workspace import WorkspaceError, describe_removal, remove_workspace, tree_bytes
 
 Op = Literal["compress", "delete", "remove_workspace"]
 GIT_ARTIFACTS: tuple[str, ...] = (GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED)

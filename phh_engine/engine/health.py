@@ -37,12 +37,12 @@ from pathlib import Path
 
 import psutil
 
-from .models import HarnessConfig, RunnerHealth, utcnow
-from .models.harness_config import Limits
-from .models.health import DrainRequest
-from .models.scoreboard import SystemNote
-from .paths import Layout
-from .store import atomic_write_json, read_model
+from ..models import HarnessConfig, RunnerHealth, utcnow
+from ..models.harness_config import Limits
+from ..models.health import DrainRequest
+from ..models.scoreboard import SystemNote
+from ..store.files import atomic_write_json, read_model
+from ..store.paths import Layout
 
 DRAIN_FILE = "drain.json"
 #: inodes one attempt takes on the runs store (its files and Codex's codex_home/), measured

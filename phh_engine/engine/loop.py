@@ -25,31 +25,34 @@ from typing import Any, TypeVar
 import psutil
 from filelock import FileLock, Timeout
 
-from . import __version__, actions
-from .catalog import Catalog, CatalogError
-from .codex_cli import CodexInfo, locate_codex, probe_codex
-from .crash import faultpoint
-from .credentials import CredentialGate
-from .diskguard import WriteGuard
-from .doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
-from .harness_config import load_config
-from .health import (
-    Resources,
-    all_health,
-    available,
-    drain_state,
-    is_stale,
-    resource_problems,
-    sample_resources,
-    system_notes,
+from .. import __version__
+from ..derive.readiness import is_stuck
+from ..derive.scheduler import Caps, ReadySet, Selection, running_counts, select
+from ..derive.scoreboards import batch_scoreboard, system_scoreboard
+from ..interfaces.queue import DropQueue
+from ..models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from ..models.common import EventKind
+from ..models.health import RunnerNode
+from ..models.pause import StartPause
+from ..models.scoreboard import BatchScoreboard, SystemNote
+from ..runners.base import Runner
+from ..runners.codex_cli import CodexInfo, locate_codex, probe_codex
+from ..runners.credentials import CredentialGate
+from ..runners.doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
+from ..runners.local import RECOVERY_PROMPT, AttemptPlan, LocalRunner, record_runner_lost
+from ..schemas import default_run_report_schema_path
+from ..store.catalog import Catalog, CatalogError
+from ..store.crash import faultpoint
+from ..store.diskguard import WriteGuard
+from ..store.files import (
+    atomic_write_json,
+    lock_held,
+    read_model,
+    write_state,
 )
-from .index import StoreIndex, unexpected_notes
-from .models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
-from .models.common import EventKind
-from .models.health import RunnerNode
-from .models.pause import StartPause
-from .models.scoreboard import BatchScoreboard, SystemNote
-from .overrides import (
+from ..store.harness_config import load_config
+from ..store.index import StoreIndex, unexpected_notes
+from ..store.overrides import (
     OverrideOutcome,
     OverrideRequest,
     OverrideResult,
@@ -64,8 +67,8 @@ from .overrides import (
     refuse_request,
     write_result,
 )
-from .paths import EXIT_CODE, STATE, Layout, attempt_dir_names
-from .pauses import (
+from ..store.paths import EXIT_CODE, STATE, Layout, attempt_dir_names
+from ..store.pauses import (
     USAGE_LIMIT,
     active_pauses,
     clear_pause,
@@ -74,21 +77,19 @@ from .pauses import (
     pause_notes,
     read_pauses,
 )
-from .pointers import update_current
-from .queue import DropQueue
-from .readiness import is_stuck
-from .runner import RECOVERY_PROMPT, AttemptPlan, LocalRunner, record_runner_lost
-from .runners.base import Runner
-from .scheduler import Caps, ReadySet, Selection, running_counts, select
-from .schemas import default_run_report_schema_path
-from .scoreboards import batch_scoreboard, system_scoreboard
-from .store import (
-    atomic_write_json,
-    lock_held,
-    read_model,
-    write_state,
+from ..store.pointers import update_current
+from ..store.views import AttemptView, BatchView, StepView
+from . import actions
+from .health import (
+    Resources,
+    all_health,
+    available,
+    drain_state,
+    is_stale,
+    resource_problems,
+    sample_resources,
+    system_notes,
 )
-from .views import AttemptView, BatchView, StepView
 
 log = logging.getLogger(__name__)
 _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
@@ -173,7 +174,7 @@ class Engine:
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
         self.index.ready = self._ready
-        # -- the catalog (phh_engine/catalog.py): derived, kept current with the files
+        # -- the catalog (phh_engine/store/catalog.py): derived, kept current with the files
         self.bounded = bounded
         self.use_catalog = use_catalog
         self.catalog: Catalog | None = None
@@ -190,7 +191,7 @@ class Engine:
         self.queue: DropQueue | None = None  # the filesystem queue (docs/interfaces.md), if enabled
         self._queue_catch_up: asyncio.Task[None] | None = None
         # -- runner health, drain, admission (docs/architecture.md#scheduling): see
-        # phh_engine/health.py
+        # phh_engine/engine/health.py
         self._drain: tuple[bool, str | None] = (False, None)
         self._resources = Resources()
         self._resource_problems: list[str] = []
@@ -428,7 +429,7 @@ class Engine:
         if not address:
             return None
         try:
-            from .runners.ray_runner import RayRunner, RayUnavailable
+            from ..runners.ray_runner import RayRunner, RayUnavailable
         except ImportError as exc:
             raise EngineError(f"the Ray runner needs Ray: pip install 'phh[ray]' ({exc})"
                               ) from None
@@ -1534,7 +1535,7 @@ class _TrackedIndex(StoreIndex):
         self.skip.discard(batch_id)
         batch = super().load_batch(batch_id)
         if lazy and batch is not None:
-            from .overrides import apply_marks, list_results
+            from ..store.overrides import apply_marks, list_results
 
             for res in list_results(self.layout):
                 if res.batch_id == batch_id:

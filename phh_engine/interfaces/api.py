@@ -44,7 +44,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
+from .. import __version__
+from ..models import ID_PATTERN, TERMINAL_STATUSES, BatchScoreboard, HarnessConfig, SystemScoreboard
+from ..models.scoreboard import SystemRow
+from ..store.documents import DocumentError, loads_json
+from ..store.logs import MAX_OFFSET
+from ..store.paths import ARTIFACT_NAMES, Layout
 from .api_ops import (
     InvalidLaunchTable,
     current_index,
@@ -71,11 +76,6 @@ from .artifacts import (
     media_type,
     read_lines,
 )
-from .documents import DocumentError, loads_json
-from .logs import MAX_OFFSET
-from .models import ID_PATTERN, TERMINAL_STATUSES, BatchScoreboard, HarnessConfig, SystemScoreboard
-from .models.scoreboard import SystemRow
-from .paths import ARTIFACT_NAMES, Layout
 
 log = logging.getLogger(__name__)
 

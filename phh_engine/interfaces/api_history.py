@@ -1,5 +1,5 @@
-"""The catalog's routes of the HTTP API (phh_engine/api.py adds them): a batch's steps in
-pages, and history queries across batches (phh_engine/history.py holds the queries, shared
+"""The catalog's routes of the HTTP API (interfaces/api.py adds them): a batch's steps in
+pages, and history queries across batches (interfaces/history.py holds the queries, shared
 with the CLI). Parameters are validated there: a malformed one is a 400 naming it."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query
 from fastapi import Path as FPath
 
+from ..models import ID_PATTERN
+from ..store.paths import Layout
 from .history import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -20,8 +22,6 @@ from .history import (
     steps_page,
     token_usage,
 )
-from .models import ID_PATTERN
-from .paths import Layout
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]

@@ -4,7 +4,7 @@ API.
 Each returns plain JSON-able data (the same dict the CLI prints with `--json` and the API
 answers) or raises `LookupFailed` with the HTTP status that fits (400 malformed, 404 unknown,
 409 conflict, 422 invalid Launch Table). Operator actions are request files the engine
-serving the root applies exactly once (`overrides.py`); without an engine they stay queued.
+serving the root applies exactly once (`store/overrides.py`); without an engine they stay queued.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..derive.scoreboards import batch_scoreboard, system_scoreboard
+from ..models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
+from ..store.board_files import cached_board, engine_board, keep_board
+from ..store.documents import DocumentError, check_tree
+from ..store.files import lock_held, read_model
+from ..store.index import StoreIndex, unexpected_notes
+from ..store.overrides import make_request, read_result, replay_marks
+from ..store.paths import Layout
+from ..store.pauses import PAUSES_DIR, pause_notes, read_pauses
+from ..store.pointers import build_current
 from .artifacts import LookupFailed as LookupFailed  # raised by every function here
 from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
-from .board_files import cached_board, engine_board, keep_board
-from .documents import DocumentError, check_tree
-from .index import StoreIndex, unexpected_notes
-from .models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
-from .overrides import make_request, read_result, replay_marks
-from .paths import Layout
-from .pauses import PAUSES_DIR, pause_notes, read_pauses
-from .pointers import build_current
-from .scoreboards import batch_scoreboard, system_scoreboard
-from .store import lock_held, read_model
 from .submit import SubmitError, submit
 
 #: CLI action names (and API path segments) -> override action

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logs
-from .events import describe_item, parse_event_line
-from .models import TERMINAL_STATUSES, AttemptMeta, AttemptState, check_id
-from .paths import (
+from ..models import TERMINAL_STATUSES, AttemptMeta, AttemptState, check_id
+from ..store import logs
+from ..store.events import describe_item, parse_event_line
+from ..store.files import read_model
+from ..store.paths import (
     ARTIFACT_NAMES,
     EVENTS,
     META,
@@ -32,7 +33,6 @@ from .paths import (
     attempt_dir_names,
     run_id_of,
 )
-from .store import read_model
 
 #: how much of a file one non-streaming events read returns at most
 MAX_TAIL_BYTES = 4 << 20

@@ -1,4 +1,4 @@
-"""Paged views and history queries over the catalog (phh_engine/catalog.py), once, for the
+"""Paged views and history queries over the catalog (phh_engine/store/catalog.py), once, for the
 CLI (`phh jobs|attempts --limit`, `phh history ... --json`), the API and the dashboard.
 
 Every function returns plain JSON-able data or raises `LookupFailed` (400 for a malformed
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Catalog, CatalogError, decode_cursor, encode_cursor, open_for_reader
-from .paths import Layout
+from ..store.catalog import Catalog, CatalogError, decode_cursor, encode_cursor, open_for_reader
+from ..store.paths import Layout
 
 if TYPE_CHECKING:
     from .artifacts import LookupFailed
@@ -331,7 +331,7 @@ class Reader:
         return self._cat
 
     def _reset(self) -> None:
-        from .catalog import _discard
+        from ..store.catalog import _discard
 
         if self._cat is not None:
             self._cat.close()

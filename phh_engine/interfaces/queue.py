@@ -46,12 +46,12 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
-from .crash import crashpoint
+from ..models import BatchMeta, HarnessConfig, check_id, utcnow
+from ..store.crash import crashpoint
+from ..store.files import atomic_write_json, read_json, read_model, write_once_json
+from ..store.harness_config import ConfigError
+from ..store.paths import Layout, new_batch_id
 from .dialect import translate
-from .harness_config import ConfigError
-from .models import BatchMeta, HarnessConfig, check_id, utcnow
-from .paths import Layout, new_batch_id
-from .store import atomic_write_json, read_json, read_model, write_once_json
 from .submit import Issue, SubmitError, load_launch_table, submit
 
 log = logging.getLogger(__name__)

@@ -24,18 +24,7 @@ import jsonschema
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .dialect import Note, translate
-from .docread import LAUNCH_TABLE_MAX_BYTES, DocumentMissing, read_document_bytes
-from .documents import DocumentError, check_tree, loads_json, loads_yaml
-from .harness_config import (
-    describe_validation_error,
-    did_you_mean,
-    ensure_version_file,
-    join_path,
-    load_config,
-    publish_config,
-)
-from .models import (
+from ..models import (
     BatchMeta,
     EffectiveDefaults,
     HarnessConfig,
@@ -47,10 +36,21 @@ from .models import (
     incoming_ids,
     utcnow,
 )
-from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES
-from .models.launch_table import GOAL_MIN_WORDS, JobSpec, StepSpec
-from .paths import Layout, new_batch_id
-from .store import job_lock, read_json, write_once_json
+from ..models.harness_config import DEFAULT_ALLOWED_OVERRIDES
+from ..models.launch_table import GOAL_MIN_WORDS, JobSpec, StepSpec
+from ..store.docread import LAUNCH_TABLE_MAX_BYTES, DocumentMissing, read_document_bytes
+from ..store.documents import DocumentError, check_tree, loads_json, loads_yaml
+from ..store.files import job_lock, read_json, write_once_json
+from ..store.harness_config import (
+    describe_validation_error,
+    did_you_mean,
+    ensure_version_file,
+    join_path,
+    load_config,
+    publish_config,
+)
+from ..store.paths import Layout, new_batch_id
+from .dialect import Note, translate
 from .strict_schema import describe as describe_strict
 from .strict_schema import strict_problems
 

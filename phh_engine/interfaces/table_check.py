@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models import HarnessConfig, utcnow
+from ..store.paths import Layout
 from .dialect import Note
-from .models import HarnessConfig, utcnow
-from .paths import Layout
 from .submit import Issue, SubmitError, is_valid_id, load_launch_table, validate
 
 #: what a directory given to --check contributes (directly in it; dotfiles skipped)

@@ -1,4 +1,4 @@
-"""A start pause: `runs/_system/pauses/<name>.json` (see phh_engine/pauses.py)."""
+"""A start pause: `runs/_system/pauses/<name>.json` (see phh_engine/store/pauses.py)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..diskguard import WriteGuard
-    from ..runner import AttemptPlan, LiveAttempt
-    from ..views import AttemptView, BatchView, JobView, StepView
+    from ..store.diskguard import WriteGuard
+    from ..store.views import AttemptView, BatchView, JobView, StepView
+    from .local import AttemptPlan, LiveAttempt
 
 
 @dataclass(slots=True)

@@ -34,12 +34,14 @@ from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
-from .documents import loads_json
-from .models.common import Id, Record, utcnow
-from .paths import Layout
-from .readiness import CREDENTIAL_CHANGED as CREDENTIAL_CHANGED  # re-exported for the runner
-from .readiness import SIGN_IN_AGAIN as SIGN_IN_AGAIN  # re-exported for the runner
-from .store import atomic_write_json, read_model
+from ..derive.readiness import (
+    CREDENTIAL_CHANGED as CREDENTIAL_CHANGED,  # re-exported for the runner
+)
+from ..derive.readiness import SIGN_IN_AGAIN as SIGN_IN_AGAIN  # re-exported for the runner
+from ..models.common import Id, Record, utcnow
+from ..store.documents import loads_json
+from ..store.files import atomic_write_json, read_model
+from ..store.paths import Layout
 
 #: Codex 0.169's proactive refresh window before the access token's `exp` (measured).
 REFRESH_WINDOW = timedelta(minutes=5)

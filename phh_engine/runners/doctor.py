@@ -24,6 +24,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from ..models import HarnessConfig
+from ..store.docread import CODEX_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
+from ..store.paths import Layout
 from . import credentials
 from .codex_cli import (
     PINNED_CODEX_VERSION,
@@ -32,9 +35,6 @@ from .codex_cli import (
     install_hint,
     locate_codex,
 )
-from .docread import CODEX_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
-from .models import HarnessConfig
-from .paths import Layout
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -379,7 +379,7 @@ def is_phh_root(layout: Layout) -> bool:
 
 def serving_runners(layout: Layout) -> list[str]:
     """Runner ids whose engine lock is held right now (each engine holds it while it runs)."""
-    from .store import lock_held
+    from ..store.files import lock_held
 
     if not layout.runners.is_dir():
         return []
@@ -388,7 +388,7 @@ def serving_runners(layout: Layout) -> list[str]:
 
 def context_for(layout: Layout, env: Mapping[str, str] | None = None) -> DoctorContext:
     """Load the root's harness config without writing anything (a broken config is a row)."""
-    from .harness_config import ConfigError, load_config
+    from ..store.harness_config import ConfigError, load_config
 
     config: HarnessConfig | None = None
     error: str | None = None
@@ -457,9 +457,9 @@ def startup_error_line(stderr_tail: str) -> str | None:
 
 @register_check
 def check_catalog(ctx: DoctorContext) -> Iterable[CheckResult]:
-    """The catalog (phh_engine/catalog.py): a local filesystem, a healthy file of our
+    """The catalog (phh_engine/store/catalog.py): a local filesystem, a healthy file of our
     schema, and every batch on disk known to it. Only looks: never rebuilds or writes."""
-    from . import catalog
+    from ..store import catalog
 
     path = catalog.catalog_path(ctx.layout)
     try:

@@ -33,14 +33,9 @@ import jsonschema
 import psutil
 from pydantic import ValidationError
 
-from . import __version__, credentials
-from .codex_cli import CodexInfo, build_command
-from .crash import crashpoint, faultpoint
-from .diskguard import WriteGuard, describe, retry_writes
-from .doctor import startup_error_line
-from .events import EventFacts, EventTail
-from .gitcmd import git_argv, git_env
-from .models import (
+from .. import __version__
+from ..derive.readiness import ResumeResolution
+from ..models import (
     TERMINAL_STATUSES,
     AttemptMeta,
     AttemptState,
@@ -58,8 +53,19 @@ from .models import (
     Usage,
     utcnow,
 )
-from .models.common import WorkspacePolicy
-from .paths import (
+from ..models.common import WorkspacePolicy
+from ..store.crash import crashpoint, faultpoint
+from ..store.diskguard import WriteGuard, describe, retry_writes
+from ..store.events import EventFacts, EventTail
+from ..store.files import (
+    TerminalStateError,
+    job_lock,
+    read_model,
+    write_once_bytes,
+    write_once_json,
+    write_state,
+)
+from ..store.paths import (
     CODEX_HOME,
     EVENTS,
     EXIT_CODE,
@@ -83,17 +89,12 @@ from .paths import (
     run_dir_name,
     run_id_of,
 )
-from .pointers import update_current
-from .readiness import ResumeResolution
-from .store import (
-    TerminalStateError,
-    job_lock,
-    read_model,
-    write_once_bytes,
-    write_once_json,
-    write_state,
-)
-from .views import AttemptView, BatchView, JobView, StepView
+from ..store.pointers import update_current
+from ..store.views import AttemptView, BatchView, JobView, StepView
+from . import credentials
+from .codex_cli import CodexInfo, build_command
+from .doctor import startup_error_line
+from .gitcmd import git_argv, git_env
 from .workspace import WorkspaceError, copy_tree, resolve_workspace
 
 # `trap :` keeps the wrapper alive through SIGINT/SIGTERM (the child still gets them, as

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..doctor import CheckResult, DoctorContext, register_check
+from .doctor import CheckResult, DoctorContext, register_check
 from .ray_runner import host_port, probe
 
 

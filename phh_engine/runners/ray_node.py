@@ -23,15 +23,15 @@ from typing import Any
 
 import psutil
 
-from ..codex_cli import locate_codex, probe_codex
-from ..doctor import codex_config_path
-from ..harness_config import load_config
 from ..models import AttemptState, BatchMeta
-from ..paths import EXIT_CODE, STATE, Layout
-from ..runner import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, kill_tree
 from ..schemas import default_run_report_schema_path
-from ..store import read_model
-from ..views import AttemptView
+from ..store.files import read_model
+from ..store.harness_config import load_config
+from ..store.paths import EXIT_CODE, STATE, Layout
+from ..store.views import AttemptView
+from .codex_cli import locate_codex, probe_codex
+from .doctor import codex_config_path
+from .local import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, kill_tree
 
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
@@ -218,13 +218,13 @@ class NodeAgent:
 
     @staticmethod
     def _node_of(path: Path) -> str | None:
-        from ..index import load_attempt
+        from ..store.index import load_attempt
 
         view = load_attempt(path)
         return view.meta.environment_snapshot.node if view.meta else None
 
     def _adopt(self, path: Path, pid: int) -> None:
-        from ..index import load_attempt
+        from ..store.index import load_attempt
 
         view = load_attempt(path)
         if view.meta is None or view.state is None or view.run_id in self.tasks:

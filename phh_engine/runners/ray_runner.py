@@ -21,15 +21,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..codex_cli import CodexInfo
-from ..index import load_attempt
 from ..models import AttemptState, EventKind, HarnessConfig, utcnow
-from ..paths import EXIT_CODE, STATE, Layout
-from ..pointers import update_current
-from ..runner import AttemptPlan, LiveAttempt, LocalRunner, record_runner_lost
-from ..store import read_model
-from ..views import AttemptView, BatchView, JobView, StepView
+from ..store.files import read_model
+from ..store.index import load_attempt
+from ..store.paths import EXIT_CODE, STATE, Layout
+from ..store.pointers import update_current
+from ..store.views import AttemptView, BatchView, JobView, StepView
 from .base import NodeStatus
+from .codex_cli import CodexInfo
+from .local import AttemptPlan, LiveAttempt, LocalRunner, record_runner_lost
 from .ray_node import (
     NODE_LABEL,
     SLOTS_RESOURCE,

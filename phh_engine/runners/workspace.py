@@ -38,12 +38,12 @@ from typing import Literal
 from filelock import FileLock
 from pydantic import Field
 
+from ..models import utcnow
+from ..models.common import Record, WorkspacePolicy
+from ..store.files import atomic_write_json, job_lock, read_model
+from ..store.paths import Layout
+from ..store.views import BatchView, JobView
 from .gitcmd import git_argv, git_env
-from .models import utcnow
-from .models.common import Record, WorkspacePolicy
-from .paths import Layout
-from .store import atomic_write_json, job_lock, read_model
-from .views import BatchView, JobView
 
 WORKSPACE_RECORD = "workspace.json"
 _LEGACY_SUBDIR_MARKER = ".workspace_subdir"

@@ -291,7 +291,7 @@ def keep_board(root: Path, batch_id: str | None, batch_ids: list[str], paths: li
     digest = inputs_digest(root / "runs", paths, started_ns - CACHE_QUIET_NS)
     if digest is None or not clock_free():
         return False
-    from phh_engine.store import atomic_write_bytes
+    from phh_engine.store.files import atomic_write_bytes
 
     entry = {"key": _cache_key(), "batches": sorted(batch_ids), "digest": digest,
              "paths": paths, "board": board}

@@ -43,7 +43,7 @@ from .paths import Layout
 
 if TYPE_CHECKING:  # at run time imported where used: a catalog read (a CLI process) must
     # not pay for pydantic's models (~0.3 s), which only a derivation from files needs
-    from .models import BatchScoreboard
+    from ..models import BatchScoreboard
     from .views import AttemptView, BatchView
 
 log = logging.getLogger(__name__)
@@ -459,7 +459,7 @@ class Catalog:
         bid = batch.batch_id
         finished = is_finished(batch, board)
         fp = fingerprint(self.layout, bid) if finished else None
-        from .scoreboards import _system_row
+        from ..derive.scoreboards import _system_row
 
         srow = _system_row(batch, board).model_dump_json()
         latest = {(j.job_id, s.step_id): s.latest for j, s in batch.steps()}
@@ -496,9 +496,9 @@ class Catalog:
     # -------------------------------------------------------------- derivation from files
     def index_batch(self, batch_id: str) -> bool:
         """(Re)derive one batch from its files, alone in memory; False when it is gone."""
+        from ..derive.scoreboards import batch_scoreboard
         from .index import StoreIndex
         from .overrides import apply_marks, list_results
-        from .scoreboards import batch_scoreboard
 
         index = StoreIndex(self.layout)
         batch = index.load_batch(batch_id)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 from pydantic import BaseModel
 
-from .models import TERMINAL_STATUSES, AttemptState, AttemptStatus
+from ..models import TERMINAL_STATUSES, AttemptState, AttemptStatus
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -21,12 +21,12 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from ..models import HarnessConfig, HarnessSettings, LaunchTable, incoming_ids, utcnow
+from ..models.harness_config import DEFAULT_ALLOWED_OVERRIDES, MIN_STALE_SECONDS
 from .docread import HARNESS_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
 from .documents import DocumentError, loads_json
-from .models import HarnessConfig, HarnessSettings, LaunchTable, incoming_ids, utcnow
-from .models.harness_config import DEFAULT_ALLOWED_OVERRIDES, MIN_STALE_SECONDS
+from .files import atomic_write_json, read_model, write_once_json
 from .paths import Layout
-from .store import atomic_write_json, read_model, write_once_json
 
 VERSION_PREFIX = "hc_"
 

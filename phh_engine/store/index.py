@@ -12,8 +12,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from .models import AttemptMeta, AttemptState, BatchMeta, RunReport
-from .models.scoreboard import SystemNote
+from ..models import AttemptMeta, AttemptState, BatchMeta, RunReport
+from ..models.scoreboard import SystemNote
+from .files import read_model
 from .overrides import overrides_dir
 from .paths import (
     CODEX_HOME,
@@ -25,7 +26,6 @@ from .paths import (
     run_id_of,
     scan_attempts,
 )
-from .store import read_model
 from .views import AttemptView, BatchView
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class StoreIndex:
         """What a scoreboard derivation from this index read, relative to runs/: the
         overrides, each batch's meta and closed marker, each step's attempts directory and
         each attempt's directory, state.json and resume base (the derivation's whole input
-        for the kept views of phh_engine/board_files.py; same joins as `_load_batch`)."""
+        for the kept views of phh_engine/store/board_files.py; same joins as `_load_batch`)."""
         out = [str(overrides_dir(self.layout).relative_to(self.layout.runs))]
         for bid in batch_ids:
             out += [f"{bid}/{self.layout.batch_meta(bid).name}", f"{bid}/{CLOSED_MARKER}"]

@@ -20,12 +20,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
+from ..models import utcnow
+from ..models.common import Id, Record, check_id
 from .docread import OVERRIDE_REQUEST_MAX_BYTES, DocumentReadError, read_document_bytes
 from .documents import DocumentError, loads_json
-from .models import utcnow
-from .models.common import Id, Record, check_id
+from .files import atomic_write_json, read_model, write_once_json
 from .paths import Layout
-from .store import atomic_write_json, read_model, write_once_json
 from .views import BatchView, StepView
 
 Action = Literal["cancel", "retry", "resume", "requeue", "mark_failed", "close"]

@@ -23,10 +23,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .models.pause import StartPause
-from .models.scoreboard import SystemNote
+from ..models.pause import StartPause
+from ..models.scoreboard import SystemNote
+from .files import atomic_write_json, job_lock, read_model
 from .paths import Layout
-from .store import atomic_write_json, job_lock, read_model
 
 PAUSES_DIR = "pauses"
 USAGE_LIMIT = "usage_limit"

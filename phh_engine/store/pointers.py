@@ -7,7 +7,7 @@ import logging
 import os
 from datetime import datetime
 
-from .models import (
+from ..models import (
     AttemptIndexEntry,
     AttemptPointer,
     AttemptState,
@@ -15,8 +15,8 @@ from .models import (
     StepPointers,
     utcnow,
 )
+from .files import atomic_write_json, job_lock, read_model
 from .paths import CODEX_HOME, STATE, Layout, attempt_dir_names, run_id_of
-from .store import atomic_write_json, job_lock, read_model
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .models import (
+from ..models import (
     TERMINAL_STATUSES,
     AttemptMeta,
     AttemptState,
