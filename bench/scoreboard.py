@@ -59,8 +59,8 @@ from phh_engine.models import (  # noqa: E402
     Usage,
     utcnow,
 )
+from phh_engine.store import board_files  # noqa: E402
 from phh_engine.store.files import (  # noqa: E402
-    board_files,
     read_model,
     to_bytes,
 )

@@ -33,8 +33,9 @@ from phh_engine.interfaces.api import Auth, create_app
 from phh_engine.interfaces.submit import submit
 from phh_engine.models import AttemptState, BatchScoreboard, RunnerHealth, SystemScoreboard
 from phh_engine.models.scoreboard import SystemNote
+from phh_engine.store import board_files
 from phh_engine.store.board_files import FIELDS, fill
-from phh_engine.store.files import atomic_write_json, board_files, to_bytes
+from phh_engine.store.files import atomic_write_json, to_bytes
 from phh_engine.store.harness_config import materialize
 from phh_engine.store.index import CLOSED_MARKER, StoreIndex
 from phh_engine.store.overrides import OverrideResult, new_nonce, write_result
