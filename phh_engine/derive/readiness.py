@@ -104,7 +104,7 @@ def retry_delay_seconds(policy: RetryPolicy, failures: int, failure_class: str |
     except OverflowError:  # a large max_attempts must hit the cap, not crash the scheduler
         return cap
     if failure_class in UNCOUNTED_FAILURE_CLASSES:
-        return 0.0  # usage limit: the root's start pause (pauses.py) decides when
+        return 0.0  # usage limit: the root's start pause (store/pauses.py) decides when
     if failure_class == "rate_limited":
         delay *= RATE_LIMIT_BACKOFF_FACTOR
     return min(delay, cap)

@@ -1489,7 +1489,7 @@ class Engine:
                 self._scan_batches()
 
     async def _scan_queue(self) -> None:
-        """Ingest Launch Tables dropped into <queue_root>/incoming/ (see queue.py)."""
+        """Ingest Launch Tables dropped into <queue_root>/incoming/ (see interfaces/queue.py)."""
         if self.queue is None:
             return
         try:
