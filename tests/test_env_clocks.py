@@ -6,6 +6,7 @@ everything else is real: the engine, Codex, the stand-in, the files."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from phh_engine.models.common import set_wall_clock_skew
 from phh_engine.store.index import StoreIndex
 from phh_engine.store.overrides import make_request
 from phh_engine.store.paths import claim_time, run_id_of
+from phh_engine.store.views import AttemptView
 
 pytestmark = pytest.mark.codex
 
@@ -44,11 +46,20 @@ def test_forward_jump_does_not_make_a_healthy_attempt_stuck(harness: Harness,
         wait_for(lambda: (a := h.attempts(bid, "j1", "s1")) and h.state(a[0])["status"]
                  == "running", 60, "the attempt running")
         (att,) = h.attempts(bid, "j1", "s1")
+        batch = eng.index.batches[bid]
+
+        def running_in_index() -> AttemptView | None:
+            f = batch.jobs["j1"].steps["s1"].in_flight
+            return f if f and f.state and f.state.status == "running" else None
+
+        wait_for(running_in_index, 30, "the engine's index to see it running")
+        # a frozen copy: once the clock jumps, the monitor beats at once and the index may
+        # take the fresh beat before the assertion below reads it
+        flight = running_in_index()
+        assert flight is not None
+        flight = copy.deepcopy(flight)
         set_wall_clock_skew(JUMP)
         jumped = utcnow()
-        batch = eng.index.batches[bid]
-        flight = batch.jobs["j1"].steps["s1"].in_flight
-        assert flight is not None
         stale = batch.meta.effective_defaults.heartbeat_stale_after_seconds
         # by the wall clock alone the last beat is hours old ...
         assert is_stuck(flight, jumped, stale)
