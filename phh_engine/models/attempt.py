@@ -19,6 +19,7 @@ from .common import (
     WorkspacePolicy,
 )
 from .policies import ExecutionPolicy, RetryPolicy
+from .verification import VerifyResult
 
 
 class ResumeSource(Record):
@@ -60,6 +61,8 @@ class AttemptMeta(Record):
     resume_base_copied_from: str | None = None
     codex_thread_id: str | None = Field(default=None, description="expected thread (resume)")
     retry_of: Id | None = None
+    candidate: int | None = Field(default=None, ge=1, description="1-based candidate index "
+                                  "when the step runs best-of-N (docs/verification.md)")
     override_nonce: str | None = Field(
         default=None, description="the operator request this attempt fulfils (retry/resume)"
     )
@@ -100,3 +103,4 @@ class AttemptState(Record):
     usage: Usage = Field(default_factory=Usage)
     artifacts: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    verify: VerifyResult | None = None

@@ -10,6 +10,7 @@ from pydantic import Field
 from .common import Id, Record, WorkspacePolicy
 from .launch_table import ResumeFrom, RunnerAffinity
 from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
+from .verification import CandidateOverride, VerifySpec
 
 
 class EffectiveDefaults(Record):
@@ -40,6 +41,11 @@ class NormalizedStep(Record):
     retry_policy: RetryPolicy
     runner_affinity: RunnerAffinity | None = None
     artifacts_expected: list[str] = Field(default_factory=list)
+    verify: VerifySpec | None = Field(default=None,
+                                      description="the step's, else the batch's verifier")
+    repair_turns: int = Field(default=1, ge=0)
+    candidates: int = Field(default=1, ge=1)
+    candidate_overrides: list[CandidateOverride] = Field(default_factory=list)
 
 
 class NormalizedJob(Record):

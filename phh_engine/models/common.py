@@ -88,6 +88,7 @@ FailureClass = Literal[
     "invalid_request",
     "shutdown",
     "internal_error",
+    "verify_failed",
 ]
 
 #: Why an attempt ended (state.json `termination_reason`); `failure_class` says what it
@@ -109,11 +110,13 @@ TerminationReason = Literal[
     "runner_lost",
     "spawn_failed",
     "internal_error",
+    "verify_failed",
 ]
 
 #: Why an attempt was started (meta.json `trigger`).
 Trigger = Literal[
-    "scheduled", "retry", "operator_retry", "operator_resume", "requeue", "remediation"
+    "scheduled", "retry", "operator_retry", "operator_resume", "requeue", "remediation",
+    "repair",  # a schema-invalid report sent back to the same thread (docs/verification.md)
 ]
 
 #: Every `EngineEvent.kind` the engine emits (headless log lines, dashboard notes).

@@ -14,6 +14,7 @@ from .policies import (
     RetryPolicyOverride,
     TimeoutsOverride,
 )
+from .verification import MAX_CANDIDATES, MAX_REPAIR_TURNS, CandidateOverride, VerifySpec
 
 GOAL_MIN_WORDS = 150
 
@@ -51,6 +52,11 @@ class StepSpec(Strict):
     retry_policy: RetryPolicyOverride | None = None
     runner_affinity: RunnerAffinity | None = None
     artifacts_expected: list[str] = Field(default_factory=list)
+    verify: VerifySpec | None = None
+    repair_turns: int | None = Field(default=None, ge=0, le=MAX_REPAIR_TURNS)
+    candidates: int = Field(default=1, ge=1, le=MAX_CANDIDATES)
+    candidate_overrides: list[CandidateOverride] = Field(default_factory=list,
+                                                         max_length=MAX_CANDIDATES)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> StepSpec:
@@ -83,5 +89,7 @@ class LaunchTable(Strict):
     packs: dict[str, str] = Field(default_factory=dict)
     workspace_policy: WorkspacePolicy | None = None
     allow_shared_directory_concurrency: bool | None = None
+    verify: VerifySpec | None = None
+    repair_turns: int | None = Field(default=None, ge=0, le=MAX_REPAIR_TURNS)
     jobs: list[JobSpec] = Field(min_length=1)
     kind: Literal["phh.launch_table"] | None = None

@@ -10,7 +10,7 @@ from .common import MAX_ATTEMPTS, MAX_DAYS, MAX_SECONDS, FailureClass, SandboxMo
 
 DEFAULT_RETRY_ON: list[FailureClass] = [
     "model_error", "rate_limited", "timeout", "runner_lost", "nonzero_exit",
-    "context_exhausted", "usage_limited", "shutdown",
+    "context_exhausted", "usage_limited", "shutdown", "verify_failed",
 ]
 
 
