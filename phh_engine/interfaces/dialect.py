@@ -26,6 +26,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.common import MAX_SAFE_INT
+
 #: the reference's spelling -> phh's, per section of the Launch Table (top level only).
 RENAMED_KEYS: dict[str, dict[str, str]] = {
     "execution_policy": {
@@ -192,8 +194,9 @@ class _Translator:
 
     def concurrency(self, value: Any) -> Any:
         limit = self.limit
+        # an integer of no sane size is left for validation to refuse, not capped
         if limit is None or isinstance(value, bool) or not isinstance(value, int) or \
-                value <= limit:
+                value <= limit or value > MAX_SAFE_INT:
             return value
         self.note("concurrency", "concurrency",
                   f"{value} is above the harness limit {LIMIT_NAME} = {limit}: this batch "

@@ -137,6 +137,13 @@ _YamlLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+# YAML 1.1 (PyYAML) reads `1e3` as the string "1e3"; YAML 1.2 and every operator read a
+# number. Field types are strict, so the string would be refused as "not a number".
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_launch_table(path: Path) -> tuple[dict[str, Any], bytes]:

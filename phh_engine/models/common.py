@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from ..store.paths import store_name_clash
 
@@ -173,12 +173,40 @@ def set_wall_clock_skew(seconds: float) -> None:
     _wall_skew = timedelta(seconds=seconds)
 
 
+#: Largest integer magnitude an input may hold: exact in every JSON reader (JavaScript's
+#: Number.MAX_SAFE_INTEGER + 1) and well inside SQLite's 64-bit INTEGER.
+MAX_SAFE_INT = 2**53
+
+
+def _oversized_int(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > MAX_SAFE_INT
+    if isinstance(value, (list, tuple)):
+        return any(_oversized_int(v) for v in value)
+    if isinstance(value, dict):
+        return any(_oversized_int(v) for v in value.values())
+    return False
+
+
 class Strict(BaseModel):
-    """Input models: an unknown key is an error, never silently ignored."""
+    """Input models: an unknown key is an error, never silently ignored; a value of the wrong
+    JSON type is an error too (`true` or `"10"` where a count belongs, `null` where a switch
+    belongs), and no integer is larger than MAX_SAFE_INT (docs/layout.md#launch-table)."""
 
     # allow_inf_nan: `1e400` (or "1e400" in YAML, a string pydantic would parse) is infinity,
-    # which JSON cannot hold: it would be written as null, silently dropping the setting
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    # which JSON cannot hold: it would be written as null, silently dropping the setting.
+    # strict: lax mode would turn `true` into 1 and `"10"` into 10, hiding a typo.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False,
+                              strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _ints_in_range(cls, value: Any) -> Any:
+        if _oversized_int(value):
+            raise ValueError(f"integer out of range (at most {MAX_SAFE_INT} in magnitude)")
+        return value
 
 
 class Record(BaseModel):

@@ -29,7 +29,7 @@ class ApiMode(Strict):
     enabled: bool = False
     auth_mode: Literal["none", "local_trust", "token"] = "local_trust"
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: int = Field(default=8765, ge=1, le=65535)
     token_env: str = Field(default="PHH_API_TOKEN", description="env var holding the token")
     token_file: str | None = Field(default=None, description="file outside runs/ with the token")
 
@@ -168,4 +168,4 @@ class HarnessConfig(HarnessSettings):
     """The materialised snapshot: settings plus a content-derived version."""
 
     harness_config_version: str
-    written_at: datetime
+    written_at: datetime = Field(strict=False)  # read back from JSON text

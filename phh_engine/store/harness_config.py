@@ -288,6 +288,13 @@ def _check_settings(layout: Layout, settings: HarnessSettings) -> None:
         problems.append(("interfaces.api_mode.token_file",
                          f"must be a file outside {layout.runs} (everything under runs/ is "
                          "readable through phh)"))
+    queue_root = settings.interfaces.filesystem_queue_mode.queue_root
+    if not queue_root.strip():
+        problems.append(("interfaces.filesystem_queue_mode.queue_root", "must not be empty"))
+    elif not _outside_runs(layout, queue_root):
+        problems.append(("interfaces.filesystem_queue_mode.queue_root",
+                         f"must be outside {layout.runs} (the run store: a queue there would "
+                         "mix dropped Launch Tables with batches)"))
     if settings.codex.credential_dir and not _outside_runs(layout, settings.codex.credential_dir):
         problems.append(("codex.credential_dir", f"must be outside {layout.runs}"))
     seen: set[str] = set()
