@@ -383,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Commands that only read: on a directory that is not a root they say so instead of
+#: creating runs/ there (a cache or config snapshot would otherwise be written).
+READ_ONLY_COMMANDS = frozenset({"scoreboard", "config", "current", "jobs", "attempts",
+                                "artifact", "tail", "history"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "root", None) is None and "root" not in vars(args):
@@ -391,6 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from phh_tui.cli_doctor import cmd_dashboard
 
         return cmd_dashboard(args)
+    if args.command in READ_ONLY_COMMANDS:
+        root = _root(args)
+        if not Layout(root).runs.is_dir() and not (root / "phh_config.json").is_file():
+            from phh_engine.interfaces.artifacts import LookupFailed
+            from phh_tui.cli_automation import fail
+
+            return fail(LookupFailed(404, f"{root} is not a phh root (it has no runs/): "
+                                     f"`phh --root {root} init` creates one; --root names "
+                                     "another"), bool(getattr(args, "json", False)))
     return int(args.func(args))
 
 
