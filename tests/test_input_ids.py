@@ -293,3 +293,26 @@ def test_a_working_directory_inside_the_store_is_refused(tmp_path: Path) -> None
     assert [i.path for i in err.value.issues] == ["jobs[0].working_directory"]
     assert "inside phh's store" in err.value.issues[0].message
     assert batch_dirs(layout) == []
+
+
+@pytest.mark.codex
+def test_an_empty_directory_named_like_an_attempt_is_skipped_not_finalised(
+        harness: Harness) -> None:
+    """Tester's case: `…/attempts/20990101T000000Z_rbogus`, an empty directory. It is not an
+    attempt (phh's are born with a state.json), so it neither blocks the step, nor is
+    finalised `runner_lost`, nor pushes the next attempt's name past 2099."""
+    bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("ok"))]}])
+    adir = harness.layout.attempts_dir(bid, "j1", "s1")
+    bogus = adir / "20990101T000000Z_rbogus"
+    bogus.mkdir(parents=True)
+    harness.run()
+    assert list(bogus.iterdir()) == []  # nothing written into it
+    real = [p for p in adir.iterdir() if p != bogus]
+    assert len(real) == 1 and harness.state(real[0])["status"] == "succeeded"
+    assert real[0].name < bogus.name  # named by the clock, not after the stray
+    board = json.loads(phh(harness.root, "scoreboard", "--json", "--batch", bid,
+                           "--recompute").stdout)
+    assert board["counts"]["succeeded"] == 1
+    assert any("20990101T000000Z_rbogus" in n["message"] for n in board["notes"])
+    res = phh(harness.root, "attempts", bid, "j1", "s1", "--json")
+    assert res.returncode == 0 and "rbogus" not in res.stdout, res

@@ -590,13 +590,17 @@ class LocalRunner:
             named = claim_time(now, names)  # sorts after every earlier attempt of the step
             run_id = new_run_id(named)
             path = attempts / run_dir_name(named, run_id)
-            path.mkdir(parents=True, exist_ok=False)
+            # built under a hidden name and renamed into place: an attempt directory is born
+            # with its state.json, so a crash here leaves only a hidden temp dir, and one
+            # without state.json is never an attempt (store/paths.scan_attempts)
+            making = attempts / f".claim-{run_id}"
+            making.mkdir(parents=True, exist_ok=False)
             try:
-                (path / CODEX_HOME).mkdir()
-                write_state(path / STATE, self._state(plan, run_id, "queued", now))
+                (making / CODEX_HOME).mkdir()
+                write_state(making / STATE, self._state(plan, run_id, "queued", now))
+                making.rename(path)
             except BaseException:
-                # a dir without state.json reads as queued and would block the step forever
-                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(making, ignore_errors=True)
                 raise
         # registered now, so a cancel between claim and spawn ends it queued -> canceled
         self.live[run_id] = LiveAttempt(plan=plan, run_id=run_id, path=path)

@@ -132,16 +132,19 @@ NOT_A_DIRECTORY = "."
 
 def scan_attempts(attempts_dir: str | Path) -> tuple[list[str], list[str]]:
     """(attempt directory names oldest first, other entries skipped) of one attempts
-    directory. Stray files and names `run_dir_name` would not make are skipped (hidden
-    ones silently: temp files); a missing directory gives ([], []), a file where the
-    directory or one of its parents should be ([], [NOT_A_DIRECTORY]). One scandir, no stat
-    per entry on filesystems that report entry types."""
+    directory. Stray files, names `run_dir_name` would not make and directories without a
+    state.json are skipped (hidden ones silently: temp files and claims being made). An
+    attempt directory is born with its state.json (the claim renames it into place), so one
+    without is not an attempt of phh's. A missing directory gives ([], []), a file where
+    the directory or one of its parents should be ([], [NOT_A_DIRECTORY]). One scandir and
+    one stat per attempt directory."""
     names: list[str] = []
     stray: list[str] = []
     try:
         with os.scandir(attempts_dir) as it:
             for e in it:
-                if is_attempt_dir_name(e.name) and e.is_dir():
+                if is_attempt_dir_name(e.name) and e.is_dir() and \
+                        os.path.isfile(f"{e.path}/{STATE}"):
                     names.append(e.name)
                 elif not e.name.startswith("."):
                     stray.append(e.name)
