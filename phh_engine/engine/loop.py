@@ -1,5 +1,13 @@
-"""The engine: one asyncio loop that schedules ready steps onto the local runner, keeps the
-StoreIndex current, writes scoreboards and runner health, and recovers from a crash on start.
+"""The engine: one asyncio loop that schedules ready steps onto its runner and keeps the
+StoreIndex current (docs/architecture.md). This module holds the lifecycle (setup, serve,
+stop) and the scheduling; each other concern is a collaborator the Engine owns:
+
+- `Admission` (admission.py): health tick, drain, resources, start pauses, credentials,
+  AIMD after HTTP 429, health.json: whether new attempts may start
+- `Recovery` (recovery.py): attempts left running without a process or monitor
+- `Operator` (operator.py): override requests, stuck-attempt remediation
+- `BoardWriter` (boards.py): scoreboards and the catalog's batch rows
+- `Watcher` (watch.py): new batches, requests and queue drops from other processes
 
 Event-driven: the loop sleeps until an attempt changes, a batch arrives, or a backoff
 expires; an idle engine does no work.
@@ -13,83 +21,47 @@ import contextlib
 import functools
 import logging
 import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
 from filelock import FileLock, Timeout
 
-from .. import __version__
-from ..derive.readiness import is_stuck
 from ..derive.scheduler import Caps, ReadySet, Selection, running_counts, select
-from ..derive.scoreboards import batch_scoreboard, system_scoreboard
 from ..interfaces.queue import DropQueue
-from ..models import AttemptState, CurrentIndex, HarnessConfig, RunnerHealth, check_id, utcnow
+from ..models import AttemptState, HarnessConfig, check_id, utcnow
 from ..models.common import EventKind
-from ..models.health import RunnerNode
-from ..models.pause import StartPause
-from ..models.scoreboard import BatchScoreboard, SystemNote
+from ..models.scoreboard import SystemNote
 from ..runners.base import Runner
 from ..runners.codex_cli import CodexInfo, locate_codex, probe_codex
 from ..runners.credentials import CredentialGate
 from ..runners.doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
-from ..runners.local import RECOVERY_PROMPT, AttemptPlan, LocalRunner, record_runner_lost
+from ..runners.local import AttemptPlan, LocalRunner
 from ..schemas import default_run_report_schema_path
 from ..store.catalog import Catalog, CatalogError
-from ..store.crash import faultpoint
 from ..store.diskguard import WriteGuard
-from ..store.files import (
-    atomic_write_json,
-    lock_held,
-    read_model,
-    write_state,
-)
 from ..store.harness_config import load_config
-from ..store.index import StoreIndex, unexpected_notes
 from ..store.overrides import (
-    OverrideOutcome,
-    OverrideRequest,
     OverrideResult,
-    apply_marks,
-    claim,
-    is_claimed,
-    list_results,
-    make_request,
     overrides_dir,
-    read_request,
-    read_result,
-    refuse_request,
-    write_result,
 )
-from ..store.paths import EXIT_CODE, STATE, Layout, attempt_dir_names
+from ..store.paths import Layout, attempt_dir_names
 from ..store.pauses import (
-    USAGE_LIMIT,
     active_pauses,
-    clear_pause,
-    note_usage_limit,
     pause_message,
-    pause_notes,
-    read_pauses,
 )
-from ..store.pointers import update_current
-from ..store.views import AttemptView, BatchView, StepView
-from . import actions
-from .health import (
-    Resources,
-    all_health,
-    available,
-    drain_state,
-    is_stale,
-    resource_problems,
-    sample_resources,
-    system_notes,
-)
+from ..store.views import AttemptView, BatchView
+from .admission import Admission
+from .boards import BoardWriter
+from .events import EngineError as EngineError
+from .events import EngineEvent as EngineEvent
+from .health import available, is_stale
+from .operator import Operator
+from .recovery import Recovery
+from .tracked_index import TrackedIndex
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
@@ -102,26 +74,6 @@ CONTEXT_EXHAUSTED_NOTE = (
 
 
 T = TypeVar("T")
-
-
-class EngineError(Exception):
-    """The engine cannot start (e.g. its runner is already served by another engine)."""
-
-
-@dataclass(slots=True)
-class EngineEvent:
-    """What headless logs and the dashboard hear about: one fact, already derived."""
-
-    kind: EventKind
-    at: datetime
-    batch_id: str | None = None
-    job_id: str | None = None
-    step_id: str | None = None
-    run_id: str | None = None
-    status: str | None = None
-    detail: str | None = None
-    duration_seconds: float | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -147,54 +99,43 @@ class Engine:
         self.runner_id = runner_id
         self.until_idle = until_idle
         self.on_event = on_event or (lambda e: None)
-        self.index = _TrackedIndex(self.layout)
+        self.index = TrackedIndex(self.layout)
         self.config: HarnessConfig | None = None
         self.codex: CodexInfo | None = None
         self.runner: Runner | None = None
         #: the runner runs attempts on other nodes (a Ray cluster): no local pid checks
-        self._cluster = False
+        self.cluster = False
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.started_at = utcnow()
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._dirty: set[str] = set()
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
-        self._ready = ReadySet()
-        self.index.ready = self._ready
+        self.ready = ReadySet()
+        self.index.ready = self.ready
         # -- the catalog (phh_engine/store/catalog.py): derived, kept current with the files
         self.bounded = bounded
         self.use_catalog = use_catalog
         self.catalog: Catalog | None = None
-        self._catalog_full: set[str] = set()  # loaded batches whose attempts it must get
         self._loop: asyncio.AbstractEventLoop | None = None
         #: set (never cleared) once `serve` runs on its loop: from then on the thread-safe
         #: entry points (`stop`, `run_threadsafe`, `call_threadsafe`) reach the loop
         self.serving = threading.Event()
         self._runner_lock: FileLock | None = None
-        self._handled: set[str] = set()
-        self._boards: dict[str, BatchScoreboard] = {}
-        self._to_adopt: list[tuple[str, str, str, AttemptView]] = []
         self.completed = 0
         self.queue: DropQueue | None = None  # the filesystem queue (docs/interfaces.md), if enabled
-        self._queue_catch_up: asyncio.Task[None] | None = None
-        # -- runner health, drain, admission (docs/architecture.md#scheduling): see
-        # phh_engine/engine/health.py
-        self._drain: tuple[bool, str | None] = (False, None)
-        self._resources = Resources()
-        self._resource_problems: list[str] = []
         #: store writes that failed (full disk, no inodes): no new starts until one succeeds
         self.writes = WriteGuard()
-        self._health_ok_at: float | None = None  # monotonic time of the last good write
-        self._health_error: str | None = None
-        self._peers: dict[str, RunnerHealth] = {}
-        self._notes: list[SystemNote] = []
-        self._admission_reported: list[str] = []
-        #: the runner's credential file: pause on a spent one, one refresh per wave
-        self._cred: CredentialGate | None = None
-        #: start pauses of the whole root (runs/_system/pauses/), re-read every health tick
-        self._pauses: list[StartPause] = []
-        #: AIMD on HTTP 429: the lowered concurrency, None while at the configured cap
-        self._aimd: int | None = None
+        # -- the collaborators, one per concern (docs/architecture.md#the-engine)
+        #: health tick, drain, resources, start pauses, credentials, AIMD: may it start work?
+        self.admission = Admission(self)
+        #: attempts left running without a process or a monitor: ended or adopted
+        self.recovery = Recovery(self)
+        #: operator action requests: applied exactly once; stuck-attempt remediation
+        self.operator = Operator(self)
+        #: scoreboards (and the catalog's batch rows) for batches that changed
+        self.boards = BoardWriter(self)
+        #: new batches, requests and queue drops from other processes
+        self.watch = Watcher(self)
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -217,7 +158,7 @@ class Engine:
         """What the scheduler fills now: `capacity`, lowered by AIMD after HTTP 429s (halved
         per rate-limited attempt, +1 per success, never below 1)."""
         cap = self.capacity
-        return cap if self._aimd is None else max(1, min(self._aimd, cap))
+        return cap if self.admission.aimd is None else max(1, min(self.admission.aimd, cap))
 
     def capacity_note(self) -> str | None:
         """One line when `--concurrency N` asks for more than the configuration allows."""
@@ -239,7 +180,7 @@ class Engine:
         out: list[str] = []
         if self.effective_capacity < self.capacity:
             out.append(f"concurrency {self.effective_capacity}/{self.capacity} (HTTP 429)")
-        out += [pause_message(p) for p in active_pauses(list(self._pauses), utcnow())]
+        out += [pause_message(p) for p in active_pauses(list(self.admission.pauses), utcnow())]
         note = self.capacity_note()
         if note:
             out.append(note)
@@ -281,26 +222,65 @@ class Engine:
             self._runner_lock.release()
             self._runner_lock = None
 
+    # The calls below delegate to the collaborators; kept on Engine because the dashboard,
+    # the API and the tests call them on the engine.
     @property
     def notes(self) -> list[SystemNote]:
         """System notes from the last health sample (a copy)."""
-        return list(self._notes)
+        return list(self.admission.notes)
 
     @property
     def health_error(self) -> str | None:
         """Why the last health.json write failed ("OSError: No space left ..."), else None."""
-        return self._health_error
+        return self.admission.health_error
 
     @property
     def health_written_at(self) -> float | None:
         """`time.monotonic()` of the last good health.json write (None: none yet)."""
-        return self._health_ok_at
+        return self.admission.health_ok_at
 
     def record_outcome(self, st: AttemptState) -> None:
         """Learn from one ended attempt's state what the model API said: a usage limit
         pauses starts on the root, HTTP 429 halves the effective concurrency, a success
         raises it by one. Call on the engine's loop."""
-        self._after_outcome(st)
+        self.admission.record_outcome(st)
+
+    def admission_reasons(self, mono: float | None = None) -> list[str]:
+        """Why this runner starts nothing new right now (`Admission.reasons`)."""
+        return self.admission.reasons(mono)
+
+    def sample_health(self) -> None:
+        """The blocking part of a health tick (`Admission.sample`)."""
+        self.admission.sample()
+
+    def health_tick(self) -> None:
+        """One health tick in full (`Admission.tick`). Blocks."""
+        self.admission.tick()
+
+    def write_health(self, stopped: bool = False) -> None:
+        """Write runners/<runner_id>/health.json now. Raises OSError when it cannot."""
+        self.admission.write_health(stopped)
+
+    def write_scoreboards(self, all_batches: bool = False) -> None:
+        """Write the boards of changed batches (`all_batches`: every one) and the system
+        scoreboard (`BoardWriter.write`). Raises OSError when a write fails."""
+        self.boards.write(all_batches)
+
+    def check_stuck(self) -> None:
+        """Stuck-attempt remediation (`Operator.check_stuck`). Call on the engine's loop."""
+        self.operator.check_stuck()
+
+    async def request(
+        self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,
+        *, run_id: str | None = None, runner_id: str | None = None, prompt: str | None = None,
+        reason: str | None = None, requested_by: str = "engine",
+    ) -> OverrideResult:
+        """The one operator-action entry point (TUI, API; `Operator.request`): recorded as a
+        request file, applied at once. Raises pydantic.ValidationError for malformed ids or
+        actions."""
+        return await self.operator.request(
+            action, batch_id, job_id, step_id, run_id=run_id, runner_id=runner_id,
+            prompt=prompt, reason=reason, requested_by=requested_by)
 
     def stop(self, cancel_running: bool = False, detach: bool = False) -> None:
         """Thread-safe: no new starts; running attempts finish, are canceled, or (detach) are
@@ -318,26 +298,26 @@ class Engine:
         first = not self._stopping
         self._stopping = True
         if detach:
-            self._emit(EngineEvent("stopping", utcnow(), detail=(
+            self.emit(EngineEvent("stopping", utcnow(), detail=(
                 f"detaching: {len(self.tasks)} attempt(s) keep running for the next engine")))
             for task in list(self.tasks.values()):
                 task.cancel()  # stops watching only; the Codex processes live on
-            self._poke()
+            self.poke()
             return
         if cancel_running and self.runner is not None:
             for run_id in list(self.runner.live):
                 self.runner.cancel(run_id, "shutdown")  # retried by the next engine
         if first or cancel_running:
-            self._emit(EngineEvent("stopping", utcnow(), detail=(
+            self.emit(EngineEvent("stopping", utcnow(), detail=(
                 "canceling running attempts" if cancel_running else
                 f"no new starts; waiting for {len(self.tasks)} running attempt(s)")))
-        self._poke()
+        self.poke()
 
-    def _poke(self) -> None:
+    def poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
-    def _emit(self, ev: EngineEvent) -> None:
+    def emit(self, ev: EngineEvent) -> None:
         try:
             self.on_event(ev)
         except Exception:  # a broken listener must not stop the engine
@@ -387,11 +367,11 @@ class Engine:
         self.runner = self._cluster_runner() or LocalRunner(
             self.layout, self.config, self.codex, self.runner_id,
             default_schema=default_run_report_schema_path(),
-            on_change=self._on_attempt_change,
+            on_change=self.on_attempt_change,
             codex_config_toml=codex_config_path(self.config),
         )
-        self._cred = CredentialGate(self.layout, self.config)
-        self._cred.poll()
+        self.admission.cred = CredentialGate(self.layout, self.config)
+        self.admission.cred.poll()
         self.runner.writes = self.writes
         overrides_dir(self.layout).mkdir(parents=True, exist_ok=True)
         self.queue = DropQueue.from_config(self.layout, self.config)
@@ -400,10 +380,10 @@ class Engine:
         self._open_catalog()
         self.index.load()
         if self.catalog is not None:
-            self._catalog_full.update(self.index.batches)
-        self._replay_overrides()
-        self._recover()
-        self._repair_pointers()
+            self.boards.catalog_full.update(self.index.batches)
+        self.operator.replay()
+        self.recovery.recover()
+        self.recovery.repair_pointers()
 
     # ---------------------------------------------------------- cluster (issue 13)
     def _cluster_runner(self) -> Runner | None:
@@ -426,23 +406,23 @@ class Engine:
             slots_resource=spec.slots_resource if spec else "codex_slots",
             node_labels=spec.node_labels if spec else None,
             default_schema=default_run_report_schema_path(),
-            on_change=self._on_attempt_change, on_node=self._on_node,
+            on_change=self.on_attempt_change, on_node=self._on_node,
             codex_config_toml=codex_config_path(self.config))
         try:
             runner.connect()
         except RayUnavailable as exc:
             raise EngineError(str(exc)) from None
-        self._cluster = True
+        self.cluster = True
         return runner
 
     def _on_node(self, kind: EventKind, label: str, detail: str) -> None:
         now, what = utcnow(), f"node {label}: {detail}"
         data = {"runner_id": self.runner_id, "node": label}
         # each kind spelled out: tests/test_vocabularies.py reads the kinds from the source
-        self._emit(EngineEvent("node_joined", now, detail=what, data=data)
-                   if kind == "node_joined" else
-                   EngineEvent("node_lost", now, detail=what, data=data))
-        self._poke()  # capacity changed
+        self.emit(EngineEvent("node_joined", now, detail=what, data=data)
+                  if kind == "node_joined" else
+                  EngineEvent("node_lost", now, detail=what, data=data))
+        self.poke()  # capacity changed
     def _open_catalog(self) -> None:
         """Open and verify the catalog; with `bounded`, settled batches are not loaded."""
         if not self.use_catalog:
@@ -466,21 +446,19 @@ class Engine:
         self.serving.set()
         if self.runner is None:
             await asyncio.to_thread(self.setup)
-        for batch_id, job_id, step_id, view in self._to_adopt:
-            self._adopt(batch_id, job_id, step_id, view)
-        self._to_adopt.clear()
-        self._process_overrides()
-        await self._scan_queue()
-        self.health_tick()  # drain / resources / health.json before anything starts
+        self.recovery.adopt_pending()
+        self.operator.process()
+        await self.watch.scan_queue()
+        self.admission.tick()  # drain / resources / health.json before anything starts
         note = self.capacity_note()
         if note:
-            self._emit(EngineEvent("concurrency_capped", utcnow(), status="capped",
-                                   detail=note, data={"capacity": self.capacity}))
+            self.emit(EngineEvent("concurrency_capped", utcnow(), status="capped",
+                                  detail=note, data={"capacity": self.capacity}))
         aux = [
-            asyncio.create_task(self._health_loop(), name="phh-health"),
-            asyncio.create_task(self._scoreboard_loop(), name="phh-scoreboards"),
-            asyncio.create_task(self._watch_loop(), name="phh-watch"),
-            asyncio.create_task(self._credential_loop(), name="phh-credential"),
+            asyncio.create_task(self.admission.run(), name="phh-health"),
+            asyncio.create_task(self.boards.run(), name="phh-scoreboards"),
+            asyncio.create_task(self.watch.run(), name="phh-watch"),
+            asyncio.create_task(self.admission.credential_loop(), name="phh-credential"),
         ]
         if self.config is not None and self.config.gc.enabled:
             aux.append(asyncio.create_task(self._gc_loop(), name="phh-gc"))
@@ -496,9 +474,9 @@ class Engine:
             for t in aux:
                 t.cancel()
             await asyncio.gather(*aux, return_exceptions=True)
-            self.write_scoreboards(all_batches=True)
+            self.boards.write(all_batches=True)
             with contextlib.suppress(OSError):
-                self.write_health(stopped=True)
+                self.admission.write_health(stopped=True)
             self.release_runner()
             if self.runner is not None:  # as asyncio.run waits for its default pool
                 await asyncio.to_thread(self.runner.close)
@@ -517,26 +495,26 @@ class Engine:
                 await self._wake.wait()
                 continue
             now = utcnow()
-            if self.admission_reasons() != self._admission_reported:
-                self._after_sample()  # a start pause ended (or began): say so at once
+            if self.admission.reasons() != self.admission.reported:
+                self.admission.after_sample()  # a start pause ended (or began): say so at once
             caps = self.caps(now)
-            sel = self._ready.select(self.index.batches, caps)
+            sel = self.ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
                 self._check_selection(sel, caps, now)
             for cand in sel.start:
                 self._start(cand.batch, cand)
             # steps held back by a start pause that ends at a known time are still to run
-            pause_end = self._pause_end(now) if sel.waiting else None
+            pause_end = self.admission.pause_end(now) if sel.waiting else None
             if not sel.start and not self.tasks and sel.next_wakeup is None \
                     and pause_end is None:
-                if self._sweep_orphans():
+                if self.recovery.sweep_orphans():
                     continue  # an attempt nobody watched was ended or adopted: look again
                 if self.until_idle:
-                    self._emit(EngineEvent("idle", now, detail="nothing running or runnable"))
+                    self.emit(EngineEvent("idle", now, detail="nothing running or runnable"))
                     return
                 if not idle_reported:
                     idle_reported = True
-                    self._emit(EngineEvent("idle", now, detail="waiting for work"))
+                    self.emit(EngineEvent("idle", now, detail="waiting for work"))
             elif sel.start:
                 idle_reported = False
             timeout = None
@@ -552,24 +530,24 @@ class Engine:
         assert self.config is not None
         now = now or utcnow()
         stale_after = self.config.runner_health.stale_after_seconds
-        avail = {rid for rid, h in self._peers.items()
+        avail = {rid for rid, h in self.admission.peers.items()
                  if available(h, now, stale_after)} | {self.runner_id}
-        self._ready.refresh(self.index.batches, now, self.runner_id, avail)
+        self.ready.refresh(self.index.batches, now, self.runner_id, avail)
         # health/drain/resources (docs/architecture.md#scheduling): nothing new starts while any
         # reason holds
-        if self._cred is not None:
-            self._cred.poll()
-        free = 0 if self.admission_reasons(mono) else self.effective_capacity - len(self.tasks)
-        if self._cred is not None:
-            free = self._cred.admit(free)  # a stale token: one attempt refreshes it first
+        if self.admission.cred is not None:
+            self.admission.cred.poll()
+        free = 0 if self.admission.reasons(mono) else self.effective_capacity - len(self.tasks)
+        if self.admission.cred is not None:
+            free = self.admission.cred.admit(free)  # a stale token: one attempt refreshes it first
         # global concurrency spans every live runner on this store (from their health.json)
-        others = sum(h.running for rid, h in self._peers.items()
+        others = sum(h.running for rid, h in self.admission.peers.items()
                      if rid != self.runner_id and not is_stale(h, now, stale_after))
         free = min(free, self.config.limits.global_concurrency - len(self.tasks) - others)
         return Caps(
             runner_id=self.runner_id, available_runners=avail, free_slots=max(0, free),
-            running_by_batch=dict(self._ready.running_by_batch),
-            running_by_workdir=dict(self._ready.running_by_workdir),
+            running_by_batch=dict(self.ready.running_by_batch),
+            running_by_workdir=dict(self.ready.running_by_workdir),
             per_workdir=self.config.limits.per_working_directory,
         )
 
@@ -631,14 +609,14 @@ class Engine:
             self.index.unexpected[where] = cand.step.marks.unstartable
             log.warning("cannot start %s/%s/%s: %s", batch.batch_id, cand.job.job_id,
                         cand.step.step_id, cand.step.marks.unstartable)
-            self._ready.touch(batch.batch_id, cand.job.job_id)
-            self._dirty.add(batch.batch_id)
-            self._poke()  # the loop looks again (and may go idle)
+            self.ready.touch(batch.batch_id, cand.job.job_id)
+            self.boards.dirty.add(batch.batch_id)
+            self.poke()  # the loop looks again (and may go idle)
             return
         except OSError as exc:  # full disk, no inodes: pause starts, keep the loop alive
             self.writes.failed(exc, f"a claim of {batch.batch_id}/{cand.job.job_id}/"
                                f"{cand.step.step_id}")
-            self._after_sample()
+            self.admission.after_sample()
             return
         except Exception as exc:  # a fault of phh's own: this step waits, the rest run
             log.exception("claim of %s/%s/%s failed", batch.batch_id, cand.job.job_id,
@@ -646,9 +624,9 @@ class Engine:
             cand.step.marks.unstartable = (
                 f"internal_error while claiming: {type(exc).__name__}: {exc} (see the engine "
                 "log; restart the engine to try again)")
-            self._ready.touch(batch.batch_id, cand.job.job_id)
-            self._dirty.add(batch.batch_id)
-            self._poke()
+            self.ready.touch(batch.batch_id, cand.job.job_id)
+            self.boards.dirty.add(batch.batch_id)
+            self.poke()
             return
         if claimed is None:  # another engine got there first; the index will catch up
             self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
@@ -660,28 +638,33 @@ class Engine:
         self.index.put_attempt(batch.batch_id, cand.job.job_id, cand.step.step_id, view)
         task = asyncio.create_task(
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
-        self.tasks[run_id] = task
-        task.add_done_callback(functools.partial(self._task_done, run_id))
-        if self._cred is not None:
-            self._cred.started(run_id)
-        self._emit(EngineEvent(
+        self.track(run_id, task)
+        if self.admission.cred is not None:
+            self.admission.cred.started(run_id)
+        self.emit(EngineEvent(
             "attempt_started", utcnow(), batch.batch_id, cand.job.job_id, cand.step.step_id,
             run_id, "running",
             detail=(f"resume of {plan.resume.source.run_id}" if plan.resume and
                     plan.resume.source else r.trigger),
         ))
 
+    def track(self, run_id: str, task: asyncio.Task[Any]) -> None:
+        """Hold an attempt's task (started or adopted) until it ends; the scheduler counts
+        it as running meanwhile."""
+        self.tasks[run_id] = task
+        task.add_done_callback(functools.partial(self._task_done, run_id))
+
     def _task_done(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(run_id, None)
-        if self._cred is not None:
-            self._cred.ended(run_id)
+        if self.admission.cred is not None:
+            self.admission.cred.ended(run_id)
         if task.cancelled():
-            self._poke()
+            self.poke()
             return
         if not task.cancelled() and task.exception() is not None:
             log.error("attempt %s crashed", run_id, exc_info=task.exception())
-            self._sweep_orphans()  # its attempt may still say running: end it now
-        self._poke()
+            self.recovery.sweep_orphans()  # its attempt may still say running: end it now
+        self.poke()
 
     def refresh_step(self, batch_id: str, job_id: str, step_id: str) -> None:
         """Re-read one step's attempt directories into the index (no-op for an unknown
@@ -693,26 +676,27 @@ class Engine:
         for name in attempt_dir_names(adir):
             self.index.refresh_attempt(batch_id, job_id, step_id, name)
 
-    def _on_attempt_change(self, batch_id: str, job_id: str, step_id: str,
-                           view: AttemptView) -> None:
+    def on_attempt_change(self, batch_id: str, job_id: str, step_id: str,
+                          view: AttemptView) -> None:
+        """The runner's callback: an attempt's view changed (state written, ended). Call on
+        the engine's loop."""
         self.index.put_attempt(batch_id, job_id, step_id, view)
-        self._dirty.add(batch_id)
+        self.boards.dirty.add(batch_id)
         if view.terminal:
             self.completed += 1
             st = view.state
             dur = None
             if st and st.started_at and st.ended_at:
                 dur = (st.ended_at - st.started_at).total_seconds()
-            self._emit(EngineEvent(
+            self.emit(EngineEvent(
                 "attempt_ended", utcnow(), batch_id, job_id, step_id, view.run_id, view.status,
                 detail=(st.failure_class or st.termination_reason) if st else None,
                 duration_seconds=dur,
             ))
             if st is not None:
-                self._after_outcome(st)
-            self._poke()
+                self.admission.record_outcome(st)
+            self.poke()
 
-    # ------------------------------------------------------------ recovery
     # ------------------------------------------------------------ operator actions
     def request_threadsafe(self, action: str, batch_id: str, job_id: str | None = None,
                            step_id: str | None = None, **kw: Any
@@ -722,9 +706,7 @@ class Engine:
         return asyncio.run_coroutine_threadsafe(
             self.request(action, batch_id, job_id, step_id, **kw), self._loop)
 
-    # ------------------------------------------------------------ stuck
     # ------------------------------------------------------------ side loops
-    # ------------------------------------------------------------ health / drain / GC
     async def _gc_loop(self) -> None:
         """Scheduled retention (harness config `gc`, off by default); `phh gc` is the same."""
         from .gc import run_gc
@@ -740,7 +722,7 @@ class Engine:
                 for bid, jid, sid, name in report.touched_attempts():
                     self.index.refresh_attempt(bid, jid, sid, name)
                 if report.actions:
-                    self._emit(EngineEvent("gc", utcnow(), status="done",
-                                           detail=report.summary(),
-                                           data={"freed_bytes": report.freed_bytes}))
+                    self.emit(EngineEvent("gc", utcnow(), status="done",
+                                          detail=report.summary(),
+                                          data={"freed_bytes": report.freed_bytes}))
             await asyncio.sleep(self.config.gc.interval_seconds)

@@ -1,7 +1,15 @@
-"""The engine's index (moved from loop.py)."""
+"""The engine's StoreIndex: it also tells the scheduler's ReadySet which job changed and
+keeps the catalog's attempt rows current, whoever changed the index."""
+
+from __future__ import annotations
+
+from ..derive.scheduler import ReadySet
+from ..store.catalog import Catalog
+from ..store.index import StoreIndex
+from ..store.views import AttemptView, BatchView
 
 
-class _TrackedIndex(StoreIndex):
+class TrackedIndex(StoreIndex):
     """The engine's index tells its ReadySet which job changed, whoever changed it (own
     attempts, the dashboard's watcher in the same process, GC refreshes)."""
 
