@@ -34,11 +34,12 @@ from ..interfaces.queue import DropQueue
 from ..models import AttemptState, HarnessConfig, check_id, utcnow
 from ..models.common import EventKind
 from ..models.scoreboard import SystemNote
+from ..runners.attempt import AttemptPlan
 from ..runners.base import Runner
 from ..runners.codex_cli import CodexInfo, locate_codex, probe_codex
 from ..runners.credentials import CredentialGate
 from ..runners.doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
-from ..runners.local import AttemptPlan, LocalRunner
+from ..runners.local import LocalRunner
 from ..schemas import default_run_report_schema_path
 from ..store.catalog import Catalog, CatalogError
 from ..store.diskguard import WriteGuard

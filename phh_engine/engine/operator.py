@@ -16,7 +16,7 @@ import psutil
 
 from ..derive.readiness import is_stuck
 from ..models import utcnow
-from ..runners.local import RECOVERY_PROMPT
+from ..runners.prepare import RECOVERY_PROMPT
 from ..store.overrides import (
     OverrideOutcome,
     OverrideRequest,

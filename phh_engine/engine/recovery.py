@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import psutil
 
 from ..models import AttemptState, CurrentIndex, utcnow
-from ..runners.local import AttemptPlan, record_runner_lost
+from ..runners.attempt import AttemptPlan
+from ..runners.conclude import record_runner_lost
 from ..store.crash import faultpoint
 from ..store.files import lock_held, read_model, write_state
 from ..store.paths import EXIT_CODE, STATE

@@ -1,4 +1,28 @@
-"""Attempt (moved from local.py)."""
+"""One attempt's book-keeping, shared by the local runner's stages (runners/prepare.py,
+runners/watch.py, runners/conclude.py) and the runner protocol (runners/base.py):
+`AttemptPlan` (what the scheduler decided), `LiveAttempt` (a running attempt, for cancel),
+`_Watch` (what monitoring and concluding need), and `RunnerCore`, the attributes and the
+small helpers every stage uses (worker threads, the state factory, the change callback).
+`LocalRunner.__init__` (runners/local.py) sets the attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..derive.readiness import ResumeResolution
+from ..models import AttemptState, AttemptStatus, HarnessConfig, Trigger
+from ..store.diskguard import WriteGuard
+from ..store.paths import Layout
+from ..store.views import AttemptView
+from .codex_cli import CodexInfo
 
 T = TypeVar("T")
 
@@ -8,7 +32,6 @@ T = TypeVar("T")
 #: (asyncio's default pool here) 4.1 ms of system CPU per attempt, 2 threads 3.0 ms, same
 #: wall time. Two keep one file-system wait (an fsync) from stalling every start and end.
 IO_THREADS = 2
-
 
 
 @dataclass(slots=True)
@@ -57,6 +80,28 @@ class _Watch:
 
 
 class RunnerCore:
+    """What the stages of the local runner share; set by `LocalRunner.__init__`."""
+
+    layout: Layout
+    config: HarnessConfig
+    codex: CodexInfo
+    runner_id: str
+    default_schema: Path
+    on_change: Callable[[str, str, str, AttemptView], None]
+    codex_config_toml: Path | None
+    live: dict[str, LiveAttempt]
+    host: str
+    _default_schema_obj: dict[str, Any]
+    #: failed store writes (the engine shares its own guard here)
+    writes: WriteGuard
+    _pool: ThreadPoolExecutor | None
+    #: the cluster node this runner's attempts run on (meta.json environment_snapshot.node);
+    #: None on a single host. Set by the Ray node agent (runners/ray_node.py).
+    node: str | None
+    #: current.json is written by whoever schedules: this runner when it is the engine's
+    #: own, the engine when this runner is a cluster node agent (the engine's single writer)
+    writes_pointers: bool
+
     async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on the attempts' own worker threads (IO_THREADS)."""
         if self._pool is None:

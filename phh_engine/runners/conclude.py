@@ -1,4 +1,64 @@
-"""Conclude (moved from local.py)."""
+"""Concluding an ended attempt: the outcome classification (`classify`, failure classes
+from Codex's texts, docs/failure-classes.md), the final report parsed and checked against
+its schema (`validate_report`), and `ConcludeSteps`, the local runner's stage that writes
+the terminal state, artifacts and current.json (one terminal status, ever), including the
+ends without a normal exit (spawn failed, internal error, runner lost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+
+from .. import __version__
+from ..models import (
+    TERMINAL_STATUSES,
+    AttemptMeta,
+    AttemptState,
+    AttemptStatus,
+    FailureClass,
+    RunReport,
+    TerminationReason,
+    Usage,
+    utcnow,
+)
+from ..store.crash import crashpoint, faultpoint
+from ..store.diskguard import retry_writes
+from ..store.events import EventFacts
+from ..store.files import TerminalStateError, job_lock, read_model, write_once_json, write_state
+from ..store.paths import (
+    CODEX_HOME,
+    EXIT_CODE,
+    FINAL_JSON,
+    FINAL_TXT,
+    HANDOFF,
+    INTERNAL_LOG,
+    STATE,
+    STDERR,
+    Layout,
+    run_id_of,
+)
+from ..store.pointers import update_current
+from ..store.views import AttemptView
+from . import credentials
+from .attempt import AttemptPlan, LiveAttempt, RunnerCore, _Watch
+from .doctor import startup_error_line
+from .git_artifacts import _write_git_artifacts
+from .process import kill_tree
+
+log = logging.getLogger(__name__)
 
 # Status codes as whole numbers only: a URL's port (127.0.0.1:42913) or a request id in the
 # same text must not read as HTTP 429 or 500. The texts are what Codex 0.169 prints for each
@@ -198,6 +258,10 @@ def _one_line_error(text: str, limit: int = 400) -> str:
 
 
 class ConcludeSteps(RunnerCore):
+    """The local runner's last stage: classify an ended attempt and write its results, or
+    end one that never ran normally (spawn failed, internal error). File work runs in the
+    runner's worker threads; views and listeners are touched only on the loop."""
+
     def _conclude(self, plan: AttemptPlan, path: Path, run_id: str, state: AttemptState,
                   facts: EventFacts, watch: _Watch, returncode: int | None, *, canceled: bool,
                   timed_out: bool, thread_mismatch: str | None, cancel_reason: str | None,

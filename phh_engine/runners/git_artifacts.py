@@ -1,4 +1,18 @@
-"""Git artifacts (moved from local.py)."""
+"""Git artifacts of an ended attempt (docs/layout.md): `git_head.txt`, `git_status.txt`,
+`git.diff` (untracked files included) and `files_touched.json`, when the attempt's working
+directory is in a git work tree. Plumbing only, never taking the index lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+from ..store.files import write_once_bytes, write_once_json
+from ..store.paths import FILES_TOUCHED, GIT_DIFF, GIT_HEAD, GIT_STATUS
+from .gitcmd import git_argv, git_env
 
 
 def in_git_work_tree(workdir: Path) -> bool:

@@ -4,110 +4,63 @@
 Codex writes its events straight into `codex.events.jsonl` and a tiny `sh` wrapper writes its
 exit code to a file, so nothing depends on a pipe held by this process: an attempt's record
 survives the engine. The runner only tails those files.
+
+`LocalRunner` is the Runner protocol (runners/base.py): claim, run, adopt, cancel. An
+attempt's run is three stages, each its own module: prepare (runners/prepare.py: workspace,
+prompt, codex_home, meta.json, spawn), watch (runners/watch.py: events, heartbeats, timeout,
+cancel, lingering) and conclude (runners/conclude.py: classification, report, final state).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import hashlib
 import json
 import logging
-import os
-import re
 import shutil
-import signal
 import socket
-import subprocess
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import jsonschema
-import psutil
-from pydantic import ValidationError
-
-from .. import __version__
-from ..derive.readiness import ResumeResolution
 from ..models import (
     TERMINAL_STATUSES,
-    AttemptMeta,
     AttemptState,
-    AttemptStatus,
-    EnvironmentSnapshot,
-    ExecutionPolicy,
-    FailureClass,
     HarnessConfig,
-    NormalizedStep,
-    PolicySnapshot,
-    ResumeSource,
-    RunReport,
-    TerminationReason,
-    Trigger,
-    Usage,
     utcnow,
 )
-from ..models.common import WorkspacePolicy
 from ..store.crash import crashpoint, faultpoint
-from ..store.diskguard import WriteGuard, describe, retry_writes
-from ..store.events import EventFacts, EventTail
+from ..store.diskguard import WriteGuard, describe
 from ..store.files import (
-    TerminalStateError,
     job_lock,
     read_model,
-    write_once_bytes,
-    write_once_json,
     write_state,
 )
 from ..store.paths import (
     CODEX_HOME,
     EVENTS,
-    EXIT_CODE,
-    FILES_TOUCHED,
-    FINAL_JSON,
-    FINAL_TXT,
-    GIT_DIFF,
-    GIT_HEAD,
-    GIT_STATUS,
-    HANDOFF,
-    INTERNAL_LOG,
-    META,
     OUTPUT_SCHEMA,
     STATE,
-    STDERR,
     STDOUT,
     Layout,
     attempt_dir_names,
     claim_time,
     new_run_id,
     run_dir_name,
-    run_id_of,
 )
-from ..store.pointers import update_current
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from . import credentials
-from .codex_cli import CodexInfo, build_command
-from .doctor import startup_error_line
-from .gitcmd import git_argv, git_env
-from .workspace import WorkspaceError, copy_tree, resolve_workspace
+from .attempt import AttemptPlan, LiveAttempt, _Watch
+from .codex_cli import CodexInfo
+from .prepare import PrepareSteps, _Prepared
+from .process import _AdoptedHandle
+from .watch import WatchSteps
 
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-class LocalRunner:
+class LocalRunner(PrepareSteps, WatchSteps):
     """Runs attempts as asyncio subprocesses on this host (no thread per run)."""
 
     def __init__(

@@ -1,4 +1,56 @@
-"""Prepare (moved from local.py)."""
+"""Preparing an attempt (`PrepareSteps`, a stage of the local runner), in a worker thread:
+workspace, resume base copied, codex_home provisioned (config, a linked auth.json), the
+prompt composed and written, output schema and Codex command line, meta.json, then the
+spawn under the exit-code wrapper and the `running` state (docs/resume.md, docs/layout.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import __version__
+from ..models import (
+    AttemptMeta,
+    AttemptState,
+    EnvironmentSnapshot,
+    ExecutionPolicy,
+    NormalizedStep,
+    PolicySnapshot,
+    ResumeSource,
+    utcnow,
+)
+from ..models.common import WorkspacePolicy
+from ..store.crash import crashpoint, faultpoint
+from ..store.files import write_once_bytes, write_once_json, write_state
+from ..store.paths import (
+    CODEX_HOME,
+    EVENTS,
+    EXIT_CODE,
+    FINAL_JSON,
+    FINAL_TXT,
+    HANDOFF,
+    META,
+    OUTPUT_SCHEMA,
+    STATE,
+    STDERR,
+    STDOUT,
+)
+from ..store.views import AttemptView, BatchView, JobView, StepView
+from . import credentials
+from .attempt import AttemptPlan, LiveAttempt, RunnerCore, _Watch
+from .codex_cli import build_command
+from .process import _WRAPPER, _ChildHandle, _Handle
+from .workspace import WorkspaceError, copy_tree, resolve_workspace
 
 PROMPT_FILE = "prompt.txt"
 _PLACEHOLDER = re.compile(r"\{\{\s*steps\.([A-Za-z0-9._-]+)\.([a-z_]+)\s*\}\}")
@@ -70,6 +122,9 @@ class _Start:
 
 
 class PrepareSteps(RunnerCore):
+    """The local runner's first stage: `_prepare` runs in a worker thread and hands back a
+    `_Prepared` (the spawned process and its `_Watch`, or why it could not start)."""
+
     def _prepare(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
                  live: LiveAttempt, state: AttemptState, number: int) -> _Prepared:
         """Workspace, resume base, prompt, meta.json, spawn, 'running' state, current.json.

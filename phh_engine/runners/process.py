@@ -1,4 +1,15 @@
-"""Codex processes (moved from local.py)."""
+"""An attempt's Codex process: the exit-code wrapper it runs under, handles to wait on it
+(our own child, or one a previous engine left running), and signalling its process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+
+import psutil
 
 # `trap :` keeps the wrapper alive through SIGINT/SIGTERM (the child still gets them, as
 # caught handlers reset on exec) so it can record the exit code; only SIGKILL loses it.

@@ -1,4 +1,30 @@
-"""Watch (moved from local.py)."""
+"""Watching a running attempt (`WatchSteps`, a stage of the local runner): tail its events,
+write heartbeats (and at once after a wall-clock jump), enforce the timeout and cancels,
+end a Codex that lingers after its final report, then hand over to concluding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..models import AttemptState, utcnow
+from ..store.crash import crashpoint, faultpoint
+from ..store.diskguard import retry_writes
+from ..store.events import EventFacts, EventTail
+from ..store.files import TerminalStateError, write_state
+from ..store.paths import FINAL_TXT, STATE
+from ..store.pointers import update_current
+from ..store.views import AttemptView
+from .attempt import AttemptPlan, LiveAttempt, _Watch
+from .conclude import ConcludeSteps, validate_report
+from .process import _Handle, kill_group, kill_tree
 
 STATE_WRITE_MIN_INTERVAL = 1.0
 #: a change of wall-minus-monotonic this large between two monitor wakes is a clock jump
@@ -63,6 +89,9 @@ class _Watching:
 
 
 class WatchSteps(ConcludeSteps):
+    """The local runner's watch stage: `_monitor` runs one attempt's watch loop to its end,
+    then concludes it (`ConcludeSteps`)."""
+
     async def _monitor(self, plan: AttemptPlan, view: AttemptView, live: LiveAttempt,
                        state: AttemptState, proc: _Handle, watch: _Watch,
                        elapsed: float = 0.0) -> AttemptView:
