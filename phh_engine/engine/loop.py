@@ -13,6 +13,11 @@ Event-driven: the loop sleeps until an attempt changes, a batch arrives, or a ba
 expires; an idle engine does no work.
 """
 
+# Over 500 lines on purpose: lifecycle (setup, the runner lock, the catalog, serve, stop)
+# and scheduling (the loop, caps, starting and tracking attempts) share the engine's state
+# and stay together; each other concern is a collaborator module (above). The Engine also
+# keeps one-line delegations for the calls the dashboard, the API and the tests make on it.
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +34,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
-from ..derive.scheduler import Caps, ReadySet, Selection, running_counts, select
+from ..derive.scheduler import Caps, ReadySet, check_incremental
 from ..interfaces.queue import DropQueue
 from ..models import AttemptState, HarnessConfig, check_id, utcnow
 from ..models.common import EventKind
@@ -44,15 +49,9 @@ from ..schemas import default_run_report_schema_path
 from ..store.catalog import Catalog, CatalogError
 from ..store.diskguard import WriteGuard
 from ..store.harness_config import load_config
-from ..store.overrides import (
-    OverrideResult,
-    overrides_dir,
-)
+from ..store.overrides import OverrideResult, overrides_dir
 from ..store.paths import Layout, attempt_dir_names
-from ..store.pauses import (
-    active_pauses,
-    pause_message,
-)
+from ..store.pauses import active_pauses, pause_message
 from ..store.views import AttemptView, BatchView
 from .admission import Admission
 from .boards import BoardWriter
@@ -67,7 +66,6 @@ from .watch import Watcher
 log = logging.getLogger(__name__)
 _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
 
-HEALTH_INTERVAL = 5.0  # default; harness config runner_health.interval_seconds
 CONTEXT_EXHAUSTED_NOTE = (
     "Note: a previous attempt at this task ran out of room in the model's context window, so "
     "this is a fresh start. Check what is already done in the working directory first, and "
@@ -78,6 +76,11 @@ T = TypeVar("T")
 
 
 class Engine:
+    """One engine serving one runner id on a phh root: `setup()` (blocking), then
+    `await serve()` until idle (`until_idle`) or `stop()`. Thread-safe entry points:
+    `stop`, `run_threadsafe`, `call_threadsafe`, `request_threadsafe`; everything else is
+    called on the engine's loop (or before `serve`)."""
+
     def __init__(
         self,
         root: Path | str,
@@ -501,7 +504,7 @@ class Engine:
             caps = self.caps(now)
             sel = self.ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
-                self._check_selection(sel, caps, now)
+                check_incremental(self.index.batches.values(), sel, caps, now)
             for cand in sel.start:
                 self._start(cand.batch, cand)
             # steps held back by a start pause that ends at a known time are still to run
@@ -551,26 +554,6 @@ class Engine:
             running_by_workdir=dict(self.ready.running_by_workdir),
             per_workdir=self.config.limits.per_working_directory,
         )
-
-    def _check_selection(self, sel: Selection, caps: Caps, now: datetime) -> None:
-        """PHH_CHECK_SCHEDULER=1 (the test suite): the incremental answer must equal a full
-        pass; a missed `touch` would otherwise show up as a step that silently never starts."""
-        by_batch, by_dir = running_counts(self.index.batches.values())
-        full = select(self.index.batches.values(), now, Caps(
-            free_slots=caps.free_slots, runner_id=caps.runner_id,
-            available_runners=caps.available_runners, per_workdir=caps.per_workdir,
-            running_by_batch=by_batch, running_by_workdir=by_dir))
-
-        def key(s: Selection) -> list[tuple[str, str, str, str]]:
-            return [(c.batch.batch_id, c.job.job_id, c.step.step_id, c.readiness.trigger)
-                    for c in s.start]
-
-        got = ({k: v for k, v in caps.running_by_batch.items() if v},
-               {k: v for k, v in caps.running_by_workdir.items() if v}, key(sel), sel.next_wakeup)
-        want = (by_batch, by_dir, key(full), full.next_wakeup)
-        if got != want:
-            raise AssertionError(f"incremental scheduler disagrees with a full pass:\n"
-                                 f"  incremental {got}\n  full        {want}")
 
     def _start(self, batch: BatchView, cand: Any) -> None:
         assert self.runner is not None
