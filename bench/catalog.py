@@ -70,7 +70,7 @@ cpu = ru.ru_utime + ru.ru_stime
 rss = ru.ru_maxrss / 1024
 # let the first board pass finish (it fills a new catalog), then stop
 deadline = time.monotonic() + 600
-while (eng._catalog_full and time.monotonic() < deadline):
+while (eng.boards.catalog_full and time.monotonic() < deadline):
     time.sleep(0.05)
 eng.stop()
 th.join(600)

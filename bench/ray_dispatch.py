@@ -66,7 +66,7 @@ class Floor:
     on a pidfd), `conc` at a time; returns the wall seconds."""
 
     async def run(self, dirs: list[str], conc: int) -> float:
-        from phh_engine.runners.local import _AdoptedHandle
+        from phh_engine.runners.process import _AdoptedHandle
         from phh_engine.runners.ray_node import spawn_detached
 
         sem = asyncio.Semaphore(conc)

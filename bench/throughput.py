@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:  # `python bench/throughput.py` from a checkout wi
 
 from common import FAKE_CODEX, cpu_seconds, load_average, submit_two_step_jobs  # noqa: E402
 
-import phh_engine.runners.local  # noqa: E402
+import phh_engine.runners.conclude  # noqa: E402
 import phh_engine.store.files  # noqa: E402
 from phh_engine.derive.scheduler import Caps, ReadySet, select  # noqa: E402
 from phh_engine.engine.loop import Engine, EngineEvent  # noqa: E402
@@ -111,7 +111,7 @@ def _maxrss_mb() -> float:
 
 # ---------------------------------------------------------------- what-ifs
 class _CachedJsonschema:
-    """Stands in for the `jsonschema` module inside phh_engine.runners.local: same `validate`
+    """Stands in for the `jsonschema` module inside phh_engine.runners.conclude: same `validate`
     semantics (best_match error raised), but the schema is checked and its validator built
     once per schema object instead of on every call."""
 
@@ -161,8 +161,9 @@ WHATIFS: dict[str, str] = {
 def applied(names: set[str]) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         # a no-op once the engine caches validators itself (runner._validator)
-        if "schema-cache" in names and not hasattr(phh_engine.runners.local, "_validator"):
-            stack.enter_context(_patch(phh_engine.runners.local, "jsonschema", _CachedJsonschema()))
+        if "schema-cache" in names and not hasattr(phh_engine.runners.conclude, "_validator"):
+            stack.enter_context(
+                _patch(phh_engine.runners.conclude, "jsonschema", _CachedJsonschema()))
         if "no-fsync" in names:
             stack.enter_context(_patch(phh_engine.store.files, "_write_temp", _write_temp_no_fsync))
         yield

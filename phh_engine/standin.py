@@ -29,6 +29,10 @@ Past the end of ``actions`` the last action repeats if it is final-like (``final
 ``final_text``, ``echo_thread``); otherwise, and without any marker, the default report.
 """
 
+# One file on purpose (~620 lines): test and demo tooling outside the layers, run as
+# `python -m phh_engine.standin`. The script format, how a request picks its action and the
+# SSE stream it answers with are read together when writing a test, so they stay together.
+
 from __future__ import annotations
 
 import argparse

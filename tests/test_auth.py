@@ -365,7 +365,7 @@ REFRESH_MESSAGES = [  # Codex 0.169's own texts (codex-rs/login/src/auth/manager
 
 @pytest.mark.parametrize("message", REFRESH_MESSAGES)
 def test_classify_auth(message: str) -> None:
-    from phh_engine.runners.local import classify
+    from phh_engine.runners.conclude import classify
     from phh_engine.store.events import EventFacts
 
     facts = EventFacts(turn_failed=message, errors=[message])
@@ -375,7 +375,7 @@ def test_classify_auth(message: str) -> None:
 
 
 def test_classify_not_auth_for_a_port_or_a_recovered_refresh_on_stderr() -> None:
-    from phh_engine.runners.local import classify
+    from phh_engine.runners.conclude import classify
     from phh_engine.store.events import EventFacts
 
     facts = EventFacts(turn_failed="unexpected status 500: server_error, url: "

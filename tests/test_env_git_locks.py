@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from phh_engine.runners import workspace
-from phh_engine.runners.local import _write_git_artifacts
+from phh_engine.runners.git_artifacts import _write_git_artifacts
 
 
 def _repo(path: Path) -> Path:

@@ -23,7 +23,7 @@ import pytest
 from conftest import Harness, final, step, wait_for
 
 from phh_engine.models.pause import StartPause
-from phh_engine.runners.local import classify, failure_class_of_text
+from phh_engine.runners.conclude import classify, failure_class_of_text
 from phh_engine.store.events import EventFacts
 from phh_engine.store.pauses import (
     USAGE_LIMIT,

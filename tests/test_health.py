@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import Harness, final, step, wait_for
 
-from phh_engine.engine import loop as engine_mod
+from phh_engine.engine import admission as engine_mod
 from phh_engine.engine.health import (
     Resources,
     read_drain,

@@ -16,7 +16,8 @@ from conftest import Harness, final, step, wait_for
 
 from phh_engine.engine.loop import Engine, EngineError
 from phh_engine.models import utcnow
-from phh_engine.runners.local import AttemptPlan, classify
+from phh_engine.runners.attempt import AttemptPlan
+from phh_engine.runners.conclude import classify
 from phh_engine.store.events import EventFacts
 from phh_engine.store.files import TerminalStateError, write_state
 from phh_engine.store.overrides import list_results

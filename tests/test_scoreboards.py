@@ -380,8 +380,8 @@ def test_goal_preview_cuts_long_text_at_a_word() -> None:
 
 def test_board_writes_are_spaced_by_what_they_cost() -> None:
     """The engine derives whole batches on its loop: a huge batch is written less often
-    rather than starving the schedule (engine.board_delay)."""
-    from phh_engine.engine.loop import BOARD_DUTY, board_delay
+    rather than starving the schedule (engine/boards.py board_delay)."""
+    from phh_engine.engine.boards import BOARD_DUTY, board_delay
 
     assert board_delay(1.0, 0.01) == 1.0  # a small batch: the configured interval
     assert board_delay(1.0, 0.1) == pytest.approx(0.1 * BOARD_DUTY)  # ~10,000 steps

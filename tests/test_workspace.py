@@ -363,7 +363,7 @@ def test_reflink_used_where_the_filesystem_supports_it(tmp_path: Path) -> None:
 def test_git_probe_is_skipped_only_outside_repositories(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The cheap `.git` walk must never skip a real work tree (worktrees have a .git file)."""
-    from phh_engine.runners.local import in_git_work_tree
+    from phh_engine.runners.git_artifacts import in_git_work_tree
 
     monkeypatch.delenv("GIT_DIR", raising=False)
     plain = tmp_path / "plain" / "deep"

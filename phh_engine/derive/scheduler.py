@@ -303,3 +303,27 @@ class ReadySet:
 def _walk(ready: dict[int, list[Candidate]], order: list[int]) -> Iterator[Candidate]:
     for idx in order:  # nothing changes the order while a selection walks it
         yield from ready[idx]
+
+
+def check_incremental(batches: Iterable[BatchView], sel: Selection, caps: Caps,
+                      now: datetime) -> None:
+    """PHH_CHECK_SCHEDULER=1 (the test suite): the incremental answer (`ReadySet.select`)
+    must equal a full pass over `batches`; a missed `touch` would otherwise show up as a step
+    that silently never starts. Raises AssertionError naming both answers."""
+    batches = list(batches)
+    by_batch, by_dir = running_counts(batches)
+    full = select(batches, now, Caps(
+        free_slots=caps.free_slots, runner_id=caps.runner_id,
+        available_runners=caps.available_runners, per_workdir=caps.per_workdir,
+        running_by_batch=by_batch, running_by_workdir=by_dir))
+
+    def key(s: Selection) -> list[tuple[str, str, str, str]]:
+        return [(c.batch.batch_id, c.job.job_id, c.step.step_id, c.readiness.trigger)
+                for c in s.start]
+
+    got = ({k: v for k, v in caps.running_by_batch.items() if v},
+           {k: v for k, v in caps.running_by_workdir.items() if v}, key(sel), sel.next_wakeup)
+    want = (by_batch, by_dir, key(full), full.next_wakeup)
+    if got != want:
+        raise AssertionError(f"incremental scheduler disagrees with a full pass:\n"
+                             f"  incremental {got}\n  full        {want}")

@@ -1,5 +1,6 @@
 """Operator actions (docs/operator-actions.md): one function per action, looked up in a
-table by `Engine._apply` once the rules every step action shares have passed.
+table by `Operator._apply` (engine/operator.py) once the rules every step action shares have
+passed.
 
 The engine applies the shared rules in this order, then the action's own function:
 unknown batch; batch-level actions (`close`); a job and step named and known; an attempt

@@ -21,6 +21,11 @@ Errors are `{"error": <code>, "message": <text>[, "errors": [{path, message}]]}`
 (invalid Launch Table or body); an unexpected failure is a 500 with no trace.
 """
 
+# One file on purpose (~750 lines): it is the route table. Every route with its auth rule,
+# request and response models and error mapping is declared here, so the OpenAPI document
+# (/openapi.json) and the auth rules read in one place; what the routes do already lives in
+# api_ops.py (shared with the CLI), api_history.py and artifacts.py.
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,12 @@ one pass, and a half-created batch must never exist. `validate` only reads; `sub
 `runs/<batch_id>/batch_meta.json` by renaming a fully written temp directory into place.
 """
 
+# One file on purpose (~800 lines): validation reports every mistake in one pass with its
+# JSON path, so loading (duplicate keys, YAML), the raw-data checks (`_Checker`) and the
+# normalisation into batch_meta.json share one Issue list and one path vocabulary, and a
+# Launch Table field's check sits next to its default. If it grows further, `_Checker` is
+# the seam: it could move to its own module with `Issue`.
+
 from __future__ import annotations
 
 import contextlib

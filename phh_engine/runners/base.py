@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..store.diskguard import WriteGuard
     from ..store.views import AttemptView, BatchView, JobView, StepView
-    from .local import AttemptPlan, LiveAttempt
+    from .attempt import AttemptPlan, LiveAttempt
 
 
 @dataclass(slots=True)

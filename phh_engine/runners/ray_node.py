@@ -29,9 +29,11 @@ from ..store.files import read_model
 from ..store.harness_config import load_config
 from ..store.paths import EXIT_CODE, STATE, Layout
 from ..store.views import AttemptView
+from .attempt import AttemptPlan
 from .codex_cli import locate_codex, probe_codex
 from .doctor import codex_config_path
-from .local import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, kill_tree
+from .local import LocalRunner
+from .process import _WRAPPER, _AdoptedHandle, _Handle, kill_tree
 
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"

@@ -27,9 +27,11 @@ from ..store.index import load_attempt
 from ..store.paths import EXIT_CODE, STATE, Layout
 from ..store.pointers import update_current
 from ..store.views import AttemptView, BatchView, JobView, StepView
+from .attempt import AttemptPlan, LiveAttempt
 from .base import NodeStatus
 from .codex_cli import CodexInfo
-from .local import AttemptPlan, LiveAttempt, LocalRunner, record_runner_lost
+from .conclude import record_runner_lost
+from .local import LocalRunner
 from .ray_node import (
     NODE_LABEL,
     SLOTS_RESOURCE,

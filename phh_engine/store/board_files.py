@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-#: The engine rewrites every board once its write intervals add up to 30 s (engine/loop.py; an
+#: The engine rewrites every board once its write intervals add up to 30 s (engine/boards.py; an
 #: interval stretched by BOARD_DUTY for a huge batch can make a file older than this allows,
 #: and it is then derived here instead, which is slower but never wrong).
 FULL_REWRITE_SECONDS = 30.0

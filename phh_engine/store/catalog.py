@@ -21,6 +21,12 @@ corrupt is moved aside and rebuilt, never trusted. SQLite's locking is unsafe on
 filesystems, so a catalog there is refused (`CatalogError`) with how to move it.
 """
 
+# One file on purpose (~700 lines): the SQL schema, the writers that keep it current and the
+# readers share the column lists, the schema version and one connection policy (WAL,
+# busy_timeout, refusing network filesystems); a column added in one half of a split and not
+# the other would only show as a failing reader. The history queries live in
+# interfaces/history.py.
+
 from __future__ import annotations
 
 import base64

@@ -4,8 +4,8 @@ A pause stops new starts fleet-wide (every runner whose engine serves the root r
 same files) until its `until` time, or until cleared when `until` is null. Running attempts
 are not touched. Each cause has its own name (`usage_limit` here; a spent credential can use
 another), so one cause is set, extended and cleared without touching another. Admission
-(`Engine.admission_reasons`) consults `active_pauses`; the message shown on the scoreboard
-notes, the dashboard and the `--no-ui` log is `pause_message`:
+(`Admission.reasons`, engine/admission.py) consults `active_pauses`; the message shown on the
+scoreboard notes, the dashboard and the `--no-ui` log is `pause_message`:
 "paused until 14:15:00 (usage limit)".
 
 The usage-limit policy lives here too (`note_usage_limit`): the reset time Codex printed

@@ -79,7 +79,7 @@ def update_current(layout: Layout, batch_id: str, job_id: str, *, locked: bool =
     """Rewrite one job's current.json under the job lock (or inside a caller's lock)."""
     if locked:
         # not fsynced: an index, and the engine rebuilds any current.json that disagrees with
-        # the attempt directories when it starts (Engine._repair_pointers)
+        # the attempt directories when it starts (engine/recovery.py, Recovery.repair_pointers)
         atomic_write_json(
             layout.current(batch_id, job_id), build_current(layout, batch_id, job_id, utcnow()),
             durable=False,
