@@ -248,7 +248,7 @@ def test_own_health_unwritable_stops_new_starts(harness: Harness,
 ])
 def test_low_resources_stop_new_starts_with_a_clear_attention_item(
         harness: Harness, limit: str, needle: str) -> None:
-    setattr(harness.settings.limits, limit, 1 << 60)  # absurdly high: always below it
+    setattr(harness.settings.limits, limit, 1 << 52)  # 4 PiB, 4e15 inodes: always below it
     harness.write_settings()
     bid = harness.submit([{"job_id": "j1", "steps": [step("s1", final("ok"))]}])
     harness.run()
