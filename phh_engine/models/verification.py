@@ -15,6 +15,9 @@ from .common import MAX_SECONDS, Record, Strict
 MAX_CANDIDATES = 16
 MAX_REPAIR_TURNS = 10
 DEFAULT_VERIFY_TIMEOUT_SECONDS = 600.0
+#: Repairs of a schema-invalid report when neither the step nor the batch says
+#: (docs/verification.md#repair-turns).
+DEFAULT_REPAIR_TURNS = 1
 
 
 class VerifySpec(Strict):

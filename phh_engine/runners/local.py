@@ -92,6 +92,7 @@ from ..store.paths import (
 from ..store.pointers import update_current
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from . import credentials
+from . import verify as verification
 from .codex_cli import CodexInfo, build_command
 from .doctor import startup_error_line
 from .gitcmd import git_argv, git_env
@@ -729,7 +730,9 @@ class LocalRunner:
         else:
             if plan.resume_same_thread and plan.retry_of is not None:
                 st = plan.retry_of.state
-                prompt = RECOVERY_PROMPT.format(reason=(st.failure_class if st else None) or "?")
+                prompt = verification.followup_prompt(  # hook: verify (repair, verify_failed)
+                    plan, spec.output_schema or self._default_schema_obj, spec.verify
+                ) or RECOVERY_PROMPT.format(reason=(st.failure_class if st else None) or "?")
             else:
                 prompt = resolve_placeholders(spec.prompt, job)
                 if spec.append_prompt:
@@ -786,7 +789,8 @@ class LocalRunner:
             prompt_ref=spec.prompt_ref,
             policy_snapshot=PolicySnapshot(execution_policy=start.policy,
                                            timeout_seconds=spec.timeout_seconds,
-                                           retry_policy=spec.retry_policy),
+                                           retry_policy=spec.retry_policy,
+                                           verify=spec.verify),  # hook: verify
             command=start.argv,
             environment_snapshot=EnvironmentSnapshot(
                 codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,
@@ -1021,6 +1025,7 @@ class LocalRunner:
     async def _finish(self, w: _Watching, plan: AttemptPlan, view: AttemptView,
                       live: LiveAttempt, watch: _Watch) -> AttemptView:
         """Conclude the ended attempt (final state, report, artifacts) and report it."""
+        await verification.run_if_due(self, plan, view, live, w, watch)  # hook: verify
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
         state = w.state
@@ -1056,6 +1061,8 @@ class LocalRunner:
             with contextlib.suppress(FileExistsError):
                 write_once_json(path / FINAL_JSON, obj)
         errors = list(facts.errors)
+        outcome, verify_note = verification.judge(outcome, state.verify)  # hook: verify
+        errors += [verify_note] if verify_note else []
         if outcome.status == "failed" and facts.thread_id is None and not timed_out:
             # Codex stopped before its first event: the cause is only on its stderr
             startup = startup_error_line(_tail_text(path / STDERR, 4000))

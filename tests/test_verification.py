@@ -1,0 +1,319 @@
+"""Verified results (issue 15, docs/verification.md): a verifier per step, `verify_failed`
+retries that resume the thread with the verifier's output, repair turns for schema-invalid
+reports, and submit validation of both. Real Codex against the stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import Harness, final, step, wait_for
+
+from phh_engine.interfaces.submit import SubmitError, submit
+from phh_engine.standin import script
+
+pytestmark = pytest.mark.codex
+PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
+FAST_RETRY = {"max_attempts": 2, "backoff_seconds": 0, "mode": "resume_same_thread"}
+
+
+def q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def verify_of(attempt: Path) -> dict[str, Any]:
+    return Harness.state(attempt)["verify"]
+
+
+def prompts_with(harness: Harness, needle: str) -> list[str]:
+    return [p for r in list(harness.standin.requests) for p in (r.get("prompts") or [])[-1:]
+            if needle in p]
+
+
+def test_verifier_fails_then_passes_after_a_resume_with_its_output(harness: Harness) -> None:
+    # the verifier's own output carries the stand-in's script for the follow-up turn: the
+    # retry can only pass if phh sent that output back to the same thread
+    fix = script({"shell": "echo fixed > fixed.txt"}, final("fixed it"))
+    verifier = (f"if test -f fixed.txt; then echo 'all good, score: 0.75'; exit 0; fi; "
+                f"echo 'VERIFY-7 fixed.txt is missing'; echo {q(fix)}; exit 1")
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", prompt="Make fixed.txt.", verify={"command": verifier,
+                                                    "score_pattern": r"score: (\d+\.\d+)"}),
+    ]}], retries=FAST_RETRY)
+    harness.run()
+    first, second = harness.attempts(bid, "j", "s")
+    st1, st2 = harness.state(first), harness.state(second)
+    assert (st1["status"], st1["failure_class"], st1["termination_reason"]) == (
+        "failed", "verify_failed", "verify_failed"), st1
+    assert st1["verify"]["passed"] is False and st1["verify"]["exit_code"] == 1
+    assert st1["verify"].get("score") is None
+    assert any("verifier exited 1" in e for e in st1["errors"]), st1["errors"]
+    assert "VERIFY-7 fixed.txt is missing" in (first / "verify.log").read_text()
+    assert not (first / "handoff.json").exists()
+    assert st2["status"] == "succeeded", st2
+    assert st2["verify"]["passed"] is True and st2["verify"]["exit_code"] == 0
+    assert st2["verify"]["score"] == 0.75
+    meta2 = harness.meta(second)
+    assert (meta2["trigger"], meta2["invocation"], meta2["parent_run_id"]) == (
+        "retry", "resume", st1["run_id"])
+    assert st2["codex_thread_id"] == st1["codex_thread_id"]
+    sent = prompts_with(harness, "VERIFY-7 fixed.txt is missing")
+    assert sent and "verifier did not pass" in sent[0], sent
+    assert (second / "prompt.txt").read_text() == sent[0].strip() or \
+        "VERIFY-7" in (second / "prompt.txt").read_text()
+    assert (harness.workspace / "fixed.txt").read_text().strip() == "fixed"
+
+
+def test_verifier_env_has_the_ids_and_no_secrets(harness: Harness,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the engine runs in this process: its environment is what a verifier could inherit
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-0001")
+    monkeypatch.setenv("CODEX_API_KEY", "sk-test-secret-0002")
+    monkeypatch.setenv("PHH_API_TOKEN", "tok-test-secret-0003")
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": "env | sort > env.txt", "env": {"MY_FLAG": "on"}}),
+    ]}])
+    harness.run()
+    (att,) = harness.attempts(bid, "j", "s")
+    st = harness.state(att)
+    assert st["status"] == "succeeded", st
+    env = dict(line.split("=", 1) for line in
+               (harness.workspace / "env.txt").read_text().splitlines() if "=" in line)
+    assert env["PHH_BATCH_ID"] == bid and env["PHH_JOB_ID"] == "j"
+    assert env["PHH_STEP_ID"] == "s" and env["PHH_RUN_ID"] == st["run_id"]
+    assert env["PHH_ATTEMPT_DIR"] == str(att) and env["MY_FLAG"] == "on"
+    text = (harness.workspace / "env.txt").read_text()
+    for secret in ("sk-test-secret-0001", "sk-test-secret-0002", "tok-test-secret-0003"):
+        assert secret not in text
+    assert "OPENAI_API_KEY" not in env and "CODEX_API_KEY" not in env
+    assert not any(secret in p.read_text(errors="replace") for p in att.rglob("*")
+                   if p.is_file() for secret in ("sk-test-secret-0001",))
+
+
+def test_verifier_cannot_write_outside_the_workspace(harness: Harness) -> None:
+    outside = harness.root / "outside.txt"  # beside the workspace, not in it
+    verifier = (f"echo in > inside.txt; echo out > {q(str(outside))} && echo WROTE-OUTSIDE; "
+                "echo tmp > \"$TMPDIR/scratch.txt\" && echo SCRATCH-OK; "
+                "echo slash > /tmp/phh-verify-escape-$PHH_RUN_ID.txt && echo WROTE-TMP; "
+                "test -f inside.txt")
+    bid = harness.submit([{"job_id": "j", "steps": [step("s", verify={"command": verifier})]}])
+    harness.run()
+    (att,) = harness.attempts(bid, "j", "s")
+    st = harness.state(att)
+    assert st["status"] == "succeeded", (st, (att / "verify.log").read_text())
+    log = (att / "verify.log").read_text()
+    assert (harness.workspace / "inside.txt").exists()
+    assert not outside.exists() and "WROTE-OUTSIDE" not in log, log
+    assert "WROTE-TMP" not in log and not Path(f"/tmp/phh-verify-escape-{st['run_id']}.txt").exists()
+    assert "SCRATCH-OK" in log, log
+
+
+def test_verifier_timeout_kills_its_group(harness: Harness) -> None:
+    verifier = "echo started; sleep 300 & echo $! > sleeper.pid; wait"
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": verifier, "timeout_seconds": 2}),
+    ]}], retries={"max_attempts": 1})
+    harness.run()
+    (att,) = harness.attempts(bid, "j", "s")
+    st = harness.state(att)
+    assert (st["status"], st["failure_class"]) == ("failed", "verify_failed"), st
+    v = st["verify"]
+    assert v["timed_out"] is True and v.get("exit_code") is None and v["passed"] is False
+    assert v["duration_seconds"] >= 2
+    log = (att / "verify.log").read_text()
+    assert "started" in log and "timed out after 2s" in log
+    assert any("timed out" in e for e in st["errors"])
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
+
+
+def test_verify_log_is_bounded(harness: Harness) -> None:
+    verifier = "seq 1 200000; echo 'result=42'"
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": verifier, "score_pattern": r"result=(?P<score>\d+)"}),
+    ]}])
+    harness.run()
+    (att,) = harness.attempts(bid, "j", "s")
+    st = harness.state(att)
+    assert st["status"] == "succeeded" and st["verify"]["score"] == 42.0, st
+    log = (att / "verify.log").read_bytes()
+    assert len(log) <= 64 * 1024 + 200 and b"result=42" in log and b"200000\n" in log
+    assert b"earlier bytes of output not kept" in log
+
+
+BAD_STATUS = script({"final_text": "still not valid"})
+
+
+def invalid_report(tag: str) -> dict[str, Any]:
+    # a Run Report whose status is not allowed: the validator's message quotes the value, so
+    # the repair prompt carries the stand-in script inside it (for the exhausted case)
+    return {"final_text": json.dumps({
+        "schema_version": "1.0.0", "status": tag, "summary": "s", "files_read": [],
+        "files_written": [], "artifacts": []})}
+
+
+def test_repair_turn_fixes_a_schema_invalid_report(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", {"final_text": "this is not JSON"}),
+        step("t", {"echo_thread": True}, resume_from={"step_id": "s"}),
+    ]}])
+    harness.run()
+    first, repair = harness.attempts(bid, "j", "s")
+    st1, st2 = harness.state(first), harness.state(repair)
+    assert (st1["status"], st1["failure_class"]) == ("needs_attention", "schema_invalid")
+    assert st2["status"] == "succeeded", st2
+    meta = harness.meta(repair)
+    assert (meta["trigger"], meta["invocation"], meta["parent_run_id"], meta["retry_of"]) == (
+        "repair", "resume", st1["run_id"], st1["run_id"])
+    prompt = (repair / "prompt.txt").read_text()
+    assert "final message is not JSON" in prompt and "corrected final message" in prompt
+    assert prompts_with(harness, "final message is not JSON")
+    assert st2["codex_thread_id"] == st1["codex_thread_id"]
+    (t,) = harness.attempts(bid, "j", "t")
+    assert harness.state(t)["status"] == "succeeded"
+
+
+def test_repair_turns_exhausted_ends_needs_attention(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", invalid_report(BAD_STATUS)),  # repair_turns: the default, 1
+        step("z", {"final_text": "nope"}, repair_turns=0),
+    ]}])
+    harness.run()
+    atts = harness.attempts(bid, "j", "s")
+    assert len(atts) == 2, atts
+    states = [harness.state(a) for a in atts]
+    assert [(s["status"], s["failure_class"]) for s in states] == [
+        ("needs_attention", "schema_invalid")] * 2
+    assert [harness.meta(a)["trigger"] for a in atts] == ["scheduled", "repair"]
+    assert harness.meta(atts[1])["parent_run_id"] == states[0]["run_id"]
+    # the repair's prompt named the JSON path and the validator's message
+    prompt = (atts[1] / "prompt.txt").read_text()
+    assert "at status:" in prompt and "is not one of" in prompt, prompt
+    (z,) = harness.attempts(bid, "j", "z")  # repair_turns: 0: no repair at all
+    assert harness.state(z)["status"] == "needs_attention"
+    board = json.loads(harness.layout.batch_scoreboard(bid).read_text())
+    rows = {r["step_id"]: r for r in board["steps"]}
+    assert rows["s"]["status"] == "needs_attention" and rows["z"]["status"] == "needs_attention"
+
+
+# --------------------------------------------------------------------- crash
+def run_engine(harness: Harness, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("PHH_CRASH_AT", None)
+    if crash_at:
+        env["PHH_CRASH_AT"] = crash_at
+    return subprocess.run([PHH, "--root", str(harness.root), "run", "--no-ui", "--until-idle"],
+                          capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.mark.parametrize("point", ["while_verifying", "after_verify_record"])
+def test_kill_minus_nine_during_verification_finishes_once(harness: Harness, point: str) -> None:
+    verifier = "echo run >> verify_runs.txt; sleep 1; echo 'score=3'"
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": verifier, "score_pattern": r"score=(\d+)"}),
+    ]}], retries={"max_attempts": 2, "backoff_seconds": 0})
+    crashed = run_engine(harness, point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (att,) = harness.attempts(bid, "j", "s")
+    mid = harness.state(att)
+    assert mid["status"] == "running", mid
+    if point == "after_verify_record":
+        assert mid["verify"]["passed"] is True
+    done = run_engine(harness)
+    assert done.returncode == 0, done.stderr
+    (att,) = harness.attempts(bid, "j", "s")  # concluded, not retried
+    st = harness.state(att)
+    assert st["status"] == "succeeded" and st["verify"]["passed"] is True, st
+    assert st["verify"]["score"] == 3.0
+    runs = (harness.workspace / "verify_runs.txt").read_text().split()
+    if point == "after_verify_record":
+        assert runs == ["run"]  # concluded from the recorded result, never run again
+        assert st["verify"] == mid["verify"]
+    else:
+        assert 1 <= len(runs) <= 2  # the dead engine's run recorded nothing; one result
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
+
+
+def test_cancel_kills_a_running_verifier(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": "echo waiting; sleep 300"}),
+    ]}])
+    eng = harness.start()
+    att = wait_for(lambda: next(iter(harness.attempts(bid, "j", "s")), None), 60, "attempt")
+    wait_for(lambda: harness.state(att).get("current_item") == "verifying", 90, "verifying")
+    st = harness.state(att)
+    assert st["status"] == "running" and st.get("verify") is None
+    wait_for(lambda: [p for p in psutil.process_iter(["cmdline"])
+                      if f"phh-verify:{att}" in (p.info.get("cmdline") or [])], 30, "verifier")
+    res = harness.call(eng, eng.request("cancel", bid, "j", "s"))
+    assert res.outcome == "applied", res
+    wait_for(lambda: harness.state(att)["status"] == "canceled", 60, "canceled")
+    harness.stop(eng)
+    st = harness.state(att)
+    assert st["failure_class"] == "canceled" and st["verify"]["passed"] is False
+    assert "canceled" in (att / "verify.log").read_text()
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
+
+
+# --------------------------------------------------------------------- submit
+def _table(harness: Harness, **step_kw: Any) -> Path:
+    path = harness.root / "bad.json"
+    path.write_text(json.dumps(harness.table(
+        [{"job_id": "j", "steps": [step("s", **step_kw)]}])))
+    return path
+
+
+@pytest.mark.parametrize(("kw", "where", "what"), [
+    ({"verify": {"command": "   "}}, "jobs[0].steps[0].verify.command", "empty"),
+    ({"verify": {"command": ""}}, "jobs[0].steps[0].verify.command", ""),
+    ({"verify": {"command": "true", "score_pattern": "(unclosed"}},
+     "jobs[0].steps[0].verify.score_pattern", "does not compile"),
+    ({"verify": {"command": "true", "timeout_seconds": 0}},
+     "jobs[0].steps[0].verify.timeout_seconds", ""),
+    ({"repair_turns": -1}, "jobs[0].steps[0].repair_turns", ""),
+    ({"repair_turns": 11}, "jobs[0].steps[0].repair_turns", ""),
+])
+def test_submit_refuses_bad_verify_and_repair_turns(harness: Harness, kw: dict[str, Any],
+                                                     where: str, what: str) -> None:
+    path = _table(harness, **kw)
+    with pytest.raises(SubmitError) as err:
+        submit(harness.layout, path)
+    issues = [(i.path, i.message) for i in err.value.issues]
+    assert any(p == where and what in m for p, m in issues), issues
+    assert not [p for p in harness.layout.runs.iterdir() if not p.name.startswith("_")]
+    cli = subprocess.run([PHH, "--root", str(harness.root), "submit", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and where in cli.stderr + cli.stdout, cli
+    assert "Traceback" not in cli.stderr
+
+
+def test_submit_batch_verify_is_each_steps_default(harness: Harness) -> None:
+    path = harness.root / "ok.json"
+    path.write_text(json.dumps(harness.table([{"job_id": "j", "steps": [
+        step("a"), step("b", verify={"command": "make check"}, repair_turns=0),
+    ]}], verify={"command": "make test", "timeout_seconds": 30}, repair_turns=3)))
+    bid = submit(harness.layout, path).batch_id
+    meta = json.loads(harness.layout.batch_meta(bid).read_text())
+    a, b = meta["jobs"][0]["steps"]
+    assert a["verify"]["command"] == "make test" and a["verify"]["timeout_seconds"] == 30
+    assert a["repair_turns"] == 3
+    assert b["verify"] == {"command": "make check", "timeout_seconds": 600.0, "env": {}} or \
+        b["verify"]["command"] == "make check"
+    assert b["verify"].get("timeout_seconds") == 600.0 and b["repair_turns"] == 0
+    bad = harness.root / "bad_batch.json"
+    bad.write_text(json.dumps(harness.table([{"job_id": "j", "steps": [step("a")]}],
+                                            verify={"command": "x", "score_pattern": "[z-a]"})))
+    with pytest.raises(SubmitError) as err:
+        submit(harness.layout, bad)
+    assert [i.path for i in err.value.issues] == ["verify.score_pattern"]
+    assert re.search("does not compile", err.value.issues[0].message)
