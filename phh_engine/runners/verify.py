@@ -172,7 +172,7 @@ def judge(outcome: Outcome, verify: VerifyResult | None) -> tuple[Outcome, str |
     if verify.timed_out:
         why = f"the verifier timed out after {verify.duration_seconds:.0f}s (see verify.log)"
     elif verify.exit_code is None:
-        why = "the verifier was killed (see verify.log)"
+        why = "the verifier did not run to its end: killed, or it could not start (see verify.log)"
     else:
         why = f"the verifier exited {verify.exit_code} (see verify.log)"
     return Outcome("failed", "verify_failed", "verify_failed"), why
@@ -184,7 +184,7 @@ def _how(verify: VerifyResult | None) -> str:
     if verify.timed_out:
         return f"timed out after {verify.duration_seconds:.0f}s"
     if verify.exit_code is None:
-        return "was killed"
+        return "did not run to its end"
     return f"exited {verify.exit_code}"
 
 
