@@ -247,7 +247,9 @@ def test_kill_minus_nine_during_verification_finishes_once(harness: Harness, poi
                 if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
 
 
-def test_cancel_kills_a_running_verifier(harness: Harness) -> None:
+def test_cancel_kills_a_running_verifier_and_beats_go_on(harness: Harness) -> None:
+    harness.settings.codex.heartbeat_seconds = 0.5
+    harness.write_settings()
     bid = harness.submit([{"job_id": "j", "steps": [
         step("s", verify={"command": "echo waiting; sleep 300"}),
     ]}])
@@ -256,6 +258,10 @@ def test_cancel_kills_a_running_verifier(harness: Harness) -> None:
     wait_for(lambda: harness.state(att).get("current_item") == "verifying", 90, "verifying")
     st = harness.state(att)
     assert st["status"] == "running" and st.get("verify") is None
+    beat = st["last_heartbeat_at"]
+    # heartbeats continue while the verifier runs (never stuck, never lost)
+    wait_for(lambda: harness.state(att)["last_heartbeat_at"] > beat, 30, "a later heartbeat")
+    assert harness.state(att)["current_item"] == "verifying"
     wait_for(lambda: [p for p in psutil.process_iter(["cmdline"])
                       if f"phh-verify:{att}" in (p.info.get("cmdline") or [])], 30, "verifier")
     res = harness.call(eng, eng.request("cancel", bid, "j", "s"))

@@ -363,10 +363,7 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
                       f"{exc}]\n".encode(), item_before)
         return
     crashpoint("while_verifying")
-    assert proc.stdout is not None
-    out = _Output(os.dup(proc.stdout.fileno()))
-    proc.stdout.close()
-    from .local import _ChildHandle, kill_tree
+    from .local import _ChildHandle, kill_group, kill_tree
 
     waiter = asyncio.ensure_future(_ChildHandle(proc).wait())
     canceller = asyncio.ensure_future(live.cancel_requested.wait())
@@ -375,6 +372,9 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
     next_beat = loop.time() + hb
     timed_out = killed = False
     try:
+        assert proc.stdout is not None
+        out = _Output(os.dup(proc.stdout.fileno()))
+        proc.stdout.close()
         while not waiter.done():
             now_t = loop.time()
             await asyncio.wait({waiter, canceller},
@@ -383,11 +383,12 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
             if waiter.done():
                 break
             now_t = loop.time()
-            if (canceller.done() or now_t >= deadline) and not killed:
+            if canceller.done() or now_t >= deadline:
                 timed_out = not canceller.done()
                 killed = True
                 kill_tree(proc.pid, signal.SIGKILL)
-                continue
+                await waiter
+                break
             if now_t >= next_beat:
                 next_beat = now_t + hb
                 now = utcnow()
@@ -400,9 +401,12 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
         rc = waiter.result()
     finally:
         canceller.cancel()
-        if not waiter.done():  # this task itself was canceled: nothing may outlive it
+        if not waiter.done():  # a fault, or this task was canceled: nothing may outlive it
             kill_tree(proc.pid, signal.SIGKILL)
-    kill_tree(proc.pid, signal.SIGKILL)  # the rest of its group (the shell has exited)
+            waiter.cancel()
+    # the rest of its group (the shell has exited and was reaped: its pid may name another
+    # process by now, so the group only, never a tree walk from that pid)
+    kill_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(out.eof), DRAIN_SECONDS)
     out.close()
