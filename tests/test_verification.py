@@ -137,6 +137,10 @@ def test_verifier_timeout_kills_its_group(harness: Harness) -> None:
     assert any("timed out" in e for e in st["errors"])
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
+    # the verifier's background `sleep 300` went with its group
+    assert not [p for p in psutil.process_iter(["cwd", "cmdline"])
+                if p.info.get("cwd") == str(harness.workspace)
+                and "300" in (p.info.get("cmdline") or [])]
 
 
 def test_verify_log_is_bounded(harness: Harness) -> None:
@@ -419,3 +423,52 @@ def test_bad_verify_is_refused_at_every_entry(harness: Harness) -> None:
         assert r.status_code == 422, r.text
         assert want <= {e["path"] for e in r.json()["errors"]}, r.text
     assert not [p for p in harness.layout.runs.iterdir() if not p.name.startswith("_")]
+
+
+# --------------------------------------------------------------------- pure: argv, env, score
+def test_verifier_argv_follows_the_agents_sandbox(tmp_path: Path) -> None:
+    from phh_engine.models import ExecutionPolicy
+    from phh_engine.runners.verify import verifier_argv
+
+    scratch = tmp_path / "scratch"
+    ww = verifier_argv("/c", ExecutionPolicy(add_dirs=["/data"]), "make test", "m", scratch)
+    assert ww[:2] == ["/c", "sandbox"] and ww[-5:] == ["--", "/bin/sh", "-c", "make test", "m"]
+    cfg = [ww[i + 1] for i, a in enumerate(ww) if a == "-c" and ww[i + 1] != "make test"]
+    assert 'sandbox_mode="workspace-write"' in cfg
+    assert "sandbox_workspace_write.exclude_slash_tmp=true" in cfg
+    assert f'sandbox_workspace_write.writable_roots=["{scratch}", "/data"]' in cfg
+    assert "sandbox_workspace_write.network_access=false" in cfg
+    ro = verifier_argv("/c", ExecutionPolicy(sandbox="read-only"), "x", "m", scratch)
+    assert ro[:4] == ["/c", "sandbox", "-c", 'sandbox_mode="read-only"'] and len(ro) == 9
+    for plain in (ExecutionPolicy(bypass_sandbox=True),
+                  ExecutionPolicy(sandbox="danger-full-access")):
+        assert verifier_argv("/c", plain, "x", "m", scratch) == ["/bin/sh", "-c", "x", "m"]
+
+
+def test_verifier_env_is_built_from_scratch(tmp_path: Path) -> None:
+    from phh_engine.models import VerifySpec
+    from phh_engine.runners.verify import verifier_env
+
+    base = {"PATH": "/bin", "HOME": "/h", "LC_ALL": "C", "OPENAI_API_KEY": "k",
+            "AWS_SECRET_ACCESS_KEY": "s", "HTTPS_PROXY": "http://u:p@x", "PHH_API_TOKEN": "t"}
+    env = verifier_env(VerifySpec(command="x", env={"A": "1", "PATH": "/opt"}), batch_id="b",
+                       job_id="j", step_id="s", run_id="r", attempt_dir=tmp_path,
+                       scratch=tmp_path / "t", base=base)
+    assert env == {"PATH": "/opt", "HOME": "/h", "LC_ALL": "C", "TMPDIR": str(tmp_path / "t"),
+                   "PHH_BATCH_ID": "b", "PHH_JOB_ID": "j", "PHH_STEP_ID": "s",
+                   "PHH_RUN_ID": "r", "PHH_ATTEMPT_DIR": str(tmp_path), "A": "1"}
+
+
+@pytest.mark.parametrize(("pattern", "text", "want"), [
+    (r"score=(\d+)", "score=1\nscore=2\n", 2.0),  # the last match
+    (r"(?P<score>[\d.]+)% covered", "87.5% covered", 87.5),
+    (r"\d+\.\d+", "took 1.25", 1.25),  # no group: the whole match
+    (r"score=(\w+)", "score=high", None),  # not a number
+    (r"score=(\S+)", "score=nan", None),
+    (r"missing", "nothing here", None),
+    (None, "score=1", None),
+])
+def test_parse_score(pattern: str | None, text: str, want: float | None) -> None:
+    from phh_engine.runners.verify import parse_score
+
+    assert parse_score(pattern, text) == want
