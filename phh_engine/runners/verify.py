@@ -338,14 +338,22 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
     if await runner._in_io((path / VERIFY_HOME).exists):
         await runner._in_io(kill_leftovers, path)
     policy = view.meta.policy_snapshot.execution_policy if view.meta else ExecutionPolicy()
-    scratch = await runner._in_io(_prepare_dirs, path)
+    started = utcnow()
+    try:
+        scratch = await runner._in_io(_prepare_dirs, path)
+    except OSError as exc:  # full disk, no inodes: it cannot run, so it did not pass
+        runner.writes.failed(exc, f"the verifier directory of {view.run_id}")
+        result = VerifyResult(started_at=started, duration_seconds=0.0, exit_code=None,
+                              passed=False)
+        await _record(runner, plan, view, w, result, f"[phh: could not prepare the "
+                      f"verifier's directory: {exc}]\n".encode(), w.state.current_item)
+        return
     env = verifier_env(spec, batch_id=plan.batch_id, job_id=plan.job_id, step_id=plan.step_id,
                        run_id=view.run_id, attempt_dir=path, scratch=scratch)
     if sandboxed(policy):  # Codex's own files of the sandbox run: never the user's ~/.codex
         env["CODEX_HOME"] = str(path / VERIFY_HOME)
     argv = verifier_argv(runner.codex.bin, policy, spec.command, marker_of(path), scratch)
     item_before = w.state.current_item
-    started = utcnow()
     w.state = w.state.model_copy(update={"current_item": VERIFYING, "updated_at": started,
                                          "last_heartbeat_at": started})
     if not await _write(runner, path, w.state):
