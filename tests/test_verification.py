@@ -472,3 +472,20 @@ def test_parse_score(pattern: str | None, text: str, want: float | None) -> None
     from phh_engine.runners.verify import parse_score
 
     assert parse_score(pattern, text) == want
+
+
+def test_a_fault_in_the_verifier_hook_still_ends_the_attempt(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    bid = harness.submit([
+        {"job_id": "a", "steps": [step("s", verify={"command": "echo ran > ran.txt"})]},
+        {"job_id": "b", "steps": [step("s")]},  # no verifier: the hook is not reached
+    ], retries={"max_attempts": 1})
+    monkeypatch.setenv("PHH_FAULT_AT", "verify")
+    harness.run()
+    (a,) = harness.attempts(bid, "a", "s")
+    st = harness.state(a)
+    assert (st["status"], st["failure_class"]) == ("failed", "internal_error"), st
+    assert any("injected fault at verify" in e for e in st["errors"]), st["errors"]
+    assert not (harness.workspace / "ran.txt").exists()
+    (b,) = harness.attempts(bid, "b", "s")
+    assert harness.state(b)["status"] == "succeeded"
