@@ -489,3 +489,18 @@ def test_a_fault_in_the_verifier_hook_still_ends_the_attempt(
     assert not (harness.workspace / "ran.txt").exists()
     (b,) = harness.attempts(bid, "b", "s")
     assert harness.state(b)["status"] == "succeeded"
+
+
+def test_no_verifier_on_an_invalid_report_and_the_repair_is_verified(harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", {"shell": "echo data > out.txt"}, {"final_text": "done, no JSON"},
+             verify={"command": "echo checked >> checks.txt; grep -q data out.txt"}),
+    ]}])
+    harness.run()
+    first, repair = harness.attempts(bid, "j", "s")
+    st1, st2 = harness.state(first), harness.state(repair)
+    assert st1["status"] == "needs_attention" and "verify" not in st1
+    assert not (first / "verify.log").exists()
+    assert st2["status"] == "succeeded" and st2["verify"]["passed"] is True, st2
+    assert harness.meta(repair)["trigger"] == "repair"
+    assert (harness.workspace / "checks.txt").read_text().split() == ["checked"]
