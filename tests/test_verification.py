@@ -504,3 +504,29 @@ def test_no_verifier_on_an_invalid_report_and_the_repair_is_verified(harness: Ha
     assert st2["status"] == "succeeded" and st2["verify"]["passed"] is True, st2
     assert harness.meta(repair)["trigger"] == "repair"
     assert (harness.workspace / "checks.txt").read_text().split() == ["checked"]
+
+
+def test_an_engine_that_detaches_mid_verification_leaves_it_to_the_next(
+        harness: Harness) -> None:
+    bid = harness.submit([{"job_id": "j", "steps": [
+        step("s", verify={"command": "echo run >> runs.txt; sleep 2; echo score=5",
+                          "score_pattern": r"score=(\d)"}),
+    ]}])
+    eng = harness.start()
+    att = wait_for(lambda: next(iter(harness.attempts(bid, "j", "s")), None), 60, "attempt")
+    wait_for(lambda: (harness.workspace / "runs.txt").exists(), 90, "the verifier running")
+    assert harness.state(att)["current_item"] == "verifying"
+    eng.stop(detach=True)  # stops watching; the verifier must not outlive its watcher
+    for e, t, _ in harness._threads:
+        if e is eng:
+            t.join(60)
+            assert not t.is_alive()
+    st = harness.state(att)
+    assert st["status"] == "running" and "verify" not in st, st
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if f"phh-verify:{att}" in (p.info.get("cmdline") or [])]
+    harness.run()  # adopts it: Codex has exited, the verifier runs again, once
+    (att,) = harness.attempts(bid, "j", "s")
+    st = harness.state(att)
+    assert st["status"] == "succeeded" and st["verify"]["score"] == 5.0, st
+    assert (harness.workspace / "runs.txt").read_text().split() == ["run", "run"]
