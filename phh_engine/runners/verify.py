@@ -421,9 +421,10 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
     duration = time.monotonic() - t0
     text = out.text()
     note = b""
-    if out.dropped:
-        note += f"[phh: {out.dropped} earlier bytes of output not kept]\n".encode()
     body = tail(text)
+    if out.dropped + len(text) > len(body):
+        note = (f"[phh: {out.dropped + len(text) - len(body)} earlier bytes of output not "
+                "kept]\n").encode()
     if timed_out:
         body += f"\n[phh: the verifier timed out after {spec.timeout_seconds:g}s; its process "\
                 "group was killed]\n".encode()
