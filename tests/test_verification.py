@@ -298,6 +298,12 @@ def _table(harness: Harness, **step_kw: Any) -> Path:
      "jobs[0].steps[0].verify.score_pattern", "does not compile"),
     ({"verify": {"command": "true", "timeout_seconds": 0}},
      "jobs[0].steps[0].verify.timeout_seconds", ""),
+    ({"verify": {"command": "true", "env": {"A=B": "x"}}},
+     "jobs[0].steps[0].verify.env", "not an environment variable name"),
+    ({"verify": {"command": "true", "env": {"A": "x\u0000y"}}},
+     "jobs[0].steps[0].verify.env", "NUL"),
+    ({"verify": {"command": "true\u0000"}}, "jobs[0].steps[0].verify.command", "NUL"),
+    ({"verify": "pytest"}, "jobs[0].steps[0].verify", ""),
     ({"repair_turns": -1}, "jobs[0].steps[0].repair_turns", ""),
     ({"repair_turns": 11}, "jobs[0].steps[0].repair_turns", ""),
 ])

@@ -364,7 +364,7 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
     t0 = time.monotonic()
     try:
         proc = await runner._in_io(_spawn, argv, watch.workdir, env)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in argv/env (refused at submit)
         result = VerifyResult(started_at=started, duration_seconds=0.0, exit_code=None,
                               passed=False)
         await _record(runner, plan, view, w, result, f"[phh: could not start the verifier: "
