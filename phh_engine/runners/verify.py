@@ -432,7 +432,9 @@ async def run_if_due(runner: LocalRunner, plan: AttemptPlan, view: AttemptView,
         body += b"\n[phh: the verifier was killed: the attempt was canceled]\n"
     exit_code = None if killed or rc is None or rc < 0 else rc
     passed = exit_code == 0
-    score = parse_score(spec.score_pattern, text.decode("utf-8", "replace"))
+    # off the loop: the operator's pattern over up to 128 KiB may backtrack for a while
+    score = await runner._in_io(parse_score, spec.score_pattern,
+                                text.decode("utf-8", "replace"))
     result = VerifyResult(started_at=started, duration_seconds=round(duration, 3),
                           exit_code=exit_code, timed_out=timed_out, passed=passed, score=score)
     await _record(runner, plan, view, w, result, note + body, item_before)
