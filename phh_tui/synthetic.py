@@ -185,6 +185,8 @@ class SyntheticStore(AttemptWriter):
             "working_root": str(workspace),
             "allow_shared_directory_concurrency": True,
             "retries": {"max_attempts": 2, "backoff_seconds": 30},
+            # the needs_attention story ends schema_invalid for good, not with a repair due
+            "repair_turns": 0,
             "jobs": [
                 {"job_id": f"job_{i:04d}", "steps": [
                     {"step_id": "diagnose", "prompt": f"Diagnose service {i}."},

@@ -151,7 +151,7 @@ def test_headless_log_shows_attention_and_batch_finished(harness: Harness) -> No
     bid = harness.submit([
         {"job_id": "ok", "steps": [step("s1", final("fine"), prompt="headless ok")]},
         {"job_id": "bad", "steps": [step("s1", {"final_text": "not a report"},
-                                         prompt="headless bad")]},
+                                         prompt="headless bad", repair_turns=0)]},
         {"job_id": "down", "steps": [step("s1", {"http_error": 500}, prompt="headless 500")]},
     ], retries={"max_attempts": 1})
     out = phh(harness.root, "run", "--no-ui", "--until-idle", "--json-log")

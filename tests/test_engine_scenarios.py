@@ -196,7 +196,7 @@ def test_selector_run_id_unknown_blocks_with_reason(harness: Harness) -> None:
 
 def test_schema_invalid_report_needs_attention_and_keeps_text(harness: Harness) -> None:
     bid = harness.submit([{"job_id": "j1", "steps": [
-        step("s1", {"final_text": "Sure! all good, no JSON here"}),
+        step("s1", {"final_text": "Sure! all good, no JSON here"}, repair_turns=0),
     ]}])
     harness.run()
     (att,) = harness.attempts(bid, "j1", "s1")

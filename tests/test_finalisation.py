@@ -57,7 +57,7 @@ def assert_invariant(harness: Harness, bid: str) -> None:
 def test_deeply_nested_final_message_is_schema_invalid(harness: Harness) -> None:
     """The issue's example: `json.loads` raises RecursionError, not ValueError."""
     bid = harness.submit([{"job_id": "j1", "steps": [
-        step("s1", {"final_text": "[" * 50000 + "]" * 50000})]}])
+        step("s1", {"final_text": "[" * 50000 + "]" * 50000}, repair_turns=0)]}])
     harness.run()
     (att,) = harness.attempts(bid, "j1", "s1")
     st = harness.state(att)
@@ -88,7 +88,9 @@ def test_any_fault_ends_the_attempt_and_the_engine_goes_on(
         harness: Harness, point: str, monkeypatch: pytest.MonkeyPatch) -> None:
     subprocess.run(["git", "init", "-q", str(harness.workspace)], check=True)
     bid = harness.submit([
-        {"job_id": f"j{i}", "steps": [step("s1", {"shell": f"echo {i} > f{i}.txt"}, final("x"))]}
+        # repair_turns 0: a report_parse fault would meet its repair too (verification.md)
+        {"job_id": f"j{i}", "steps": [step("s1", {"shell": f"echo {i} > f{i}.txt"}, final("x"),
+                                           repair_turns=0)]}
         for i in range(2)])
     monkeypatch.setenv("PHH_FAULT_AT", point)
     harness.run(timeout=180)

@@ -222,7 +222,7 @@ def test_every_name_phh_writes_is_a_store_name(harness: Harness) -> None:
         {"job_id": "j1", "working_directory": "repo", "workspace_policy": "isolated",
          "steps": [step("s1", final("ok")),
                    step("s2", final("ok"), resume_from={"step_id": "s1"})]},
-        {"job_id": "j2", "steps": [step("s1", {"final_text": "not a report"})]},
+        {"job_id": "j2", "steps": [step("s1", {"final_text": "not a report"}, repair_turns=0)]},
     ])
     harness.run()
     root = harness.root

@@ -20,6 +20,7 @@ from ..models.common import (
     as_terminal,
 )
 from ..store.views import AttemptView, BatchView, JobView, StepView
+from .repair import repair_due
 
 RATE_LIMIT_BACKOFF_FACTOR = 4.0
 #: `auth` failures retried at once because the credential file changed mid-attempt (another
@@ -197,6 +198,9 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
         uncounted = fc in UNCOUNTED_FAILURE_CLASSES
         if step.marks.force_retry:
             trigger = "operator_retry"
+        elif (why_repair := repair_due(step)) is not None:  # docs/verification.md#repair-turns
+            trigger = "repair"
+            reasons.append(why_repair)
         elif (_lost_auth_race(latest)
               and sum(1 for a in step.attempts if _lost_auth_race(a)) <= AUTH_RACE_RETRIES):
             trigger = "retry"  # at once: the credential file already holds the new token

@@ -560,7 +560,7 @@ class Engine:
         r = cand.readiness
         policy = cand.step.spec.retry_policy
         marks = cand.step.marks
-        same_thread = r.trigger == "operator_resume" or (
+        same_thread = r.trigger in ("operator_resume", "repair") or (  # hook: verify (repair)
             r.retry_of is not None and policy.mode == "resume_same_thread"
             and r.retry_of.resume_base_ready and r.retry_of.thread_id is not None
         )

@@ -44,6 +44,7 @@ from ..models import (
 )
 from ..models.harness_config import DEFAULT_ALLOWED_OVERRIDES
 from ..models.launch_table import GOAL_MIN_WORDS, JobSpec, StepSpec
+from ..models.verification import DEFAULT_REPAIR_TURNS
 from ..store.docread import LAUNCH_TABLE_MAX_BYTES, DocumentMissing, read_document_bytes
 from ..store.documents import DocumentError, check_tree, loads_json, loads_yaml
 from ..store.files import job_lock, read_json, write_once_json
@@ -629,7 +630,8 @@ def validate(
     )
     working_root = _resolve(base, table.working_root) if table.working_root else base
     jobs = [
-        _normalize_job(ji, job, len(table.jobs), working_root, effective, checker, base)
+        _normalize_job(ji, job, len(table.jobs), working_root, effective, checker, base,
+                       table)
         for ji, job in enumerate(table.jobs)
     ]
     return BatchMeta(
@@ -650,7 +652,7 @@ def validate(
 
 def _normalize_job(
     ji: int, job: JobSpec, total: int, working_root: Path, effective: EffectiveDefaults,
-    checker: _Checker, base: Path,
+    checker: _Checker, base: Path, table: LaunchTable,
 ) -> NormalizedJob:
     return NormalizedJob(
         job_id=job.job_id or generated_job_id(ji, total),
@@ -661,7 +663,7 @@ def _normalize_job(
                           if job.retention_policy is not None else None),
         steps=[
             _normalize_step(step, checker.prompts[(ji, si)], checker.schemas.get((ji, si)),
-                            effective, base)
+                            effective, base, table)
             for si, step in enumerate(job.steps)
         ],
     )
@@ -669,7 +671,7 @@ def _normalize_job(
 
 def _normalize_step(
     step: StepSpec, prompt: str, schema: dict[str, Any] | None, effective: EffectiveDefaults,
-    base: Path,
+    base: Path, table: LaunchTable,
 ) -> NormalizedStep:
     depends_on = list(dict.fromkeys(step.depends_on))
     if step.resume_from is not None and step.resume_from.step_id not in depends_on:
@@ -692,7 +694,15 @@ def _normalize_step(
         retry_policy=retry,
         runner_affinity=step.runner_affinity,
         artifacts_expected=step.artifacts_expected,
+        # docs/verification.md#limits: the step's verifier wins wholesale over the batch's
+        verify=step.verify or table.verify,
+        repair_turns=_first(step.repair_turns, table.repair_turns, DEFAULT_REPAIR_TURNS),
     )
+
+
+def _first(*values: int | None) -> int:
+    """The first value that is set (0 included: `repair_turns: 0` turns repairs off)."""
+    return next(v for v in values if v is not None)
 
 
 # --------------------------------------------------------------------------- submit

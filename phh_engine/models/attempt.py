@@ -19,7 +19,7 @@ from .common import (
     WorkspacePolicy,
 )
 from .policies import ExecutionPolicy, RetryPolicy
-from .verification import VerifyResult
+from .verification import VerifyResult, VerifySpec
 
 
 class ResumeSource(Record):
@@ -43,6 +43,9 @@ class PolicySnapshot(Record):
     execution_policy: ExecutionPolicy
     timeout_seconds: float
     retry_policy: RetryPolicy
+    verify: VerifySpec | None = Field(default=None, description="the verifier this attempt "
+                                      "runs after a turn that would succeed "
+                                      "(docs/verification.md#the-verifier)")
 
 
 class AttemptMeta(Record):

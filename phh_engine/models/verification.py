@@ -15,6 +15,12 @@ from .common import MAX_SECONDS, Record, Strict
 MAX_CANDIDATES = 16
 MAX_REPAIR_TURNS = 10
 DEFAULT_VERIFY_TIMEOUT_SECONDS = 600.0
+#: Repairs of a schema-invalid report when neither the step nor the batch says
+#: (docs/verification.md#repair-turns).
+DEFAULT_REPAIR_TURNS = 1
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class VerifySpec(Strict):
@@ -34,6 +40,21 @@ class VerifySpec(Strict):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("the verifier command is empty")
+        if "\0" in v:
+            raise ValueError("the verifier command contains a NUL character")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        # what execve accepts: a name without '=' or NUL (a shell could not even read
+        # other names), a value without NUL
+        for key, value in v.items():
+            if not _ENV_NAME.fullmatch(key):
+                raise ValueError(f"env: {key!r} is not an environment variable name "
+                                 "(letters, digits and '_', not starting with a digit)")
+            if "\0" in value:
+                raise ValueError(f"env: the value of {key} contains a NUL character")
         return v
 
     @field_validator("score_pattern")

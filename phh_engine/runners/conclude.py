@@ -53,6 +53,7 @@ from ..store.paths import (
 from ..store.pointers import update_current
 from ..store.views import AttemptView
 from . import credentials
+from . import verify as verification
 from .attempt import AttemptPlan, LiveAttempt, RunnerCore, _Watch
 from .doctor import startup_error_line
 from .git_artifacts import _write_git_artifacts
@@ -284,6 +285,8 @@ class ConcludeSteps(RunnerCore):
             with contextlib.suppress(FileExistsError):
                 write_once_json(path / FINAL_JSON, obj)
         errors = list(facts.errors)
+        outcome, verify_note = verification.judge(outcome, state.verify)  # hook: verify
+        errors += [verify_note] if verify_note else []
         if outcome.status == "failed" and facts.thread_id is None and not timed_out:
             # Codex stopped before its first event: the cause is only on its stderr
             startup = startup_error_line(_tail_text(path / STDERR, 4000))

@@ -47,6 +47,7 @@ from ..store.paths import (
 )
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from . import credentials
+from . import verify as verification
 from .attempt import AttemptPlan, LiveAttempt, RunnerCore, _Watch
 from .codex_cli import build_command
 from .process import _WRAPPER, _ChildHandle, _Handle
@@ -178,7 +179,9 @@ class PrepareSteps(RunnerCore):
         else:
             if plan.resume_same_thread and plan.retry_of is not None:
                 st = plan.retry_of.state
-                prompt = RECOVERY_PROMPT.format(reason=(st.failure_class if st else None) or "?")
+                prompt = verification.followup_prompt(  # hook: verify (repair, verify_failed)
+                    plan, spec.output_schema or self._default_schema_obj, spec.verify
+                ) or RECOVERY_PROMPT.format(reason=(st.failure_class if st else None) or "?")
             else:
                 prompt = resolve_placeholders(spec.prompt, job)
                 if spec.append_prompt:
@@ -235,7 +238,8 @@ class PrepareSteps(RunnerCore):
             prompt_ref=spec.prompt_ref,
             policy_snapshot=PolicySnapshot(execution_policy=start.policy,
                                            timeout_seconds=spec.timeout_seconds,
-                                           retry_policy=spec.retry_policy),
+                                           retry_policy=spec.retry_policy,
+                                           verify=spec.verify),  # hook: verify
             command=start.argv,
             environment_snapshot=EnvironmentSnapshot(
                 codex_cli_version=self.codex.version, phh_version=__version__, host=self.host,

@@ -22,6 +22,7 @@ from ..store.files import TerminalStateError, write_state
 from ..store.paths import FINAL_TXT, STATE
 from ..store.pointers import update_current
 from ..store.views import AttemptView
+from . import verify as verification
 from .attempt import AttemptPlan, LiveAttempt, _Watch
 from .conclude import ConcludeSteps, validate_report
 from .process import _Handle, kill_group, kill_tree
@@ -235,6 +236,7 @@ class WatchSteps(ConcludeSteps):
     async def _finish(self, w: _Watching, plan: AttemptPlan, view: AttemptView,
                       live: LiveAttempt, watch: _Watch) -> AttemptView:
         """Conclude the ended attempt (final state, report, artifacts) and report it."""
+        await verification.run_if_due(self, plan, view, live, w, watch)  # hook: verify
         canceled = live.cancel_requested.is_set() and live.cancel_reason not in (
             "timeout", "thread_mismatch")
         state = w.state

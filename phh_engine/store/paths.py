@@ -25,6 +25,10 @@ GIT_DIFF = "git_diff.patch"
 FILES_TOUCHED = "files_touched.json"
 #: Traceback of an exception phh itself raised while running the attempt (internal_error).
 INTERNAL_LOG = "internal_error.log"
+#: The verifier's last lines of output, and its sandbox's own CODEX_HOME and scratch
+#: directory (docs/verification.md#the-verifier).
+VERIFY_LOG = "verify.log"
+VERIFY_HOME = "verify_home"
 
 #: Every name phh itself writes in a store, with where: an id (batch, job, step, run or
 #: runner) becomes a directory name beside or below these, so an id equal to one of them
@@ -57,7 +61,7 @@ STORE_NAMES: dict[str, str] = {
     **{name: f"runs/<batch>/<job>/steps/<step>/attempts/<attempt>/{name}" for name in (
         META, STATE, FINAL_JSON, FINAL_TXT, HANDOFF, EVENTS, STDOUT, STDERR, EXIT_CODE,
         CODEX_HOME, OUTPUT_SCHEMA, GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED, "prompt.txt",
-        "internal_error.log")},
+        "internal_error.log", VERIFY_LOG, VERIFY_HOME)},
 }
 _STORE_NAMES_FOLDED: dict[str, str] = {k.casefold(): k for k in STORE_NAMES}
 
@@ -74,7 +78,7 @@ def store_name_clash(value: str) -> str | None:
 #: Attempt files an interface may hand out by name (never a path the caller chooses).
 ARTIFACT_NAMES: tuple[str, ...] = (
     META, STATE, FINAL_JSON, FINAL_TXT, HANDOFF, EVENTS, STDOUT, STDERR,
-    GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED, INTERNAL_LOG,
+    GIT_HEAD, GIT_STATUS, GIT_DIFF, FILES_TOUCHED, INTERNAL_LOG, VERIFY_LOG,
 )
 
 
