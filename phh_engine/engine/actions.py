@@ -40,6 +40,9 @@ class StepAction:
     #: mark the step for the scheduler (retry / requeue / resume of a run id)
     arm: Callable[[StepView, OverrideRequest, str | None], None]
     result: MakeResult
+    #: best-of-N: promote a candidate run (batch_id, job_id, step, run_id, nonce) ->
+    #: (applied, message) (engine/promotion.py)
+    promote: Callable[[str, str, StepView, str, str | None], tuple[bool, str]] | None = None
 
     @property
     def key(self) -> str:
@@ -115,6 +118,17 @@ def retry_or_requeue(a: StepAction) -> OverrideResult:
     return a.result("applied", f"{req.action} of {key} queued")
 
 
+def promote(a: StepAction) -> OverrideResult:
+    """Make candidate `run_id` the step's promoted result (docs/operator-actions.md#promote)."""
+    req = a.req
+    if not req.run_id:
+        return a.result("rejected", "promote needs the run_id of a candidate")
+    if a.promote is None:
+        return a.result("rejected", "this engine cannot promote candidates")
+    ok, message = a.promote(req.batch_id, a.job.job_id, a.step, req.run_id, req.nonce)
+    return a.result("applied" if ok else "rejected", message, req.run_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     run: Callable[[StepAction], OverrideResult]
@@ -131,6 +145,7 @@ REQUEUE = Rule(retry_or_requeue, open_batch_only=True)
 STEP_ACTIONS: dict[str, Rule] = {
     "cancel": Rule(cancel, open_batch_only=False),
     "mark_failed": Rule(mark_failed, open_batch_only=False),
+    "promote": Rule(promote, open_batch_only=False),
     "resume": Rule(resume, open_batch_only=True),
     "retry": REQUEUE,
     "requeue": REQUEUE,

@@ -90,6 +90,7 @@ from .health import (
     sample_resources,
     system_notes,
 )
+from .promotion import Promoter
 
 log = logging.getLogger(__name__)
 _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
@@ -174,6 +175,8 @@ class Engine:
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
         self.index.ready = self._ready
+        #: best-of-N promotion (engine/promotion.py)
+        self.promoter = Promoter(self.index, self._promoted)
         # -- the catalog (phh_engine/store/catalog.py): derived, kept current with the files
         self.bounded = bounded
         self.use_catalog = use_catalog
@@ -417,6 +420,7 @@ class Engine:
         self._replay_overrides()
         self._recover()
         self._repair_pointers()
+        self.promoter.note_all()  # best-of-N: finish promotions a crash interrupted
 
     # ---------------------------------------------------------- cluster (issue 13)
     def _cluster_runner(self) -> Runner | None:
@@ -532,6 +536,7 @@ class Engine:
             now = utcnow()
             if self.admission_reasons() != self._admission_reported:
                 self._after_sample()  # a start pause ended (or began): say so at once
+            self.promoter.run_due()  # best-of-N hook (engine/promotion.py)
             caps = self.caps(now)
             sel = self._ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
@@ -633,7 +638,7 @@ class Engine:
             batch_id=batch.batch_id, job_id=cand.job.job_id, step_id=cand.step.step_id,
             runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=resume,
             resume_same_thread=same_thread, extra_prompt=extra,
-            override_nonce=marks.pending_nonce,
+            override_nonce=marks.pending_nonce, candidate=r.candidate,  # best-of-N
         )
         if self.catalog is not None:  # before the files change: see Catalog.invalidate
             self.catalog.invalidate(batch.batch_id)
@@ -674,7 +679,8 @@ class Engine:
         if marks.pending_nonce or r.trigger.startswith("operator_"):
             marks.clear_request()
         run_id, path = claimed
-        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path,
+                           candidate=plan.candidate)
         self.index.put_attempt(batch.batch_id, cand.job.job_id, cand.step.step_id, view)
         task = asyncio.create_task(
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
@@ -728,7 +734,17 @@ class Engine:
             ))
             if st is not None:
                 self._after_outcome(st)
+            self.promoter.note(batch_id, job_id, step_id)  # best-of-N hook
             self._poke()
+
+    def _promoted(self, batch_id: str, job_id: str) -> None:
+        """A best-of-N step's promotion record changed: its job's readiness and the
+        catalog's rows are stale."""
+        if self.catalog is not None:
+            self.catalog.invalidate(batch_id)
+        self._ready.touch(batch_id, job_id)
+        self._dirty.add(batch_id)
+        self._poke()
 
     def hold_starts(self, pause: StartPause) -> None:
         """Apply a start pause just written with `pauses.set_pause` at once (other engines on
@@ -1097,7 +1113,8 @@ class Engine:
         if rule.open_batch_only and batch.closed:
             return result("rejected", f"batch {req.batch_id} is closed")
         return rule.run(actions.StepAction(req, batch, job, step, inflight,
-                                           self.runner.cancel, self._arm, result))
+                                           self.runner.cancel, self._arm, result,
+                                           promote=self.promoter.operator_promote))
 
     async def request(
         self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,

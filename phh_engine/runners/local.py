@@ -54,6 +54,7 @@ from ..models import (
     utcnow,
 )
 from ..models.common import WorkspacePolicy
+from ..store.candidates import read_marker, write_marker
 from ..store.crash import crashpoint, faultpoint
 from ..store.diskguard import WriteGuard, describe, retry_writes
 from ..store.events import EventFacts, EventTail
@@ -92,6 +93,7 @@ from ..store.paths import (
 from ..store.pointers import update_current
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from . import credentials
+from .candidates import candidate_policy, candidate_prompt_suffix, candidate_workdir
 from .codex_cli import CodexInfo, build_command
 from .doctor import startup_error_line
 from .gitcmd import git_argv, git_env
@@ -133,6 +135,8 @@ class AttemptPlan:
     resume_same_thread: bool = False
     extra_prompt: str | None = None
     override_nonce: str | None = None
+    #: best-of-N: the candidate index this attempt runs (runners/candidates.py)
+    candidate: int | None = None
 
 
 @dataclass(slots=True)
@@ -580,6 +584,9 @@ class LocalRunner:
             if attempts.is_dir():
                 for name in attempt_dir_names(attempts):  # stray files are not attempts
                     names.append(name)
+                    if plan.candidate is not None and \
+                            plan.candidate != read_marker(attempts / name):  # best-of-N hook
+                        continue  # another candidate index (or a plain attempt)
                     st = read_model(attempts / name / STATE, AttemptState)
                     status = st.status if st else "queued"
                     if status not in TERMINAL_STATUSES:
@@ -593,6 +600,8 @@ class LocalRunner:
             path.mkdir(parents=True, exist_ok=False)
             try:
                 (path / CODEX_HOME).mkdir()
+                if plan.candidate is not None:  # best-of-N hook (store/candidates.py)
+                    write_marker(path, plan.candidate)
                 write_state(path / STATE, self._state(plan, run_id, "queued", now))
             except BaseException:
                 # a dir without state.json reads as queued and would block the step forever
@@ -615,7 +624,8 @@ class LocalRunner:
                   claimed: tuple[str, Path]) -> AttemptView:
         run_id, path = claimed
         live = self.live.setdefault(run_id, LiveAttempt(plan=plan, run_id=run_id, path=path))
-        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path,
+                           candidate=plan.candidate)
         try:
             return await self._run(plan, batch, job, step, live, view)
         except Exception as exc:  # finalisation is total: any fault still ends the attempt
@@ -683,11 +693,16 @@ class LocalRunner:
         faultpoint("start")
         try:
             ws_policy, workdir = resolve_workspace(self.layout, batch, job)
+            if plan.candidate is not None:  # best-of-N hook: the candidate's own checkout
+                workdir = candidate_workdir(self.layout, batch, job, step.step_id,
+                                            plan.candidate)
         except WorkspaceError as exc:
             return _Prepared(state, error=str(exc))
         start = _Start(plan=plan, path=live.path, run_id=live.run_id, spec=step.spec,
                        policy=batch.meta.effective_defaults.execution_policy,
                        ws_policy=ws_policy, workdir=workdir)
+        if plan.candidate is not None:  # best-of-N hook: candidate_overrides model/effort
+            start.policy = candidate_policy(step.spec, plan.candidate, start.policy)
         self._provision(start)
         self._write_prompt(start, job)
         self._write_command(start)
@@ -736,6 +751,9 @@ class LocalRunner:
                     prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
             if plan.extra_prompt:
                 prompt += "\n\n" + plan.extra_prompt
+            suffix = candidate_prompt_suffix(spec, plan.candidate)  # best-of-N hook
+            if suffix:
+                prompt += "\n\n" + suffix
         write_once_bytes(start.path / PROMPT_FILE, prompt.encode())
         start.prompt = prompt
 
@@ -781,6 +799,7 @@ class LocalRunner:
             resume_base_copied_from=str(source.resume_base_dir) if source is not None else None,
             codex_thread_id=start.expected_thread,
             retry_of=plan.retry_of.run_id if plan.retry_of else None,
+            candidate=plan.candidate,
             override_nonce=plan.override_nonce,
             prompt_sha256=hashlib.sha256(start.prompt.encode()).hexdigest(),
             prompt_ref=spec.prompt_ref,
