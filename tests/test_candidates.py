@@ -11,6 +11,8 @@ workspace. Losers stay on disk. A promotion must survive kill -9, a conflict mus
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +169,97 @@ def test_a_merge_conflict_ends_needs_attention_with_the_reason(harness: Harness)
     ws = harness.layout.workspace(bid, "j1")
     assert (ws / "f.txt").read_text() == "zero\n"  # the merge was aborted, nothing half done
     assert not (Path(git(ws, "rev-parse", "--git-dir").strip()) / "MERGE_HEAD").exists()
+
+
+def run_engine(harness: Harness, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("PHH_CRASH_AT", None)
+    if crash_at:
+        env["PHH_CRASH_AT"] = crash_at
+    return subprocess.run([PHH, "--root", str(harness.root), "run", "--no-ui", "--until-idle"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.codex
+@pytest.mark.parametrize("point", ["promotion_pending", "promotion_merged"])
+def test_kill_minus_nine_during_promotion_is_finished_exactly_once(
+        harness: Harness, point: str) -> None:
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=3, candidate_overrides=three(),
+             prompt=f"crash at {point}"),
+        step("s2", {"echo_thread": True}, resume_from={"step_id": "s1"}),
+    ]}])
+    crashed = run_engine(harness, point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    pending = read_promotion(harness.layout, bid, "j1", "s1")
+    assert pending is not None and pending.state == "pending"
+    assert harness.attempts(bid, "j1", "s2") == []  # nothing ran on a half-made promotion
+    done = run_engine(harness)
+    assert done.returncode == 0, done.stderr[-2000:]
+    promo = read_promotion(harness.layout, bid, "j1", "s1")
+    assert promo is not None and promo.state == "applied"
+    assert promo.decided_at == pending.decided_at  # finished, not decided again
+    assert promo.winner_candidate == 2
+    ws = harness.layout.workspace(bid, "j1")
+    assert (ws / "f.txt").read_text() == "two\n"
+    assert len(git(ws, "rev-list", "--merges", "HEAD").split()) == 1  # merged exactly once
+    (s2,) = harness.attempts(bid, "j1", "s2")
+    assert harness.meta(s2)["resume_from"]["selected_run_id"] == promo.winner_run_id
+    assert len(harness.attempts(bid, "j1", "s1")) == 3  # no candidate ran twice
+
+
+@pytest.mark.codex
+def test_operator_promote_over_api_and_cli_exactly_once(harness: Harness) -> None:
+    from test_api import serving
+
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=3, candidate_overrides=[
+            suffix(final("c1 gave up", status="failed")),
+            suffix({"shell": "echo two > f.txt"}, final("c2")),
+            suffix({"shell": "echo three > f.txt"}, final("c3"))]),
+    ]}], batch_id="b1")
+    harness.run()
+    cands = by_candidate(harness, bid, "j1", "s1")
+    run = {k: harness.state(a)["run_id"] for k, a in cands.items()}
+    first = read_promotion(harness.layout, bid, "j1", "s1")
+    assert first is not None and first.state == "applied" and first.winner_candidate in (2, 3)
+    other = 5 - first.winner_candidate
+    text = {2: "two\n", 3: "three\n"}
+    ws = harness.layout.workspace(bid, "j1")
+    assert (ws / "f.txt").read_text() == text[first.winner_candidate]
+
+    # a run that is no candidate of the step: exit 2 / 400, nothing written
+    bad = subprocess.run([PHH, "--root", str(harness.root), "promote", bid, "j1", "s1",
+                          "rnotacandidate"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a candidate of j1.s1" in bad.stderr, bad
+    eng = harness.start()
+    with serving(harness.layout, harness.settings) as c:
+        url = f"/v1/batches/{bid}/jobs/j1/steps/s1/promote"
+        r = c.post(url, json={"run_id": "rnotacandidate"})
+        assert r.status_code == 400 and "not a candidate" in r.text
+        r = c.post(url, json={"run_id": run[1]})  # a candidate that failed
+        assert r.status_code == 409 and "did not succeed" in r.json()["message"], r.text
+        r = c.post(url, json={"run_id": run[other]})
+        assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+        promo = read_promotion(harness.layout, bid, "j1", "s1")
+        assert promo is not None and promo.state == "applied" and promo.by == "operator"
+        assert promo.winner_run_id == run[other] and promo.previous_run_id == first.winner_run_id
+        assert (ws / "f.txt").read_text() == text[other]
+        assert len(git(ws, "rev-list", "--merges", "HEAD").split()) == 1
+        cur = json.loads(harness.layout.current(bid, "j1").read_text())
+        assert cur["steps"]["s1"]["latest_successful"]["run_id"] == run[other]
+        # the same promote again is refused: applied exactly once
+        r = c.post(url, json={"run_id": run[other]})
+        assert r.status_code == 409 and "already the promoted" in r.json()["message"]
+    # the CLI against the serving engine: back to the first winner
+    back = subprocess.run([PHH, "--root", str(harness.root), "promote", bid, "j1", "s1",
+                           first.winner_run_id], capture_output=True, text=True, timeout=60)
+    assert back.returncode == 0 and "applied" in back.stdout, back
+    assert (ws / "f.txt").read_text() == text[first.winner_candidate]
+    results = [json.loads(p.read_text()) for p in
+               (harness.layout.system / "overrides").glob("*.result.json")]
+    assert sorted(r["outcome"] for r in results if r["action"] == "promote") == [
+        "applied", "applied", "rejected", "rejected"]
+    harness.stop(eng)
