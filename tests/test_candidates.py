@@ -52,7 +52,8 @@ def three(fail: str = "failed") -> list[dict[str, Any]]:
     """Candidate 2 writes `two` and succeeds; 1 and 3 write their own text and fail."""
     return [
         suffix({"shell": "echo one > f.txt"}, final("c1 gave up", status=fail)),
-        suffix({"shell": "echo two > f.txt"}, final("c2 did it")),
+        {**suffix({"shell": "echo two > f.txt"}, final("c2 did it")),
+         "model_reasoning_effort": "low"},
         suffix({"shell": "echo three > f.txt"}, final("c3 gave up", status=fail)),
     ]
 
@@ -98,6 +99,11 @@ def test_best_of_three_promotes_candidate_two_and_the_next_step_resumes_it(
     cands = by_candidate(harness, bid, "j1", "s1")
     assert sorted(cands) == [1, 2, 3]
     states = {k: harness.state(a) for k, a in cands.items()}
+    # candidate_overrides: candidate 2's effort, recorded in its meta.json and command line
+    assert harness.meta(cands[2])["policy_snapshot"]["execution_policy"][
+        "model_reasoning_effort"] == "low"
+    assert 'model_reasoning_effort="low"' in harness.meta(cands[2])["command"]
+    assert "model_reasoning_effort" not in " ".join(harness.meta(cands[1])["command"])
     assert states[2]["status"] == "succeeded"
     assert states[1]["status"] == states[3]["status"] == "failed"
     # each candidate worked in its own checkout; the losers' work is still there
@@ -263,3 +269,42 @@ def test_operator_promote_over_api_and_cli_exactly_once(harness: Harness) -> Non
     assert sorted(r["outcome"] for r in results if r["action"] == "promote") == [
         "applied", "applied", "rejected", "rejected"]
     harness.stop(eng)
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(("changes", "path", "words"), [
+    ({"candidates": 17}, "jobs[0].steps[0].candidates", "less than or equal to 16"),
+    ({"candidates": 0}, "jobs[0].steps[0].candidates", "greater than or equal to 1"),
+    ({"candidates": 3, "job": {"workspace_policy": "shared"}}, "jobs[0].steps[0].candidates",
+     "workspace_policy is 'shared'"),
+    ({"candidates": 2, "candidate_overrides": [{}, {}, {}]},
+     "jobs[0].steps[0].candidate_overrides", "at most one per candidate"),
+    ({"candidates": 2, "candidate_overrides": [{"model_reasoning_effort": "huge"}]},
+     "jobs[0].steps[0].candidate_overrides[0].model_reasoning_effort", "minimal"),
+])
+def test_submit_refuses_bad_candidates_naming_the_json_path(
+        harness: Harness, changes: dict[str, Any], path: str, words: str) -> None:
+    job: dict[str, Any] = {"job_id": "j1", "workspace_policy": "isolated",
+                           **changes.pop("job", {})}
+    table = harness.table([{**job, "steps": [step("s1", final("x"), **changes)]}])
+    lt = harness.root / "lt.json"
+    lt.write_text(json.dumps(table))
+    res = subprocess.run([PHH, "--root", str(harness.root), "submit", str(lt)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res
+    lines = [ln for ln in res.stderr.splitlines() if path + ":" in ln]
+    assert any(words in ln for ln in lines), res.stderr
+    assert not [p for p in harness.layout.runs.iterdir() if not p.name.startswith("_")]
+
+
+def test_best_of_n_on_an_isolated_job_is_accepted_and_normalized(harness: Harness) -> None:
+    from phh_engine.models import BatchMeta
+    from phh_engine.store.files import read_model
+
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("x"), candidates=16,
+             candidate_overrides=[{"model": "gpt-5.5", "prompt_suffix": "be brief"}])]}])
+    meta = read_model(harness.layout.batch_meta(bid), BatchMeta)
+    assert meta is not None
+    (s1,) = meta.jobs[0].steps
+    assert s1.candidates == 16 and s1.candidate_overrides[0].prompt_suffix == "be brief"
