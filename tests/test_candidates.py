@@ -129,6 +129,17 @@ def test_best_of_three_promotes_candidate_two_and_the_next_step_resumes_it(
     assert m2["resume_from"]["selected_run_id"] == winner
     assert m2["codex_thread_id"] == harness.state(cands[2])["codex_thread_id"]
     assert harness.state(s2)["status"] == "succeeded"
+    # faces: the scoreboard lists the candidates, best first, the promoted one marked
+    board = json.loads(subprocess.run(
+        [PHH, "--root", str(harness.root), "scoreboard", "--batch", bid, "--json"],
+        capture_output=True, text=True, timeout=120, check=True).stdout)
+    (row_,) = [r for r in board["steps"] if r["step_id"] == "s1"]
+    assert [(c["candidate"], c["rank"], c["promoted"], c["passed"]) for c in row_["candidates"]
+            ][0] == (2, 1, True, True)
+    assert {c["candidate"] for c in row_["candidates"] if not c["promoted"]} == {1, 3}
+    text = subprocess.run([PHH, "--root", str(harness.root), "scoreboard", "--batch", bid],
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "Candidates" in text and "★ promoted" in text and winner in text
 
 
 @pytest.mark.codex

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..models.promotion import CandidateRank
+from ..models.scoreboard import CandidateRow
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from .readiness import Readiness
 
@@ -164,3 +165,23 @@ def best_of_n_readiness(batch: BatchView, job: JobView, step: StepView, now: dat
     if status not in ("failed", "needs_attention", "canceled"):
         status = "failed"
     return Readiness(status, [f"no candidate passed ({why})"], retry_of=step.latest)
+
+
+def candidate_rows(step: StepView) -> list[CandidateRow] | None:
+    """The scoreboard's candidates of a best-of-N step, best first (None for a plain step).
+    `promoted` marks the applied winner (or the chosen one of a `conflict`)."""
+    if step.spec.candidates <= 1:
+        return None
+    fin = finals(step)
+    promo = step.promotion
+    won = promo.winner_run_id if promo is not None and promo.state != "pending" else None
+    out = []
+    for i, r in enumerate(ranking(step), 1):
+        a = fin[r.candidate]
+        v = a.state.verify if a.state else None
+        out.append(CandidateRow(
+            candidate=r.candidate, run_id=r.run_id, status=r.status, attempt_dir=str(a.path),
+            rank=i, passed=r.passed, verify_exit_code=v.exit_code if v else None,
+            score=r.score, tokens=r.tokens, duration_seconds=r.duration_seconds,
+            promoted=r.run_id == won))
+    return out
