@@ -84,3 +84,30 @@ class AttemptTail:
                 name = STDOUT
             self._log = EventLog(self.attempt_dir / name)
         return self._log.read_new(final)
+
+
+#: the verifier's output tail beside state.json (docs/verification.md#record)
+VERIFY_LOG = "verify.log"
+VERIFY_TAIL_BYTES = 32 << 10
+
+
+def read_verify_log(attempt_dir: Path) -> str | None:
+    """The last VERIFY_TAIL_BYTES of the attempt's verify.log (plain or compressed); None when
+    no verifier ran."""
+    if log_path(attempt_dir, VERIFY_LOG) is None:
+        return None
+    return read_log_tail(attempt_dir, VERIFY_LOG, VERIFY_TAIL_BYTES).decode(
+        "utf-8", errors="replace")
+
+
+def read_candidates_diff(root: Path, batch_id: str, job_id: str, step_id: str, a: int,
+                         b: int) -> str:
+    """What candidate `b` did differently from candidate `a` (their workspaces' changes):
+    see phh_engine.runners.candidates.candidate_diff. Blocks on git."""
+    from phh_engine.runners.candidates import candidate_diff
+    from phh_engine.store.paths import Layout
+
+    try:
+        return candidate_diff(Layout(root), batch_id, job_id, step_id, a, b)
+    except Exception as exc:  # a git failure is shown, never a crash of the dashboard
+        return f"cannot diff candidates {a} and {b}: {type(exc).__name__}: {exc}"

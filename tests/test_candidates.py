@@ -10,6 +10,7 @@ workspace. Losers stay on disk. A promotion must survive kill -9, a conflict mus
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -134,8 +135,8 @@ def test_best_of_three_promotes_candidate_two_and_the_next_step_resumes_it(
         [PHH, "--root", str(harness.root), "scoreboard", "--batch", bid, "--json"],
         capture_output=True, text=True, timeout=120, check=True).stdout)
     (row_,) = [r for r in board["steps"] if r["step_id"] == "s1"]
-    assert [(c["candidate"], c["rank"], c["promoted"], c["passed"]) for c in row_["candidates"]
-            ][0] == (2, 1, True, True)
+    best = row_["candidates"][0]
+    assert (best["candidate"], best["rank"], best["promoted"], best["passed"]) == (2, 1, True, True)
     assert {c["candidate"] for c in row_["candidates"] if not c["promoted"]} == {1, 3}
     text = subprocess.run([PHH, "--root", str(harness.root), "scoreboard", "--batch", bid],
                           capture_output=True, text=True, timeout=120, check=True).stdout
@@ -319,3 +320,65 @@ def test_best_of_n_on_an_isolated_job_is_accepted_and_normalized(harness: Harnes
     assert meta is not None
     (s1,) = meta.jobs[0].steps
     assert s1.candidates == 16 and s1.candidate_overrides[0].prompt_suffix == "be brief"
+
+
+# ----------------------------------------------------------------------------- dashboard
+@pytest.mark.codex
+async def test_step_screen_lists_candidates_shows_verify_log_and_diffs_two(
+        harness: Harness) -> None:
+    from test_tui_keys import SIZE, until
+
+    from phh_tui.app import PhhApp
+    from phh_tui.backend import StoreBackend
+    from phh_tui.candidates_panel import NO_VERIFY_LOG, CandidatesPanel
+    from phh_tui.dialogs import ConfirmScreen
+    from phh_tui.screens import StepScreen
+
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=3, candidate_overrides=three())]}])
+    await asyncio.to_thread(harness.run)
+    cands = by_candidate(harness, bid, "j1", "s1")
+    run = {k: harness.state(a)["run_id"] for k, a in cands.items()}
+    # what a verifier leaves beside state.json (docs/verification.md#record)
+    (cands[2] / "verify.log").write_text("pytest: 12 passed\nscore: 0.93\n")
+    app = PhhApp(harness.root, backend=StoreBackend(harness.root), alerts="off")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.board is not None and bid in app.board.batches,
+                    what="a first board")
+        app.open_step(bid, "j1", "s1")
+        await until(pilot, lambda: isinstance(app.screen, StepScreen), what="step screen")
+        screen = app.screen
+        assert isinstance(screen, StepScreen)
+        await until(pilot, lambda: screen.is_mounted and screen.query(CandidatesPanel),
+                    what="the step screen composed")
+        panel = screen.query_one(CandidatesPanel)
+        await until(pilot, lambda: len(panel.table.keys) == 3, what="three candidates")
+        assert panel.display and panel.table.keys[0] == run[2]  # best first
+        assert panel.rows[run[2]].promoted and not panel.rows[run[1]].promoted
+        # the winner's verifier log is shown under the cursor's candidate
+        await until(pilot, lambda: "12 passed" in panel.info_text, what="verify.log")
+        panel.table.move_cursor(row=1)  # a loser: it has no verifier log
+        await until(pilot, lambda: panel.info_text == NO_VERIFY_LOG,
+                    what="the next candidate's log")
+        # mark candidates 1 and 3 (space marks and moves down), then d: their diff
+        panel.table.move_cursor(row=panel.table.keys.index(run[1]))
+        await pilot.press("space")
+        panel.table.move_cursor(row=panel.table.keys.index(run[3]))
+        await pilot.press("space")
+        assert set(panel.marked_runs()) == {run[1], run[3]}
+        await pilot.press("d")
+        await until(pilot, lambda: "+three" in panel.info_text, what="the candidates' diff")
+        assert "-one" in panel.info_text and "f.txt" in panel.info_text
+        # p on a candidate asks first, then requests the promote (queued: no engine here)
+        panel.table.move_cursor(row=panel.table.keys.index(run[2]))
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        await pilot.press("y")
+        await until(pilot, lambda: any(a[0] == "promote" for a in app.action_log),
+                    what="the promote request")
+        (entry,) = [a for a in app.action_log if a[0] == "promote"]
+        assert entry[1:4] == (bid, "j1", "s1") and entry[4].outcome == "queued"
+    reqs = [json.loads(p.read_text()) for p in (harness.layout.system / "overrides").glob("*.json")
+            if not p.name.endswith(".result.json")]
+    assert [(r["action"], r["run_id"]) for r in reqs] == [("promote", run[2])]
