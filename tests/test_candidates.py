@@ -382,3 +382,53 @@ async def test_step_screen_lists_candidates_shows_verify_log_and_diffs_two(
     reqs = [json.loads(p.read_text()) for p in (harness.layout.system / "overrides").glob("*.json")
             if not p.name.endswith(".result.json")]
     assert [(r["action"], r["run_id"]) for r in reqs] == [("promote", run[2])]
+
+
+# ----------------------------------------------------------------------------- with a verifier
+def _skip_without_verifier(harness: Harness, bid: str) -> None:
+    """These run once the verifier (issue 15 item 1, the `verify` branch) is wired: submit
+    then keeps the step's `verify` in batch_meta.json. Until then they skip, not fail."""
+    from phh_engine.models import BatchMeta
+    from phh_engine.store.files import read_model
+
+    meta = read_model(harness.layout.batch_meta(bid), BatchMeta)
+    assert meta is not None
+    if meta.jobs[0].steps[0].verify is None:
+        pytest.skip("the verifier is not wired in this branch yet (issue 15 item 1)")
+
+
+def answer(text: str, **kw: Any) -> dict[str, Any]:
+    return suffix({"shell": f"printf '{text}' > answer.txt"}, final("answered", **kw))
+
+
+@pytest.mark.codex
+def test_the_verifier_decides_and_scores_break_the_tie(harness: Harness) -> None:
+    """All three turns succeed; the verifier fails candidate 1 (wrong answer) and scores 2
+    and 3: candidate 3's higher score wins although candidate 2 spent fewer tokens."""
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=3,
+             verify={"command": "grep -q correct answer.txt && cat answer.txt",
+                     "score_pattern": "score: (?P<score>[0-9.]+)"},
+             retry_policy={"max_attempts": 1},
+             candidate_overrides=[
+                 answer("wrong\\nscore: 9\\n"),
+                 answer("correct\\nscore: 0.5\\n"),
+                 {**answer("correct\\nscore: 0.8\\n"), "prompt_suffix": answer(
+                     "correct\\nscore: 0.8\\n")["prompt_suffix"] + "\n" + "x" * 4000}]),
+        step("s2", {"echo_thread": True}, resume_from={"step_id": "s1"}),
+    ]}])
+    _skip_without_verifier(harness, bid)
+    harness.run()
+    cands = by_candidate(harness, bid, "j1", "s1")
+    st = {k: harness.state(a) for k, a in cands.items()}
+    assert st[1]["status"] == "failed" and st[1]["failure_class"] == "verify_failed"
+    assert st[2]["verify"]["passed"] and st[2]["verify"]["score"] == 0.5
+    assert st[3]["verify"]["passed"] and st[3]["verify"]["score"] == 0.8
+    promo = read_promotion(harness.layout, bid, "j1", "s1")
+    assert promo is not None and promo.state == "applied" and promo.winner_candidate == 3
+    assert [r.candidate for r in promo.ranking] == [3, 2, 1]
+    ws = harness.layout.workspace(bid, "j1")
+    assert (ws / "answer.txt").read_text() == "correct\nscore: 0.8\n"
+    (s2,) = harness.attempts(bid, "j1", "s2")
+    assert harness.meta(s2)["resume_from"]["selected_run_id"] == st[3]["run_id"]

@@ -79,6 +79,11 @@ def mark_failed(a: StepAction) -> OverrideResult:
     msg = f"{a.key} marked failed; dependants stay blocked"
     if inflight is not None and a.cancel(inflight.run_id, "marked failed"):
         msg += f"; canceled {inflight.run_id}"
+    # best-of-N: every running candidate goes too (docs/verification.md)
+    others = [x.run_id for x in step.attempts if not x.terminal and x is not inflight
+              and x.candidate is not None and a.cancel(x.run_id, "marked failed")]
+    if others:
+        msg += "; canceled " + ", ".join(others)
     return a.result("applied", msg, inflight.run_id if inflight else None)
 
 
