@@ -432,3 +432,28 @@ def test_the_verifier_decides_and_scores_break_the_tie(harness: Harness) -> None
     assert (ws / "answer.txt").read_text() == "correct\nscore: 0.8\n"
     (s2,) = harness.attempts(bid, "j1", "s2")
     assert harness.meta(s2)["resume_from"]["selected_run_id"] == st[3]["run_id"]
+
+
+@pytest.mark.codex
+def test_outside_git_the_winner_is_copied_into_the_job_workspace(harness: Harness) -> None:
+    (harness.workspace / "f.txt").write_text("base\n")
+    (harness.workspace / "gone.txt").write_text("delete me\n")
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=2, candidate_overrides=[
+            suffix({"shell": "echo one > f.txt && echo junk > new1.txt"},
+                   final("c1 gave up", status="failed")),
+            suffix({"shell": "echo two > f.txt && mkdir -p sub && echo new > sub/new2.txt "
+                             "&& rm gone.txt"}, final("c2"))]),
+        step("s2", {"shell": "cat f.txt sub/new2.txt > seen.txt"}, final("read"),
+             depends_on=["s1"]),
+    ]}])
+    harness.run()
+    promo = read_promotion(harness.layout, bid, "j1", "s1")
+    assert promo is not None and promo.state == "applied" and promo.kind == "copy"
+    assert promo.winner_candidate == 2
+    ws = harness.layout.workspace(bid, "j1")
+    assert (ws / "f.txt").read_text() == "two\n"
+    assert (ws / "sub" / "new2.txt").read_text() == "new\n"
+    assert not (ws / "gone.txt").exists() and not (ws / "new1.txt").exists()
+    assert (ws / "seen.txt").read_text() == "two\nnew\n"  # the next step saw the winner's work
+    assert (harness.workspace / "f.txt").read_text() == "base\n"  # the source is untouched
