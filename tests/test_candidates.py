@@ -16,11 +16,12 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, final, step
+from conftest import Harness, final, step, wait_for
 
 from phh_engine.derive.candidates import rank
 from phh_engine.models.promotion import CandidateRank
@@ -457,3 +458,65 @@ def test_outside_git_the_winner_is_copied_into_the_job_workspace(harness: Harnes
     assert not (ws / "gone.txt").exists() and not (ws / "new1.txt").exists()
     assert (ws / "seen.txt").read_text() == "two\nnew\n"  # the next step saw the winner's work
     assert (harness.workspace / "f.txt").read_text() == "base\n"  # the source is untouched
+
+
+@pytest.mark.codex
+def test_operator_retry_of_a_step_no_candidate_passed_reruns_every_candidate(
+        harness: Harness) -> None:
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("gave up", status="failed"), candidates=2)]}])
+    harness.settings.runners[0].capacity = 1  # one slot: the candidates never overlap
+    harness.write_settings()
+    eng = harness.start()
+    def ended() -> bool:  # as the engine sees it (the files change first)
+        batch = eng.index.batches.get(bid)
+        atts = batch.jobs["j1"].steps["s1"].attempts if batch else []
+        return len(atts) == 2 and all(a.status == "failed" for a in atts)
+
+    wait_for(ended, 120, "both candidates failed")
+    res = harness.call(eng, eng.request("retry", bid, "j1", "s1",
+                                        prompt=script({"shell": "echo fixed > f.txt"},
+                                                      final("fixed"))))
+    assert res.outcome == "applied", res.message
+    wait_for(lambda: (p := read_promotion(harness.layout, bid, "j1", "s1")) is not None
+             and p.state == "applied", 120, "a promotion after the retry")
+    harness.stop(eng)
+    atts = harness.attempts(bid, "j1", "s1")
+    assert len(atts) == 4  # each candidate once more, exactly
+    retried = [harness.meta(a) for a in atts[2:]]
+    assert sorted(m["candidate"] for m in retried) == [1, 2]
+    assert {m["trigger"] for m in retried} == {"operator_retry"}
+    assert {m["override_nonce"] for m in retried} == {res.nonce}
+    assert (harness.layout.workspace(bid, "j1") / "f.txt").read_text() == "fixed\n"
+
+
+@pytest.mark.codex
+def test_a_retryable_failure_is_retried_as_the_same_candidate_before_ranking(
+        harness: Harness) -> None:
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    flaky = {"http_error": 500, "times": 1, "key": f"{harness.root}-c2",
+             "otherwise": final("c2, second time lucky")}
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=2, candidate_overrides=[
+            suffix({"shell": "echo one > f.txt"}, final("c1")),
+            suffix({"shell": "echo two > f.txt"}, flaky)])]}],
+        retries={"max_attempts": 2, "backoff_seconds": 0.5})
+    harness.run()
+    atts = harness.attempts(bid, "j1", "s1")
+    metas = {harness.state(a)["run_id"]: harness.meta(a) for a in atts}
+    assert sorted(m["candidate"] for m in metas.values()) == [1, 2, 2]
+    first, again = sorted((a for a in atts if harness.meta(a)["candidate"] == 2),
+                          key=lambda a: a.name)
+    assert harness.state(first)["failure_class"] == "model_error"
+    m = harness.meta(again)
+    assert m["trigger"] == "retry" and m["retry_of"] == harness.state(first)["run_id"]
+    assert harness.state(again)["status"] == "succeeded"
+    # the promotion waited for the retry: it ranks candidate 2's latest attempt
+    promo = read_promotion(harness.layout, bid, "j1", "s1")
+    assert promo is not None and promo.state == "applied"
+    assert {r.run_id for r in promo.ranking} == {
+        harness.state(again)["run_id"],
+        next(harness.state(a)["run_id"] for a in atts if harness.meta(a)["candidate"] == 1)}
+    assert all(r.passed for r in promo.ranking)
+    assert promo.decided_at >= datetime.fromisoformat(harness.state(again)["ended_at"])

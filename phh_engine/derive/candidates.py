@@ -9,16 +9,13 @@ index is scheduled like a plain step of its own (retries per policy as the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..models.promotion import CandidateRank
 from ..models.scoreboard import CandidateRow
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from .readiness import Readiness
-
-SingleReadiness = Callable[[BatchView, JobView, StepView, datetime], Readiness]
 
 
 def candidate_attempts(step: StepView, candidate: int) -> list[AttemptView]:
@@ -34,10 +31,42 @@ def in_flight_count(step: StepView) -> int:
     return sum(1 for a in step.attempts if not a.terminal)
 
 
+def _served(step: StepView, attempts: list[AttemptView]) -> bool:
+    """The candidate's latest attempt already fulfils the pending operator request."""
+    nonce = step.marks.pending_nonce
+    last = attempts[-1] if attempts else None
+    return nonce is not None and last is not None and last.meta is not None and \
+        last.meta.override_nonce == nonce
+
+
 def _sub_step(step: StepView, candidate: int) -> StepView:
-    """Candidate `candidate` seen as a plain step (its attempts only), for the plain rules."""
+    """Candidate `candidate` seen as a plain step (its attempts only), for the plain rules.
+    An operator retry/resume already fulfilled by this candidate is not asked of it again."""
     spec = step.spec.model_copy(update={"candidates": 1})
-    return StepView(spec=spec, attempts=candidate_attempts(step, candidate), marks=step.marks)
+    attempts = candidate_attempts(step, candidate)
+    marks = step.marks
+    if _served(step, attempts):
+        marks = replace(marks)
+        marks.clear_request()
+    return StepView(spec=spec, attempts=attempts, marks=marks)
+
+
+def request_still_wanted(step: StepView, started: int | None) -> bool:
+    """After candidate `started` was claimed for the step's pending operator request: do
+    other candidates still have to start for it (so the request must not be cleared yet)?
+    False for a plain step."""
+    if step.spec.candidates <= 1 or (step.marks.pending_nonce is None and \
+            not step.marks.force_retry):
+        return False
+    for k in range(1, step.spec.candidates + 1):
+        if k == started:
+            continue
+        attempts = candidate_attempts(step, k)
+        last = attempts[-1] if attempts else None
+        if last is None or (last.terminal and last.status != "succeeded"
+                            and not _served(step, attempts)):
+            return True
+    return False
 
 
 def passed(attempt: AttemptView) -> bool:
@@ -95,14 +124,27 @@ class Due:
     winner: CandidateRank
 
 
-def promotion_due(step: StepView, subs: list[Readiness] | None = None) -> Due | None:
-    """Every candidate index has a final attempt (terminal, no retry to come), at least one
-    passed, and no promotion record covers them yet: the winner to promote. `subs` are the
-    candidates' readinesses when the caller already has them."""
+def candidate_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
+                        ) -> list[Readiness]:
+    """Each candidate index's own readiness (the plain step rules on its attempts)."""
+    from .readiness import step_readiness
+
+    subs = []
+    for k in range(1, step.spec.candidates + 1):
+        r = step_readiness(batch, job, _sub_step(step, k), now)
+        r.candidate = k
+        subs.append(r)
+    return subs
+
+
+def promotion_due(step: StepView, subs: list[Readiness]) -> Due | None:
+    """Every candidate index has a final attempt (terminal, no retry or operator request to
+    come: `subs`, from `candidate_readiness`, say none is running or ready), at least one
+    passed, and no promotion record covers them yet: the winner to promote."""
     promo = step.promotion
     if step.spec.candidates <= 1 or (promo is not None and promo.state != "pending"):
         return None
-    if subs is not None and any(r.status in ("running", "ready") for r in subs):
+    if any(r.status in ("running", "ready") for r in subs):
         return None
     fin = finals(step)
     if len(fin) < step.spec.candidates or any(not a.terminal for a in fin.values()):
@@ -113,10 +155,10 @@ def promotion_due(step: StepView, subs: list[Readiness] | None = None) -> Due | 
     return Due(rows, rows[0])
 
 
-def best_of_n_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime,
-                        single: SingleReadiness) -> Readiness:
+def best_of_n_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
+                        ) -> Readiness:
     """The step's status and the candidates to start now (`Readiness.starts`, one readiness
-    per index with `candidate` set). `single` is the plain step rule applied per index."""
+    per index with `candidate` set)."""
     promo = step.promotion
     won = step.latest_successful
     if won is not None and promo is not None:
@@ -131,11 +173,7 @@ def best_of_n_readiness(batch: BatchView, job: JobView, step: StepView, now: dat
             f"promotion of candidate {promo.winner_candidate} ({promo.winner_run_id}) failed: "
             f"{promo.reason}; promote a candidate by hand (phh promote) once the job's "
             "workspace is fixed"])
-    subs: list[Readiness] = []
-    for k in range(1, step.spec.candidates + 1):
-        r = single(batch, job, _sub_step(step, k), now)
-        r.candidate = k
-        subs.append(r)
+    subs = candidate_readiness(batch, job, step, now)
     starts = [r for r in subs if r.status == "ready" and r.runnable]
     waits = [r.not_before for r in subs if r.status == "ready" and not r.runnable
              and r.not_before is not None]

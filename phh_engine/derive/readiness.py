@@ -178,7 +178,7 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     if step.spec.candidates > 1:  # best-of-N: per candidate (docs/verification.md)
         from .candidates import best_of_n_readiness
 
-        return best_of_n_readiness(batch, job, step, now, step_readiness)
+        return best_of_n_readiness(batch, job, step, now)
     if step.in_flight is not None:
         return Readiness("running")
     if step.marks.resume_run_id is not None and not batch.closed:

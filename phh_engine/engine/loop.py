@@ -26,6 +26,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from .. import __version__
+from ..derive.candidates import request_still_wanted
 from ..derive.readiness import is_stuck
 from ..derive.scheduler import Caps, ReadySet, Selection, running_counts, select
 from ..derive.scoreboards import batch_scoreboard, system_scoreboard
@@ -676,7 +677,8 @@ class Engine:
         if claimed is None:  # another engine got there first; the index will catch up
             self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
-        if marks.pending_nonce or r.trigger.startswith("operator_"):
+        if (marks.pending_nonce or r.trigger.startswith("operator_")) and \
+                not request_still_wanted(cand.step, r.candidate):  # best-of-N hook
             marks.clear_request()
         run_id, path = claimed
         view = AttemptView(run_id=run_id, dir_name=path.name, path=path,

@@ -14,7 +14,14 @@ import logging
 import subprocess
 from collections.abc import Callable
 
-from ..derive.candidates import finals, promotion_due, rank, rank_row
+from ..derive.candidates import (
+    Due,
+    candidate_readiness,
+    finals,
+    promotion_due,
+    rank,
+    rank_row,
+)
 from ..models import utcnow
 from ..models.promotion import Promotion
 from ..runners.candidates import PromotionError, begin_promotion, finish_promotion
@@ -59,6 +66,13 @@ class Promoter:
         job = batch.jobs.get(key[1]) if batch else None
         return job.steps.get(key[2]) if job else None
 
+    def _due(self, key: Key, step: StepView) -> Due | None:
+        batch = self.index.batches.get(key[0])
+        job = batch.jobs.get(key[1]) if batch else None
+        if batch is None or job is None:
+            return None
+        return promotion_due(step, candidate_readiness(batch, job, step, utcnow()))
+
     def run_due(self) -> int:
         """Promote every noted step that is due; returns how many records changed."""
         if not self._noted:
@@ -86,7 +100,7 @@ class Promoter:
             if on_disk is not None and on_disk.state == "pending":
                 promo = self._finish(on_disk)
             else:
-                due = promotion_due(step)
+                due = self._due(key, step)
                 if due is None:
                     return False
                 promo = begin_promotion(self.layout, bid, jid, sid, due.ranking, due.winner)
@@ -108,7 +122,7 @@ class Promoter:
         """A promotion that could not even be recorded `pending`: `conflict` with the
         reason, so the step shows needs_attention instead of waiting forever."""
         bid, jid, sid = key
-        due = promotion_due(step)
+        due = self._due(key, step)
         base = read_base(self.layout, bid, jid, sid)
         if due is None:
             return
