@@ -520,3 +520,41 @@ def test_a_retryable_failure_is_retried_as_the_same_candidate_before_ranking(
         next(harness.state(a)["run_id"] for a in atts if harness.meta(a)["candidate"] == 1)}
     assert all(r.passed for r in promo.ranking)
     assert promo.decided_at >= datetime.fromisoformat(harness.state(again)["ended_at"])
+
+
+@pytest.mark.codex
+def test_each_candidate_takes_one_slot_of_the_batch_concurrency(harness: Harness) -> None:
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", {"shell": "sleep 1"}, final("done"), candidates=3)]}], concurrency=2)
+    harness.run()
+    spans = []
+    for a in harness.attempts(bid, "j1", "s1"):
+        st = harness.state(a)
+        assert st["status"] == "succeeded"
+        spans.append((datetime.fromisoformat(st["started_at"]),
+                      datetime.fromisoformat(st["ended_at"])))
+    assert len(spans) == 3
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most == 2  # side by side, but never more than the batch's 2 slots
+
+
+@pytest.mark.codex
+def test_cancel_of_a_best_of_n_step_stops_every_candidate(harness: Harness) -> None:
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", {"hang": 60}, candidates=2)]}])
+    eng = harness.start()
+
+    def running() -> bool:
+        batch = eng.index.batches.get(bid)
+        atts = batch.jobs["j1"].steps["s1"].attempts if batch else []
+        return len(atts) == 2 and all(a.status == "running" for a in atts)
+
+    wait_for(running, 120, "both candidates running")
+    res = harness.call(eng, eng.request("cancel", bid, "j1", "s1", reason="enough"))
+    assert res.outcome == "applied", res.message
+    wait_for(lambda: all(harness.state(a)["status"] == "canceled"
+                         for a in harness.attempts(bid, "j1", "s1")), 60, "both canceled")
+    harness.stop(eng)
+    assert read_promotion(harness.layout, bid, "j1", "s1") is None

@@ -65,7 +65,12 @@ def cancel(a: StepAction) -> OverrideResult:
     if att.terminal:
         return a.result("rejected", f"attempt {att.run_id} already {att.status}", att.run_id)
     if a.cancel(att.run_id, "canceled"):
-        return a.result("applied", f"cancel requested for {att.run_id}", att.run_id)
+        # best-of-N: a cancel of the step (no run named) stops every running candidate
+        others = [] if req.run_id else [
+            x.run_id for x in a.step.attempts if not x.terminal and x is not att
+            and x.candidate is not None and a.cancel(x.run_id, "canceled")]
+        return a.result("applied", f"cancel requested for {', '.join([att.run_id, *others])}",
+                        att.run_id)
     return a.result("rejected", f"attempt {att.run_id} is not running on this engine",
                     att.run_id)
 
