@@ -537,7 +537,7 @@ class Engine:
             now = utcnow()
             if self.admission_reasons() != self._admission_reported:
                 self._after_sample()  # a start pause ended (or began): say so at once
-            self.promoter.run_due()  # best-of-N hook (engine/promotion.py)
+            await self.promoter.run_due()  # best-of-N hook (engine/promotion.py)
             caps = self.caps(now)
             sel = self._ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:

@@ -10,6 +10,7 @@ once. The operator's `promote` goes through `operator_promote` (engine/actions.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 from collections.abc import Callable
@@ -73,8 +74,10 @@ class Promoter:
             return None
         return promotion_due(step, candidate_readiness(batch, job, step, utcnow()))
 
-    def run_due(self) -> int:
-        """Promote every noted step that is due; returns how many records changed."""
+    async def run_due(self) -> int:
+        """Promote every noted step that is due; returns how many records changed. Git and
+        files run in a worker thread (a merge can take seconds); the views change here, on
+        the engine's loop."""
         if not self._noted:
             return 0
         noted, self._noted = self._noted, set()
@@ -83,32 +86,37 @@ class Promoter:
             step = self._step(key)
             if step is None or step.spec.candidates <= 1:
                 continue
+            due = self._due(key, step)
             try:
-                if self._promote_if_due(key, step):
-                    n += 1
+                promo = await asyncio.to_thread(self._apply_files, key, due)
             except Exception as exc:  # total: one step's fault never stops the engine
                 log.exception("promotion of %s failed", "/".join(key))
-                self._record_failure(key, step, f"{type(exc).__name__}: {exc}")
-                n += 1
+                promo = await asyncio.to_thread(self._failure_record, key, due,
+                                                f"{type(exc).__name__}: {exc}")
+            if promo is None:
+                continue
+            step.promotion = promo
+            self.changed(key[0], key[1])
+            n += 1
         return n
 
-    def _promote_if_due(self, key: Key, step: StepView) -> bool:
+    def _apply_files(self, key: Key, due: Due | None) -> Promotion | None:
+        """Worker thread: finish a pending record, or begin and finish the promotion `due`;
+        the record now on disk (None: nothing to do)."""
         bid, jid, sid = key
         with job_lock(self.layout.job_lock(bid, jid), timeout=600):
             on_disk = read_promotion(self.layout, bid, jid, sid)
-            step.promotion = on_disk  # another engine may have made it meanwhile
             if on_disk is not None and on_disk.state == "pending":
                 promo = self._finish(on_disk)
+            elif on_disk is not None:
+                return on_disk  # made by another engine meanwhile: show it
+            elif due is None:
+                return None
             else:
-                due = self._due(key, step)
-                if due is None:
-                    return False
                 promo = begin_promotion(self.layout, bid, jid, sid, due.ranking, due.winner)
                 promo = self._finish(promo)
-            step.promotion = promo
             update_current(self.layout, bid, jid, locked=True)
-        self.changed(bid, jid)
-        return True
+        return promo
 
     def _finish(self, promo: Promotion) -> Promotion:
         try:
@@ -118,14 +126,13 @@ class Promoter:
             write_promotion(self.layout, done)
             return done
 
-    def _record_failure(self, key: Key, step: StepView, why: str) -> None:
+    def _failure_record(self, key: Key, due: Due | None, why: str) -> Promotion | None:
         """A promotion that could not even be recorded `pending`: `conflict` with the
         reason, so the step shows needs_attention instead of waiting forever."""
         bid, jid, sid = key
-        due = self._due(key, step)
-        base = read_base(self.layout, bid, jid, sid)
         if due is None:
-            return
+            return None
+        base = read_base(self.layout, bid, jid, sid)
         promo = Promotion(
             batch_id=bid, job_id=jid, step_id=sid, state="conflict",
             winner_run_id=due.winner.run_id, winner_candidate=due.winner.candidate,
@@ -134,9 +141,8 @@ class Promoter:
         try:
             write_promotion(self.layout, promo)
         except OSError:
-            return
-        step.promotion = promo
-        self.changed(bid, jid)
+            return None
+        return promo
 
     # ------------------------------------------------------------------ operator
     def operator_promote(self, batch_id: str, job_id: str, step: StepView, run_id: str,
