@@ -558,3 +558,28 @@ def test_cancel_of_a_best_of_n_step_stops_every_candidate(harness: Harness) -> N
                          for a in harness.attempts(bid, "j1", "s1")), 60, "both canceled")
     harness.stop(eng)
     assert read_promotion(harness.layout, bid, "j1", "s1") is None
+
+
+@pytest.mark.codex
+async def test_an_observing_dashboard_sees_the_promotion(harness: Harness) -> None:
+    """The promotion comes after the last candidate's files: a dashboard watching the store
+    (another process's engine) must notice promotion.json, not stay at `running`."""
+    from test_tui_keys import SIZE, status_of, until
+
+    from phh_tui.app import PhhApp
+    from phh_tui.backend import StoreBackend
+
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("default"), candidates=3, candidate_overrides=three())]}])
+    app = PhhApp(harness.root, backend=StoreBackend(harness.root), alerts="off")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.board is not None and bid in app.board.batches,
+                    what="a first board")
+        eng = await asyncio.to_thread(harness.start)
+        await until(pilot, lambda: status_of(app, bid, "j1", "s1") == "succeeded", 120,
+                    "the promotion seen by the observer")
+        await asyncio.to_thread(harness.stop, eng)
+        assert app.board is not None
+        (row_,) = [r for r in app.board.batches[bid].steps if r.step_id == "s1"]
+        assert row_.candidates is not None and row_.candidates[0].promoted
