@@ -13,6 +13,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from ..models import AttemptMeta, AttemptState, BatchMeta, RunReport
+from ..models.promotion import PROMOTION_FILE
 from ..models.scoreboard import SystemNote
 from .candidates import read_marker, read_promotion
 from .files import read_model
@@ -187,6 +188,8 @@ class StoreIndex:
                 for step in job.steps.values():
                     adir = f"{bid}/{job.job_id}/steps/{step.step_id}/attempts"
                     out.append(adir)
+                    if step.spec.candidates > 1:  # best-of-N: the promotion decides too
+                        out.append(f"{bid}/{job.job_id}/steps/{step.step_id}/{PROMOTION_FILE}")
                     for a in step.attempts:
                         p = f"{adir}/{a.dir_name}"
                         out += [p, f"{p}/{STATE}", f"{p}/{CODEX_HOME}/sessions"]
