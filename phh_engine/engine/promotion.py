@@ -109,7 +109,10 @@ class Promoter:
             if on_disk is not None and on_disk.state == "pending":
                 promo = self._finish(on_disk)
             elif on_disk is not None:
-                return on_disk  # made by another engine meanwhile: show it
+                # made earlier (another engine, or before a crash that may have come before
+                # current.json was rewritten): show it, and make current.json agree
+                update_current(self.layout, bid, jid, locked=True)
+                return on_disk
             elif due is None:
                 return None
             else:
