@@ -27,9 +27,11 @@ from .models import (
     AttemptState,
     BatchMeta,
     BatchScoreboard,
+    CandidateBase,
     CurrentIndex,
     HarnessConfig,
     LaunchTable,
+    Promotion,
     RunnerHealth,
     RunReport,
     SystemScoreboard,
@@ -58,6 +60,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "scoreboard.batch.schema.json": BatchScoreboard,
     "scoreboard.system.schema.json": SystemScoreboard,
     "credential_pause.schema.json": CredentialPause,
+    "promotion.schema.json": Promotion,
+    "candidate_base.schema.json": CandidateBase,
 }
 
 # Keywords OpenAI strict structured output accepts; anything else makes Codex's request fail.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from phh_engine.store.logs import log_path, open_log, read_log_bytes, read_log_tail
-from phh_engine.store.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT
+from phh_engine.store.paths import EVENTS, FINAL_TXT, GIT_DIFF, STDERR, STDOUT, VERIFY_LOG
 from phh_tui.eventlines import EventLog, Line
 
 #: final.txt shown when it is not a valid Run Report (characters)
@@ -84,3 +84,29 @@ class AttemptTail:
                 name = STDOUT
             self._log = EventLog(self.attempt_dir / name)
         return self._log.read_new(final)
+
+
+#: how much of the verifier's output tail (docs/verification.md#record) the panel shows
+VERIFY_TAIL_BYTES = 32 << 10
+
+
+def read_verify_log(attempt_dir: Path) -> str | None:
+    """The last VERIFY_TAIL_BYTES of the attempt's verify.log (plain or compressed); None when
+    no verifier ran."""
+    if log_path(attempt_dir, VERIFY_LOG) is None:
+        return None
+    return read_log_tail(attempt_dir, VERIFY_LOG, VERIFY_TAIL_BYTES).decode(
+        "utf-8", errors="replace")
+
+
+def read_candidates_diff(root: Path, batch_id: str, job_id: str, step_id: str, a: int,
+                         b: int) -> str:
+    """What candidate `b` did differently from candidate `a` (their workspaces' changes):
+    see phh_engine.runners.candidates.candidate_diff. Blocks on git."""
+    from phh_engine.runners.candidates import candidate_diff
+    from phh_engine.store.paths import Layout
+
+    try:
+        return candidate_diff(Layout(root), batch_id, job_id, step_id, a, b)
+    except Exception as exc:  # a git failure is shown, never a crash of the dashboard
+        return f"cannot diff candidates {a} and {b}: {type(exc).__name__}: {exc}"

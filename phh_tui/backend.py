@@ -26,6 +26,8 @@ from typing import Any
 
 from phh_engine.engine.loop import Engine, EngineEvent
 from phh_engine.interfaces.api_ops import engine_serving
+from phh_engine.models.promotion import PROMOTION_FILE
+from phh_engine.store.candidates import read_promotion
 from phh_engine.store.index import CLOSED_MARKER, StoreIndex
 from phh_engine.store.overrides import (
     OverrideResult,
@@ -214,6 +216,11 @@ class RunsWatcher:
             if view is not None and view.terminal:
                 self.watchset.drop(d)
 
+    def _step_of(self, batch_id: str, job_id: str, step_id: str) -> StepView | None:
+        batch = self.index.batches.get(batch_id)
+        job = batch.jobs.get(job_id) if batch else None
+        return job.steps.get(step_id) if job else None
+
     def apply(self, paths: list[str]) -> None:
         runs = self.layout.runs
         dirty: set[str] = set()
@@ -241,6 +248,11 @@ class RunsWatcher:
                 batch = self.index.batches.get(bid)
                 if batch is not None:
                     batch.closed = True
+                    dirty.add(bid)
+            elif len(parts) == 5 and parts[2] == "steps" and parts[4] == PROMOTION_FILE:
+                step = self._step_of(bid, parts[1], parts[3])  # best-of-N: re-read it
+                if step is not None:
+                    step.promotion = read_promotion(self.layout, bid, parts[1], parts[3])
                     dirty.add(bid)
             elif len(parts) == 7 and parts[2] == "steps" and parts[4] == "attempts" and \
                     is_attempt_dir_name(parts[5]):  # a stray entry there is no attempt

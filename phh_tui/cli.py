@@ -246,7 +246,7 @@ def engine_serving(layout: Layout) -> bool:
 
 
 def cmd_override(args: argparse.Namespace) -> int:
-    """cancel | retry | resume | requeue | mark-failed | close: a request file the engine
+    """cancel | retry | resume | requeue | mark-failed | close | promote: a request file the engine
     applies exactly once; we wait for its result when an engine is running (the same
     operation the HTTP API offers: phh_engine.interfaces.api_ops.request_action)."""
     from phh_engine.interfaces.api_ops import request_action
@@ -346,12 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("requeue", "cancel a step's attempt (if any) and run it again, optionally elsewhere"),
         ("mark-failed", "mark a step failed for good; dependants stay blocked"),
         ("close", "close a batch: no further attempts"),
+        ("promote", "make another candidate of a best-of-N step its result (its work is "
+         "applied to the job's workspace instead of the current winner's)"),
     ):
         sp = add(name, help_)
         sp.add_argument("batch")
         if name != "close":
             sp.add_argument("job")
             sp.add_argument("step")
+        if name == "promote":
+            sp.add_argument("run", help="the run_id of the candidate to promote")
         if name in ("cancel", "resume"):
             sp.add_argument("--run", help="a specific run_id (default: the latest)")
         if name in ("retry", "resume"):

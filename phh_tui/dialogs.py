@@ -26,10 +26,13 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("r", "retry now (ignores backoff and the retry budget)", "batch, step"),
     ("R", "resume the conversation with an extra prompt", "batch, step"),
     ("m", "mark failed for good (asks first; dependants stay blocked)", "batch, step"),
-    ("space", "mark rows; c / r / R / m then act on every marked row", "batch"),
+    ("space", "mark rows; c / r / R / m then act on every marked row (step: mark "
+              "candidates of a best-of-N step)", "batch, step"),
     ("l", "logs: the readable event tail", "batch, step"),
     ("s", "autoscroll the event tail on/off", "step"),
-    ("d", "git diff of the attempt", "batch, step"),
+    ("d", "git diff of the attempt; with two candidates marked: what one did differently "
+          "from the other", "batch, step"),
+    ("p", "promote the candidate under the cursor (best-of-N steps; asks first)", "step"),
     ("H", "history across batches: attempts and failures per hour, retry rates, tokens, "
           "slowest (from the catalog)", ""),
     ("q", "quit (asks what to do with running attempts)", ""),

@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 from textual.message import Message
 
 #: the operator actions a screen can ask for (the engine's override actions)
-ActionName = Literal["cancel", "retry", "resume", "mark_failed"]
+ActionName = Literal["cancel", "retry", "resume", "mark_failed", "promote"]
 #: the step screen's lower tabs
 StepTab = Literal["events", "report", "state", "diff"]
 

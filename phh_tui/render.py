@@ -15,7 +15,7 @@ from rich.text import Text
 
 from phh_engine.derive.scoreboards import goal_preview
 from phh_engine.models import STEP_STATUSES, BatchScoreboard, StatusCounts, SystemScoreboard
-from phh_engine.models.scoreboard import ResumeView, SystemNote
+from phh_engine.models.scoreboard import ResumeView, StepRow, SystemNote
 
 STATUS_STYLES: dict[str, str] = {
     "blocked": "yellow",
@@ -133,6 +133,28 @@ def _notes(notes: list[SystemNote]) -> list[Text]:
     return [Text(f"! {n.message}", style="yellow") for n in notes]
 
 
+def verify_text(passed: bool, exit_code: int | None, status: str) -> Text:
+    """A candidate's verdict: `pass` / `fail (exit N)` when a verifier ran, else its status."""
+    if exit_code is not None:
+        return Text("pass" if passed else f"fail (exit {exit_code})",
+                    style=STATUS_STYLES["succeeded" if passed else "failed"])
+    return Text("pass" if passed else status, style=STATUS_STYLES.get(
+        "succeeded" if passed else status, ""))
+
+
+def candidates_table(rows: list[StepRow]) -> Table:
+    """Best-of-N steps (docs/verification.md): each candidate, best first; ★ = promoted."""
+    t = _table("Candidates", "step", "#", "run", "verify", "score", "tokens", "time", "")
+    for row in rows:
+        for c in row.candidates or []:
+            t.add_row(f"{row.job_id}.{row.step_id}", str(c.candidate), c.run_id,
+                      verify_text(c.passed, c.verify_exit_code, c.status),
+                      "-" if c.score is None else f"{c.score:g}", f"{c.tokens:,}",
+                      duration(c.duration_seconds),
+                      Text("★ promoted", style="bold green") if c.promoted else "")
+    return t
+
+
 def render_batch(sb: BatchScoreboard) -> Group:
     """Header (goal, counts), then Attention / Running / Blocked / Failures; empty ones left out."""
     parts: list[RenderableType] = []
@@ -171,6 +193,9 @@ def render_batch(sb: BatchScoreboard) -> Group:
             t.add_row(step, r.run_id, r.runner_id or "-", duration(r.run_duration_seconds),
                       beat, r.current_item or "", _resume(r.resume_from))
         parts.append(t)
+    best_of_n = [row for row in sb.steps if row.candidates]
+    if best_of_n:
+        parts.append(candidates_table(best_of_n))
     if sb.blocked:
         t = _table("Blocked", "step", "reasons", "resume")
         for b in sb.blocked:

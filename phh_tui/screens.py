@@ -33,6 +33,7 @@ from phh_engine.store.paths import GIT_DIFF
 from phh_engine.store.views import AttemptView, StepView
 from phh_tui.attempt_files import AttemptTail, DiffText, read_diff, read_final_text, stderr_tail
 from phh_tui.board import Board, Progress, live_runners
+from phh_tui.candidates_panel import CandidatesPanel
 from phh_tui.dialogs import ConfirmScreen, PromptScreen
 from phh_tui.eventlines import Line, shell_command
 from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
@@ -784,6 +785,9 @@ class StepScreen(PhhScreen):
         Binding("l", "logs", "Logs"),
         Binding("s", "autoscroll", "Autoscroll"),
         Binding("d", "diff", "Diff"),
+        # best-of-N only (check_action hides them elsewhere): phh_tui/candidates_panel.py
+        Binding("space", "mark_candidate", "Mark"),
+        Binding("p", "promote", "Promote"),
     ]
 
     def __init__(self, batch_id: str, job_id: str, step_id: str, *, tab: StepTab = "events",
@@ -812,6 +816,8 @@ class StepScreen(PhhScreen):
         yield Static(id="step-head")
         yield KeyedTable(ATTEMPT_COLUMNS, typed(AttemptTabRow, AttemptTabRow.cells),
                          id="attempts")
+        yield CandidatesPanel(self.phh.backend.root, self.batch_id or "", self.job_id,
+                              self.step_id, id="candidates")  # best-of-N steps only
         with Tabs(initial=self.initial_tab, id="step-tabs"):
             with TabPane("Events", id="events"):
                 yield RichLog(id="log", max_lines=MAX_LOG_LINES, wrap=False, markup=False,
@@ -858,6 +864,7 @@ class StepScreen(PhhScreen):
                              f"{self.batch_id}", style="bold red"))
             return
         head.update(self._head(step, row))
+        self._show_candidates(row)
         rows = []
         for i, a in enumerate(step.attempts, 1):
             st = a.state
@@ -1157,7 +1164,47 @@ class StepScreen(PhhScreen):
         self.query_one("#step-tabs", TabbedContent).active = "events"
 
     def action_diff(self) -> None:
+        if self.query_one(CandidatesPanel).diff_marked():  # two marked candidates
+            return
         self.query_one("#step-tabs", TabbedContent).active = "diff"
+
+    # ------------------------------------------------------------ best-of-N candidates
+    def _show_candidates(self, row: StepRow) -> None:
+        panel = self.query_one(CandidatesPanel)
+        was = panel.has_class("best-of-n")
+        panel.show_rows(row.candidates)
+        if was != panel.has_class("best-of-n"):
+            self.refresh_bindings()
+
+    def action_mark_candidate(self) -> None:
+        self.query_one(CandidatesPanel).table.toggle_mark()
+
+    def action_promote(self) -> None:
+        """`p`: promote the candidate under the cursor (after a confirmation)."""
+        panel = self.query_one(CandidatesPanel)
+        run_id = panel.current_run()
+        row = panel.rows.get(run_id or "")
+        if row is None or self.batch_id is None:
+            self.notify("no candidate selected", severity="warning")
+            return
+        bid, target = self.batch_id, [StepRef(self.job_id, self.step_id)]
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self.request("promote", bid, target, run_id=row.run_id)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Promote candidate {row.candidate} ({row.run_id}) of {self.job_id}.{self.step_id}?",
+            "Its work replaces the promoted candidate's in the job's workspace, and steps "
+            "that resume from this step continue its thread. Refused once a dependent step "
+            "has started."), done)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("mark_candidate", "promote"):
+            with contextlib.suppress(NoMatches):
+                return self.query_one(CandidatesPanel).has_class("best-of-n")
+            return False
+        return super().check_action(action, parameters)
 
     def action_autoscroll(self) -> None:
         self.autoscroll = not self.autoscroll

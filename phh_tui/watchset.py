@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from phh_engine.models.promotion import PROMOTION_FILE
 from phh_engine.store.index import CLOSED_MARKER
 from phh_engine.store.paths import FINAL_JSON, META, STATE
 
@@ -70,6 +71,8 @@ def is_interesting(parts: tuple[str, ...], observer: bool) -> bool:
         return True
     if d == 7:
         return name in ATTEMPT_FILES
+    if d == 5 and name == PROMOTION_FILE:  # best-of-N: the promoted candidate changed
+        return True
     return is_layout_dir(parts, observer)
 
 

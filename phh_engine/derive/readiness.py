@@ -50,6 +50,10 @@ class Readiness:
     resume: ResumeResolution | None = None
     retry_of: AttemptView | None = None
     trigger: Trigger = "scheduled"
+    #: best-of-N (derive/candidates.py): the candidate index this readiness starts, and on
+    #: the step's own readiness one entry per candidate to start now
+    candidate: int | None = None
+    starts: list[Readiness] = field(default_factory=list)
 
 
 def resolve_resume_source(
@@ -172,6 +176,10 @@ def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
 def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime) -> Readiness:
     """Status (docs/statuses.md#step-statuses) and whether the scheduler may start an attempt now
     (docs/statuses.md#derivation-order)."""
+    if step.spec.candidates > 1:  # best-of-N: per candidate (docs/verification.md)
+        from .candidates import best_of_n_readiness
+
+        return best_of_n_readiness(batch, job, step, now)
     if step.in_flight is not None:
         return Readiness("running")
     if step.marks.resume_run_id is not None and not batch.closed:

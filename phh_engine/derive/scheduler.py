@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..store.views import BatchView, JobView, StepView
+from .candidates import in_flight_count
 from .readiness import Readiness, step_readiness
 
 
@@ -72,8 +73,9 @@ def running_counts(batches: Iterable[BatchView]) -> tuple[dict[str, int], dict[s
     by_dir: dict[str, int] = {}
     for batch in batches:
         for job, step in batch.steps():
-            if step.in_flight is not None:
-                by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + 1
+            n = in_flight_count(step)  # best-of-N: one slot per running candidate
+            if n:
+                by_batch[batch.batch_id] = by_batch.get(batch.batch_id, 0) + n
                 if job.spec.workspace_policy == "shared":
                     wd = job.spec.working_directory
                     by_dir[wd] = by_dir.get(wd, 0) + 1
@@ -92,7 +94,7 @@ def runnable_in(batch: BatchView, now: datetime, runner_id: str | None = None,
             if r.status != "ready" or not runs_here(job, step, runner_id, available_runners):
                 continue
             if r.runnable:
-                out.append(Candidate(batch, job, step, r))
+                out.extend(Candidate(batch, job, step, s) for s in (r.starts or [r]))
             elif r.not_before is not None and (wake is None or r.not_before < wake):
                 wake = r.not_before
     return out, wake
@@ -239,13 +241,11 @@ class ReadySet:
         running = 0
         for step in job.steps.values():
             r = step_readiness(batch, job, step, now)
-            if r.status == "running":
-                running += 1
-                continue
+            running += in_flight_count(step)  # best-of-N: one slot per running candidate
             if r.status != "ready" or not runs_here(job, step, runner_id, self._available):
                 continue
             if r.runnable:
-                cands.append(Candidate(batch, job, step, r))
+                cands.extend(Candidate(batch, job, step, s) for s in (r.starts or [r]))
             elif r.not_before is not None and (wake is None or r.not_before < wake):
                 wake = r.not_before
         shared_dir = job.spec.working_directory if (

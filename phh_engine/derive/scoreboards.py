@@ -22,6 +22,7 @@ from ..models.scoreboard import (
     SystemRow,
 )
 from ..store.views import AttemptView, BatchView, JobView, StepView
+from .candidates import candidate_rows
 from .readiness import Readiness, is_stuck, resolve_resume_source, step_readiness
 
 __all__ = ["batch_scoreboard", "goal_preview", "system_scoreboard"]
@@ -185,6 +186,7 @@ def batch_scoreboard(
                 run_id=shown.run_id if shown else None,
                 attempt_dir=str(shown.path) if shown else None,
                 reasons=list(r.reasons), resume_from=resume,
+                candidates=candidate_rows(step),  # best-of-N (derive/candidates.py)
             ))
 
     # most stale first: the longest-silent run is the likeliest to be truly hung

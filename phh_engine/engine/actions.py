@@ -41,6 +41,9 @@ class StepAction:
     #: mark the step for the scheduler (retry / requeue / resume of a run id)
     arm: Callable[[StepView, OverrideRequest, str | None], None]
     result: MakeResult
+    #: best-of-N: promote a candidate run (batch_id, job_id, step, run_id, nonce) ->
+    #: (applied, message) (engine/promotion.py)
+    promote: Callable[[str, str, StepView, str, str | None], tuple[bool, str]] | None = None
 
     @property
     def key(self) -> str:
@@ -63,7 +66,12 @@ def cancel(a: StepAction) -> OverrideResult:
     if att.terminal:
         return a.result("rejected", f"attempt {att.run_id} already {att.status}", att.run_id)
     if a.cancel(att.run_id, "canceled"):
-        return a.result("applied", f"cancel requested for {att.run_id}", att.run_id)
+        # best-of-N: a cancel of the step (no run named) stops every running candidate
+        others = [] if req.run_id else [
+            x.run_id for x in a.step.attempts if not x.terminal and x is not att
+            and x.candidate is not None and a.cancel(x.run_id, "canceled")]
+        return a.result("applied", f"cancel requested for {', '.join([att.run_id, *others])}",
+                        att.run_id)
     return a.result("rejected", f"attempt {att.run_id} is not running on this engine",
                     att.run_id)
 
@@ -77,6 +85,11 @@ def mark_failed(a: StepAction) -> OverrideResult:
     msg = f"{a.key} marked failed; dependants stay blocked"
     if inflight is not None and a.cancel(inflight.run_id, "marked failed"):
         msg += f"; canceled {inflight.run_id}"
+    # best-of-N: every running candidate goes too (docs/verification.md)
+    others = [x.run_id for x in step.attempts if not x.terminal and x is not inflight
+              and x.candidate is not None and a.cancel(x.run_id, "marked failed")]
+    if others:
+        msg += "; canceled " + ", ".join(others)
     return a.result("applied", msg, inflight.run_id if inflight else None)
 
 
@@ -116,6 +129,17 @@ def retry_or_requeue(a: StepAction) -> OverrideResult:
     return a.result("applied", f"{req.action} of {key} queued")
 
 
+def promote(a: StepAction) -> OverrideResult:
+    """Make candidate `run_id` the step's promoted result (docs/operator-actions.md#promote)."""
+    req = a.req
+    if not req.run_id:
+        return a.result("rejected", "promote needs the run_id of a candidate")
+    if a.promote is None:
+        return a.result("rejected", "this engine cannot promote candidates")
+    ok, message = a.promote(req.batch_id, a.job.job_id, a.step, req.run_id, req.nonce)
+    return a.result("applied" if ok else "rejected", message, req.run_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     run: Callable[[StepAction], OverrideResult]
@@ -132,6 +156,7 @@ REQUEUE = Rule(retry_or_requeue, open_batch_only=True)
 STEP_ACTIONS: dict[str, Rule] = {
     "cancel": Rule(cancel, open_batch_only=False),
     "mark_failed": Rule(mark_failed, open_batch_only=False),
+    "promote": Rule(promote, open_batch_only=False),
     "resume": Rule(resume, open_batch_only=True),
     "retry": REQUEUE,
     "requeue": REQUEUE,

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from ..derive.candidates import request_still_wanted
 from ..derive.scheduler import Caps, ReadySet, check_incremental
 from ..interfaces.queue import DropQueue
 from ..models import AttemptState, HarnessConfig, check_id, utcnow
@@ -59,6 +60,7 @@ from .events import EngineError as EngineError
 from .events import EngineEvent as EngineEvent
 from .health import available, is_stale
 from .operator import Operator
+from .promotion import Promoter
 from .recovery import Recovery
 from .tracked_index import TrackedIndex
 from .watch import Watcher
@@ -116,6 +118,8 @@ class Engine:
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self.ready = ReadySet()
         self.index.ready = self.ready
+        #: best-of-N promotion (engine/promotion.py)
+        self.promoter = Promoter(self.index, self._promoted)
         # -- the catalog (phh_engine/store/catalog.py): derived, kept current with the files
         self.bounded = bounded
         self.use_catalog = use_catalog
@@ -388,6 +392,7 @@ class Engine:
         self.operator.replay()
         self.recovery.recover()
         self.recovery.repair_pointers()
+        self.promoter.note_all()  # best-of-N: finish promotions a crash interrupted
 
     # ---------------------------------------------------------- cluster (issue 13)
     def _cluster_runner(self) -> Runner | None:
@@ -501,6 +506,7 @@ class Engine:
             now = utcnow()
             if self.admission.reasons() != self.admission.reported:
                 self.admission.after_sample()  # a start pause ended (or began): say so at once
+            await self.promoter.run_due()  # best-of-N hook (engine/promotion.py)
             caps = self.caps(now)
             sel = self.ready.select(self.index.batches, caps)
             if _CHECK_SCHEDULER:
@@ -577,7 +583,7 @@ class Engine:
             batch_id=batch.batch_id, job_id=cand.job.job_id, step_id=cand.step.step_id,
             runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=resume,
             resume_same_thread=same_thread, extra_prompt=extra,
-            override_nonce=marks.pending_nonce,
+            override_nonce=marks.pending_nonce, candidate=r.candidate,  # best-of-N
         )
         if self.catalog is not None:  # before the files change: see Catalog.invalidate
             self.catalog.invalidate(batch.batch_id)
@@ -615,10 +621,12 @@ class Engine:
         if claimed is None:  # another engine got there first; the index will catch up
             self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
             return
-        if marks.pending_nonce or r.trigger.startswith("operator_"):
+        if (marks.pending_nonce or r.trigger.startswith("operator_")) and \
+                not request_still_wanted(cand.step, r.candidate):  # best-of-N hook
             marks.clear_request()
         run_id, path = claimed
-        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path,
+                           candidate=plan.candidate)
         self.index.put_attempt(batch.batch_id, cand.job.job_id, cand.step.step_id, view)
         task = asyncio.create_task(
             self.runner.run(plan, batch, cand.job, cand.step, claimed), name=f"attempt-{run_id}")
@@ -679,7 +687,17 @@ class Engine:
             ))
             if st is not None:
                 self.admission.record_outcome(st)
+            self.promoter.note(batch_id, job_id, step_id)  # best-of-N hook
             self.poke()
+
+    def _promoted(self, batch_id: str, job_id: str) -> None:
+        """A best-of-N step's promotion record changed: its job's readiness and the
+        catalog's rows are stale."""
+        if self.catalog is not None:
+            self.catalog.invalidate(batch_id)
+        self.ready.touch(batch_id, job_id)
+        self.boards.dirty.add(batch_id)
+        self.poke()
 
     # ------------------------------------------------------------ operator actions
     def request_threadsafe(self, action: str, batch_id: str, job_id: str | None = None,

@@ -191,7 +191,8 @@ class Operator:
         if rule.open_batch_only and batch.closed:
             return result("rejected", f"batch {req.batch_id} is closed")
         return rule.run(actions.StepAction(req, batch, job, step, inflight,
-                                           self.eng.runner.cancel, self.arm, result))
+                                           self.eng.runner.cancel, self.arm, result,
+                                           promote=self.eng.promoter.operator_promote))
 
     async def request(
         self, action: str, batch_id: str, job_id: str | None = None, step_id: str | None = None,

@@ -345,6 +345,10 @@ class ResumeBody(ActionBody):
                                description="default: latest finished attempt")
 
 
+class PromoteBody(ActionBody):
+    run_id: str = Field(pattern=ID_PATTERN, description="the candidate run to promote")
+
+
 class RequeueBody(ActionBody):
     runner_id: str | None = Field(default=None, pattern=ID_PATTERN,
                                   description="runner to run it on")
@@ -678,6 +682,13 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
                     body: Annotated[ReasonBody | None, Body()] = None) -> JSONResponse:
         b = body or ReasonBody()
         return _act("mark-failed", batch_id, job_id, step_id, b, reason=b.reason)
+
+    @app.post(step_path + "/promote", tags=["actions"], responses=act_doc,
+              response_model=ActionResult,
+              summary="Promote a candidate of a best-of-N step (docs/verification.md)")
+    def promote(batch_id: BatchId, job_id: JobId, step_id: StepId,
+                body: PromoteBody) -> JSONResponse:
+        return _act("promote", batch_id, job_id, step_id, body, run_id=body.run_id)
 
     @app.post("/v1/batches/{batch_id}/close", tags=["actions"], responses=act_doc,
               response_model=ActionResult, summary="Close a batch: no further attempts")

@@ -21,11 +21,12 @@ from pydantic import ValidationError
 from ..derive.scoreboards import batch_scoreboard, system_scoreboard
 from ..models import BatchMeta, BatchScoreboard, CurrentIndex, SystemScoreboard, utcnow
 from ..store.board_files import cached_board, engine_board, keep_board
+from ..store.candidates import read_marker
 from ..store.documents import DocumentError, check_tree
 from ..store.files import lock_held, read_model
 from ..store.index import StoreIndex, unexpected_notes
 from ..store.overrides import make_request, read_result, replay_marks
-from ..store.paths import Layout
+from ..store.paths import Layout, attempt_dir_names, run_id_of
 from ..store.pauses import PAUSES_DIR, pause_notes, read_pauses
 from ..store.pointers import build_current
 from .artifacts import LookupFailed as LookupFailed  # raised by every function here
@@ -35,7 +36,7 @@ from .submit import SubmitError, submit
 #: CLI action names (and API path segments) -> override action
 ACTIONS: dict[str, str] = {
     "cancel": "cancel", "retry": "retry", "resume": "resume", "requeue": "requeue",
-    "mark-failed": "mark_failed", "close": "close",
+    "mark-failed": "mark_failed", "close": "close", "promote": "promote",
 }
 
 
@@ -195,6 +196,24 @@ def list_attempts(layout: Layout, batch_id: str, job_id: str, step_id: str) -> d
 
 
 # ----------------------------------------------------------------------------- actions
+def check_promote(layout: Layout, batch_id: str, job_id: str, step_id: str,
+                  run_id: str | None) -> None:
+    """400 unless `run_id` names a candidate attempt of a best-of-N step (checked before any
+    request is written; the engine checks the rest: finished, succeeded, not yet promoted)."""
+    if not run_id:
+        raise LookupFailed(400, "promote needs RUN: the run_id of one of the step's candidates")
+    meta = load_meta(layout, batch_id)
+    spec = next((s for j in meta.jobs if j.job_id == job_id for s in j.steps
+                 if s.step_id == step_id), None)
+    if spec is None or spec.candidates <= 1:
+        raise LookupFailed(400, f"{job_id}.{step_id} is not a best-of-N step "
+                           "(candidates: 1): there is nothing to promote")
+    adir = layout.attempts_dir(batch_id, job_id, step_id)
+    name = next((n for n in attempt_dir_names(adir) if run_id_of(n) == run_id), None)
+    if name is None or read_marker(adir / name) is None:
+        raise LookupFailed(400, f"run {run_id} is not a candidate of {job_id}.{step_id}")
+
+
 def request_action(
     layout: Layout, action: str, batch_id: str, job_id: str | None = None,
     step_id: str | None = None, *, run_id: str | None = None, runner_id: str | None = None,
@@ -223,6 +242,9 @@ def request_action(
         check_step(layout, batch_id, job_id, step_id)
     if op == "resume" and not prompt:
         raise LookupFailed(400, "resume needs a prompt (the follow-up turn)")
+    if op == "promote":
+        assert job_id is not None and step_id is not None
+        check_promote(layout, batch_id, job_id, step_id, run_id)
     try:
         req = make_request(layout, op, batch_id, job_id=job_id, step_id=step_id, run_id=run_id,
                            runner_id=runner_id, prompt=prompt, reason=reason,

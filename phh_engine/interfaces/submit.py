@@ -394,9 +394,30 @@ class _Checker:
                     edges.extend(d for d in dict.fromkeys(deps) if d not in edges)
                 self.prompt(ji, si, step)
                 self.schema(ji, si, step)
+                self.candidates(f"{jpath}.steps[{si}]", job, step)
         for cycle in _cycles(graph):
             self.add(f"{jpath}.steps", "cycle: " + " -> ".join(cycle)
                      + " (each step waits for the next; remove one depends_on/resume_from)")
+
+    def candidates(self, spath: str, job: dict[str, Any], step: dict[str, Any]) -> None:
+        """Best-of-N (docs/verification.md#candidates-best-of-n): each candidate needs its
+        own checkout, so `candidates > 1` needs the job's workspace_policy `isolated`; at most
+        one override per candidate."""
+        n = step.get("candidates")
+        if not isinstance(n, int) or isinstance(n, bool):
+            return
+        policy = job.get("workspace_policy") or self.raw.get("workspace_policy") or \
+            self.config.defaults.workspace_policy
+        if n > 1 and policy != "isolated":
+            self.add(f"{spath}.candidates",
+                     f"candidates: {n} needs a workspace each candidate can have its own copy "
+                     f"of, but the job's workspace_policy is {policy!r}: set "
+                     "\"workspace_policy\": \"isolated\" on the job (or the batch)")
+        overrides = step.get("candidate_overrides")
+        if isinstance(overrides, list) and len(overrides) > max(n, 1):
+            self.add(f"{spath}.candidate_overrides",
+                     f"{len(overrides)} overrides for {n} candidate(s): at most one per "
+                     "candidate")
 
     def references(self, spath: str, step: dict[str, Any], ids: dict[str, int]) -> list[str]:
         """Check step references; return the known dependencies (depends_on + resume_from)."""
@@ -697,6 +718,8 @@ def _normalize_step(
         # docs/verification.md#limits: the step's verifier wins wholesale over the batch's
         verify=step.verify or table.verify,
         repair_turns=_first(step.repair_turns, table.repair_turns, DEFAULT_REPAIR_TURNS),
+        candidates=step.candidates,  # best-of-N (docs/verification.md)
+        candidate_overrides=step.candidate_overrides,
     )
 
 

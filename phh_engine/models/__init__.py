@@ -30,6 +30,7 @@ from .harness_config import HarnessConfig, HarnessSettings
 from .health import RunnerHealth
 from .launch_table import JobSpec, LaunchTable, ResumeFrom, StepSpec
 from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
+from .promotion import CandidateBase, CandidateRank, Promotion
 from .run_report import RunReport
 from .scoreboard import BatchScoreboard, StatusCounts, SystemScoreboard
 from .verification import CandidateOverride, VerifyResult, VerifySpec
@@ -45,7 +46,9 @@ __all__ = [
     "AttemptStatus",
     "BatchMeta",
     "BatchScoreboard",
+    "CandidateBase",
     "CandidateOverride",
+    "CandidateRank",
     "CurrentIndex",
     "EffectiveDefaults",
     "EnvironmentSnapshot",
@@ -59,6 +62,7 @@ __all__ = [
     "NormalizedJob",
     "NormalizedStep",
     "PolicySnapshot",
+    "Promotion",
     "ResumeFrom",
     "ResumeSource",
     "RetentionPolicy",

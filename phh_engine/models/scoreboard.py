@@ -34,6 +34,23 @@ class ResumeView(Record):
     resume_base_dir: str | None = None
 
 
+class CandidateRow(Record):
+    """One candidate of a best-of-N step (docs/verification.md#candidates-best-of-n): its
+    latest attempt, what it was ranked on, and whether it is the promoted one."""
+
+    candidate: int = Field(ge=1)
+    run_id: Id
+    status: AttemptStatus
+    attempt_dir: str
+    rank: int = Field(ge=1, description="1 = best")
+    passed: bool
+    verify_exit_code: int | None = None
+    score: float | None = None
+    tokens: int = 0
+    duration_seconds: float | None = None
+    promoted: bool = False
+
+
 class StepRow(Record):
     """One step in the batch view's 'all steps' list."""
 
@@ -46,6 +63,8 @@ class StepRow(Record):
     attempt_dir: str | None = None
     reasons: list[str] = Field(default_factory=list)
     resume_from: ResumeView | None = None
+    candidates: list[CandidateRow] | None = Field(
+        default=None, description="best-of-N steps only: every candidate, best first")
 
 
 class AttentionRow(Record):

@@ -48,6 +48,8 @@ class AttemptPlan:
     resume_same_thread: bool = False
     extra_prompt: str | None = None
     override_nonce: str | None = None
+    #: best-of-N: the candidate index this attempt runs (runners/candidates.py)
+    candidate: int | None = None
 
 
 @dataclass(slots=True)

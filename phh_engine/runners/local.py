@@ -30,6 +30,7 @@ from ..models import (
     HarnessConfig,
     utcnow,
 )
+from ..store.candidates import read_marker, write_marker
 from ..store.crash import crashpoint, faultpoint
 from ..store.diskguard import WriteGuard, describe
 from ..store.files import (
@@ -124,6 +125,9 @@ class LocalRunner(PrepareSteps, WatchSteps):
             if attempts.is_dir():
                 for name in attempt_dir_names(attempts):  # stray files are not attempts
                     names.append(name)
+                    if plan.candidate is not None and \
+                            plan.candidate != read_marker(attempts / name):  # best-of-N hook
+                        continue  # another candidate index (or a plain attempt)
                     st = read_model(attempts / name / STATE, AttemptState)
                     status = st.status if st else "queued"
                     if status not in TERMINAL_STATUSES:
@@ -141,6 +145,8 @@ class LocalRunner(PrepareSteps, WatchSteps):
             making.mkdir(parents=True, exist_ok=False)
             try:
                 (making / CODEX_HOME).mkdir()
+                if plan.candidate is not None:  # best-of-N hook (store/candidates.py)
+                    write_marker(making, plan.candidate)
                 write_state(making / STATE, self._state(plan, run_id, "queued", now))
                 making.rename(path)
             except BaseException:
@@ -156,7 +162,8 @@ class LocalRunner(PrepareSteps, WatchSteps):
                   claimed: tuple[str, Path]) -> AttemptView:
         run_id, path = claimed
         live = self.live.setdefault(run_id, LiveAttempt(plan=plan, run_id=run_id, path=path))
-        view = AttemptView(run_id=run_id, dir_name=path.name, path=path)
+        view = AttemptView(run_id=run_id, dir_name=path.name, path=path,
+                           candidate=plan.candidate)
         try:
             return await self._run(plan, batch, job, step, live, view)
         except Exception as exc:  # finalisation is total: any fault still ends the attempt

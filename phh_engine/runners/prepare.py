@@ -49,6 +49,7 @@ from ..store.views import AttemptView, BatchView, JobView, StepView
 from . import credentials
 from . import verify as verification
 from .attempt import AttemptPlan, LiveAttempt, RunnerCore, _Watch
+from .candidates import candidate_policy, candidate_prompt_suffix, candidate_workdir
 from .codex_cli import build_command
 from .process import _WRAPPER, _ChildHandle, _Handle
 from .workspace import WorkspaceError, copy_tree, resolve_workspace
@@ -133,11 +134,16 @@ class PrepareSteps(RunnerCore):
         faultpoint("start")
         try:
             ws_policy, workdir = resolve_workspace(self.layout, batch, job)
+            if plan.candidate is not None:  # best-of-N hook: the candidate's own checkout
+                workdir = candidate_workdir(self.layout, batch, job, step.step_id,
+                                            plan.candidate)
         except WorkspaceError as exc:
             return _Prepared(state, error=str(exc))
         start = _Start(plan=plan, path=live.path, run_id=live.run_id, spec=step.spec,
                        policy=batch.meta.effective_defaults.execution_policy,
                        ws_policy=ws_policy, workdir=workdir)
+        if plan.candidate is not None:  # best-of-N hook: candidate_overrides model/effort
+            start.policy = candidate_policy(step.spec, plan.candidate, start.policy)
         self._provision(start)
         self._write_prompt(start, job)
         self._write_command(start)
@@ -188,6 +194,9 @@ class PrepareSteps(RunnerCore):
                     prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
             if plan.extra_prompt:
                 prompt += "\n\n" + plan.extra_prompt
+            suffix = candidate_prompt_suffix(spec, plan.candidate)  # best-of-N hook
+            if suffix:
+                prompt += "\n\n" + suffix
         write_once_bytes(start.path / PROMPT_FILE, prompt.encode())
         start.prompt = prompt
 
@@ -233,6 +242,7 @@ class PrepareSteps(RunnerCore):
             resume_base_copied_from=str(source.resume_base_dir) if source is not None else None,
             codex_thread_id=start.expected_thread,
             retry_of=plan.retry_of.run_id if plan.retry_of else None,
+            candidate=plan.candidate,
             override_nonce=plan.override_nonce,
             prompt_sha256=hashlib.sha256(start.prompt.encode()).hexdigest(),
             prompt_ref=spec.prompt_ref,

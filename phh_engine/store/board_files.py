@@ -68,7 +68,11 @@ FIELDS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
                     "termination_reason", "failure_class", "final_status", "final_summary",
                     "errors"), {}),
     "StepRow": (("job_id", "step_id", "status", "stuck", "attempts", "run_id", "attempt_dir",
-                 "reasons", "resume_from"), {"resume_from": "ResumeView"}),
+                 "reasons", "resume_from", "candidates"),
+                {"resume_from": "ResumeView", "candidates": "CandidateRow"}),
+    "CandidateRow": (("candidate", "run_id", "status", "attempt_dir", "rank", "passed",
+                      "verify_exit_code", "score", "tokens", "duration_seconds", "promoted"),
+                     {}),
     "ResumeView": (("step_id", "selector", "selected_run_id", "resume_base_dir"), {}),
     "SystemNote": (("kind", "runner_id", "message", "since"), {}),
 }

@@ -13,7 +13,9 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from ..models import AttemptMeta, AttemptState, BatchMeta, RunReport
+from ..models.promotion import PROMOTION_FILE
 from ..models.scoreboard import SystemNote
+from .candidates import read_marker, read_promotion
 from .files import read_model
 from .overrides import overrides_dir
 from .paths import (
@@ -57,6 +59,8 @@ def _load(path: Path, name: str, p: str, meta: bool, report: bool) -> AttemptVie
         meta=read_model(f"{p}/{META}", AttemptMeta) if meta else None,
         state=state,
     )
+    if meta and view.meta is not None:
+        view.candidate = view.meta.candidate
     if view.terminal:
         if report:
             view.report = read_model(f"{p}/{FINAL_JSON}", RunReport)
@@ -65,7 +69,10 @@ def _load(path: Path, name: str, p: str, meta: bool, report: bool) -> AttemptVie
 
 
 def load_attempt(path: Path) -> AttemptView:
-    return _load(path, path.name, str(path), True, True)
+    view = _load(path, path.name, str(path), True, True)
+    if view.candidate is None and view.meta is None:
+        view.candidate = read_marker(path)  # claimed, meta.json not written yet
+    return view
 
 
 class StoreIndex:
@@ -159,6 +166,12 @@ class StoreIndex:
                     if i == last and view.terminal and view.status != "succeeded":
                         view.report = read_model(f"{p}/{FINAL_JSON}", RunReport)
                     attempts.append(view)
+                if step.spec.candidates > 1:  # best-of-N (docs/verification.md)
+                    for view in attempts:
+                        if view.candidate is None:
+                            view.candidate = read_marker(view.path)
+                    step.promotion = read_promotion(self.layout, batch_id, job.job_id,
+                                                    step.step_id)
                 step.attempts = attempts
         self.batches[batch_id] = batch
         return batch
@@ -175,6 +188,8 @@ class StoreIndex:
                 for step in job.steps.values():
                     adir = f"{bid}/{job.job_id}/steps/{step.step_id}/attempts"
                     out.append(adir)
+                    if step.spec.candidates > 1:  # best-of-N: the promotion decides too
+                        out.append(f"{bid}/{job.job_id}/steps/{step.step_id}/{PROMOTION_FILE}")
                     for a in step.attempts:
                         p = f"{adir}/{a.dir_name}"
                         out += [p, f"{p}/{STATE}", f"{p}/{CODEX_HOME}/sessions"]
@@ -188,6 +203,8 @@ class StoreIndex:
         step = batch.jobs[job_id].steps[step_id]
         for i, a in enumerate(step.attempts):
             if a.run_id == view.run_id:
+                if view.candidate is None:  # a runner's own view may not carry it
+                    view.candidate = a.candidate
                 step.attempts[i] = view
                 return
         step.add_attempt(view)

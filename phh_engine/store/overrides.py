@@ -28,8 +28,9 @@ from .files import atomic_write_json, read_model, write_once_json
 from .paths import Layout
 from .views import BatchView, StepView
 
-Action = Literal["cancel", "retry", "resume", "requeue", "mark_failed", "close"]
-ACTIONS: tuple[str, ...] = ("cancel", "retry", "resume", "requeue", "mark_failed", "close")
+Action = Literal["cancel", "retry", "resume", "requeue", "mark_failed", "close", "promote"]
+ACTIONS: tuple[str, ...] = ("cancel", "retry", "resume", "requeue", "mark_failed", "close",
+                            "promote")
 
 
 def check_nonce(value: str) -> str:

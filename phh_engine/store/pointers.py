@@ -15,6 +15,7 @@ from ..models import (
     StepPointers,
     utcnow,
 )
+from ..models.promotion import CANDIDATES_DIR, PROMOTION_FILE, Promotion
 from .files import atomic_write_json, job_lock, read_model
 from .paths import CODEX_HOME, STATE, Layout, attempt_dir_names, run_id_of
 
@@ -66,6 +67,14 @@ def build_current(layout: Layout, batch_id: str, job_id: str, now: datetime) -> 
                 key = st.ended_at or st.updated_at
                 if best is None or key >= best[0]:
                     best = (key, run_id, path, st)
+        if os.path.isdir(f"{steps_root}/{step_id}/{CANDIDATES_DIR}"):
+            # best-of-N: the promoted candidate, once applied (docs/verification.md#promotion)
+            best = None
+            promo = read_model(f"{steps_root}/{step_id}/{PROMOTION_FILE}", Promotion)
+            for n, p, s in rows:
+                if promo is not None and promo.state == "applied" and s is not None and \
+                        s.status == "succeeded" and run_id_of(n) == promo.winner_run_id:
+                    best = (s.ended_at or s.updated_at, run_id_of(n), p, s)
         name, path, st = rows[-1]
         steps[step_id] = StepPointers(
             latest=_pointer(run_id_of(name), path, st),

@@ -20,6 +20,7 @@ from ..models import (
     NormalizedStep,
     RunReport,
 )
+from ..models.promotion import Promotion
 from .paths import CODEX_HOME
 
 
@@ -33,6 +34,8 @@ class AttemptView:
     report: RunReport | None = None
     #: the frozen codex_home/ holds a conversation (sessions/) a resume can copy
     resume_base_ready: bool = False
+    #: 1-based candidate index of a best-of-N step's attempt (docs/verification.md)
+    candidate: int | None = None
 
     @property
     def status(self) -> AttemptStatus:
@@ -97,10 +100,16 @@ class StepView:
     spec: NormalizedStep
     attempts: list[AttemptView] = field(default_factory=list)
     marks: OperatorMarks = field(default_factory=OperatorMarks)
+    #: best-of-N: steps/<step>/promotion.json (docs/verification.md#promotion)
+    promotion: Promotion | None = None
 
     @property
     def step_id(self) -> str:
         return self.spec.step_id
+
+    @property
+    def best_of_n(self) -> bool:
+        return self.spec.candidates > 1
 
     @property
     def latest(self) -> AttemptView | None:
@@ -108,7 +117,14 @@ class StepView:
 
     @property
     def latest_successful(self) -> AttemptView | None:
-        """Successful attempt with the latest ended_at (ties: later start)."""
+        """Successful attempt with the latest ended_at (ties: later start). A best-of-N
+        step's is its promoted candidate, once the promotion is applied."""
+        if self.spec.candidates > 1:
+            p = self.promotion
+            if p is None or p.state != "applied":
+                return None
+            won = self.find(p.winner_run_id)
+            return won if won is not None and won.status == "succeeded" else None
         best: AttemptView | None = None
         for a in self.attempts:
             if a.status != "succeeded":
