@@ -38,6 +38,11 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 pytestmark = pytest.mark.codex
 
 SLOTS = 2
+#: what each simulated node is told it cannot see (PHH_NODE_HIDDEN_PATHS): the sessions of
+#: jobs `unseen*` are not visible from node b, those of jobs `nowhere*` from no node
+_SESSIONS = "*/{}*/steps/s1/attempts/*/codex_home/sessions"
+HIDDEN = {"a": _SESSIONS.format("nowhere"),
+          "b": os.pathsep.join((_SESSIONS.format("nowhere"), _SESSIONS.format("unseen")))}
 #: Ray's own files (session dirs, address file) in the module's temp dir, nothing under
 #: /tmp/ray or ~/.ray; fast health checks so a removed node is dead in ~2 s
 _ENV = {
@@ -65,8 +70,7 @@ def sim() -> Iterator[Sim]:
     try:
         cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "resources": {"codex_slots": 0}, "include_dashboard": False})
-        nodes = {label: cluster.add_node(num_cpus=1, resources={"codex_slots": SLOTS},
-                                         labels={"phh-node": label}) for label in ("a", "b")}
+        nodes = {label: _add_node(cluster, label) for label in ("a", "b")}
         cluster.wait_for_nodes(60)
         yield Sim(cluster, nodes)
     finally:
@@ -80,6 +84,12 @@ def sim() -> Iterator[Sim]:
             else:
                 os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _add_node(cluster: Any, label: str) -> Any:
+    return cluster.add_node(num_cpus=1, resources={"codex_slots": SLOTS},
+                            labels={"phh-node": label},
+                            env_vars={"PHH_NODE_HIDDEN_PATHS": HIDDEN[label]})
 
 
 @pytest.fixture
@@ -264,6 +274,52 @@ def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> 
     assert rh.state(a2)["status"] == "succeeded"
     assert rh.meta(a2)["codex_thread_id"] == rh.state(a1)["codex_thread_id"]
     assert "saw 2 user prompts" in json.loads((a2 / "final.json").read_text())["summary"]
+
+
+def _step_row(h: Harness, bid: str, job: str, step_id: str) -> dict[str, Any] | None:
+    board = h.layout.batch_scoreboard(bid)
+    if not board.exists():
+        return None
+    rows = json.loads(board.read_text())["steps"]
+    return next((r for r in rows if r["job_id"] == job and r["step_id"] == step_id), None)
+
+
+def test_resume_is_placed_on_a_node_that_sees_its_source(rh: Harness) -> None:
+    """Node b cannot see the sessions of jobs `unseen*`: their resume steps are placed on
+    node a (never refused on b); the source of job `nowhere` is seen by no node: its resume
+    step waits, with the reason, and gets no attempt."""
+    jobs = [{"job_id": f"unseen{i}", "steps": [
+        step("s1", final("first"), prompt=f"unseen src {i}"),
+        step("s2", {"echo_thread": True}, resume_from={"step_id": "s1"})]} for i in range(4)]
+    bid = rh.submit(jobs, retries={"max_attempts": 1})
+    rh.run(timeout=150)
+    firsts = set()
+    for i in range(4):
+        (a1,) = rh.attempts(bid, f"unseen{i}", "s1")
+        (a2,) = rh.attempts(bid, f"unseen{i}", "s2")
+        firsts.add(rh.meta(a1)["environment_snapshot"]["node"])
+        assert rh.meta(a2)["environment_snapshot"]["node"] == "a", f"unseen{i}.s2 not on a"
+        assert rh.state(a2)["status"] == "succeeded", rh.state(a2)
+        assert rh.meta(a2)["codex_thread_id"] == rh.state(a1)["codex_thread_id"]
+    assert "b" in firsts, "some source ran on b (so its resume moved to the node that sees it)"
+
+    nowhere = rh.submit([{"job_id": "nowhere", "steps": [
+        step("s1", final("first"), prompt="nowhere src"),
+        step("s2", final("never"), resume_from={"step_id": "s1"})]}])
+    eng = rh.start()
+    try:
+        def waiting() -> dict[str, Any] | None:
+            row = _step_row(rh, nowhere, "nowhere", "s2")
+            return row if row and any("waiting for a Ray node that can see" in r
+                                      for r in row["reasons"]) else None
+        row = wait_for(waiting, 90, "s2 waiting for a node that sees its source")
+        (src,) = rh.attempts(nowhere, "nowhere", "s1")
+        why = next(r for r in row["reasons"] if "waiting for a Ray node" in r)
+        assert str(src / "codex_home" / "sessions") in why and "from: a, b" in why, why
+        assert row["status"] == "ready" and rh.attempts(nowhere, "nowhere", "s2") == []
+    finally:
+        rh.stop(eng)
+    assert rh.attempts(nowhere, "nowhere", "s2") == [], "never claimed, never refused"
 
 
 def test_cancel_on_a_worker_node_leaves_no_process(rh: Harness) -> None:

@@ -90,6 +90,7 @@ from .health import (
     sample_resources,
     system_notes,
 )
+from .placement import PlacementGate
 
 log = logging.getLogger(__name__)
 _CHECK_SCHEDULER = os.environ.get("PHH_CHECK_SCHEDULER") == "1"
@@ -173,6 +174,7 @@ class Engine:
         self._dirty: set[str] = set()
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self._ready = ReadySet()
+        self._placement = PlacementGate()  # steps a cluster has no node for (placement.py)
         self.index.ready = self._ready
         # -- the catalog (phh_engine/store/catalog.py): derived, kept current with the files
         self.bounded = bounded
@@ -440,6 +442,7 @@ class Engine:
             node_labels=spec.node_labels if spec else None,
             default_schema=default_run_report_schema_path(),
             on_change=self._on_attempt_change, on_node=self._on_node,
+            on_placement=lambda: self._placement.wake(self._ready, self._poke),
             codex_config_toml=codex_config_path(self.config))
         try:
             runner.connect()
@@ -635,6 +638,11 @@ class Engine:
             resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce,
         )
+        if self._placement.hold(self.runner, plan, cand.step):  # no node for it now
+            self._ready.touch(batch.batch_id, cand.job.job_id)
+            self._dirty.add(batch.batch_id)
+            self._poke()
+            return
         if self.catalog is not None:  # before the files change: see Catalog.invalidate
             self.catalog.invalidate(batch.batch_id)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import os
@@ -33,6 +34,11 @@ from .codex_cli import locate_codex, probe_codex
 from .doctor import codex_config_path
 from .local import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, kill_tree
 
+#: Path patterns (fnmatch, separated by os.pathsep) a node treats as not visible, read from the
+#: node's environment when its agent starts: take a node off a volume known to be stale or
+#: unmounted there without stopping it (and how the tests give one simulated node a mount
+#: the others have).
+HIDDEN_PATHS_ENV = "PHH_NODE_HIDDEN_PATHS"
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
 #: node label naming a node for phh (`ray start --labels phh-node=a`); else its node id
@@ -70,6 +76,21 @@ def actor_name(label: str) -> str:
 def default_namespace(root: Path) -> str:
     """A Ray namespace tied to the runs root, so two roots on one cluster never share agents."""
     return "phh-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
+def hidden_patterns(environ: dict[str, str] | None = None) -> list[str]:
+    """The node's HIDDEN_PATHS_ENV patterns (empty when unset)."""
+    raw = (os.environ if environ is None else environ).get(HIDDEN_PATHS_ENV, "")
+    return [p for p in raw.split(os.pathsep) if p]
+
+
+def sees(path: str, hidden: list[str]) -> bool:
+    """Whether this machine can use `path`: an existing directory, not hidden. On a shared
+    filesystem a directory written on another node may be missing here for a while (NFS
+    caches lookups): the answer is for now, not forever."""
+    if any(fnmatch.fnmatchcase(path, pat) for pat in hidden):
+        return False
+    return os.path.isdir(path)
 
 
 def spawn_detached(exit_code_path: Path, argv: list[str], *, stdin: Any, stdout: Any,
@@ -139,18 +160,26 @@ class NodeAgent:
             default_schema=default_run_report_schema_path(), on_change=lambda *a: None,
             codex_config_toml=codex_config_path(config), node=label)
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.hidden = hidden_patterns()
         self.started_at = time.time()
         self._adopted = False
 
     # ------------------------------------------------------------------ calls
-    async def status(self) -> dict[str, Any]:
-        """{label, node_id, pid, running: [run_id], started_at}; adopts on first call."""
+    async def status(self, probe: list[str] | None = None) -> dict[str, Any]:
+        """{label, node_id, pid, running: [run_id], started_at, root: bool, sees: {path:
+        bool}}: `sees` answers for each directory in `probe` whether this node can use it
+        (`sees()`); `root` whether it still sees the runs root. Adopts on the first call."""
         await self._adopt_once()
         import ray  # the actor runs inside Ray
 
+        paths = [str(self.layout.runs), *(probe or [])]
+        # a stat on a shared filesystem may block: off the actor's loop when there is work
+        seen = ([sees(p, self.hidden) for p in paths] if not probe else
+                await asyncio.to_thread(lambda: [sees(p, self.hidden) for p in paths]))
         return {"label": self.label, "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "running": sorted(self.tasks),
-                "started_at": self.started_at}
+                "started_at": self.started_at, "root": seen[0],
+                "sees": dict(zip(paths[1:], seen[1:], strict=True))}
 
     async def start(self, payload: bytes) -> dict[str, Any]:
         """Start a claimed attempt: payload is pickle((plan, batch, job, step, (run_id,

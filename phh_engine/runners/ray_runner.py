@@ -24,10 +24,10 @@ from typing import Any
 from ..models import AttemptState, EventKind, HarnessConfig, utcnow
 from ..store.files import read_model
 from ..store.index import load_attempt
-from ..store.paths import EXIT_CODE, STATE, Layout
+from ..store.paths import CODEX_HOME, EXIT_CODE, STATE, Layout
 from ..store.pointers import update_current
 from ..store.views import AttemptView, BatchView, JobView, StepView
-from .base import NodeStatus
+from .base import Hold, NodeStatus
 from .codex_cli import CodexInfo
 from .local import AttemptPlan, LiveAttempt, LocalRunner, record_runner_lost
 from .ray_node import (
@@ -47,6 +47,16 @@ POLL = 1.0
 CONNECT_TRIES = 3
 #: an agent call that takes longer than this counts as unanswered (a hint, never a verdict)
 CALL_TIMEOUT = 10.0
+#: a step waits this long (s) for the nodes' answer whether they see its resume source; the
+#: answer normally ends the wait sooner (on_placement)
+PROBE_WAIT = 2.0
+#: a "cannot see" answer is asked again after this (s): a shared filesystem may show a
+#: directory written elsewhere only after its lookup cache expires (NFS: up to a minute)
+RECHECK = 5.0
+#: an unused reservation (the engine placed, then did not run: claim lost) ends after this (s)
+RESERVATION = 10.0
+#: paths each node's visibility answers are kept for (oldest dropped first)
+SEES_CACHE = 4096
 
 
 class RayUnavailable(Exception):
@@ -86,12 +96,24 @@ class _Node:
     last_seen: datetime | None = None
     agents_running: int = 0
     error: str | None = None
+    #: directory -> (visible from this node, monotonic time of the answer)
+    sees: dict[str, tuple[bool, float]] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
         """Alive, and its agent answered its last call (a node that cannot see the runs root
         never does: its agent refuses to start, naming the node and the path)."""
         return self.alive and self.error is None
+
+
+def resume_sessions(plan: AttemptPlan) -> str | None:
+    """The directory a plan's attempt copies its conversation from (the source attempt's
+    `codex_home/sessions`, the same choice as LocalRunner._provision); None when it starts
+    a new thread."""
+    source = plan.resume.source if plan.resume else None
+    if plan.resume_same_thread and plan.retry_of is not None:
+        source = plan.retry_of
+    return str(source.path / CODEX_HOME / "sessions") if source is not None else None
 
 
 def _agent_class() -> Any:
@@ -113,6 +135,7 @@ class RayRunner:
                  default_schema: Path,
                  on_change: Callable[[str, str, str, AttemptView], None],
                  on_node: Callable[[EventKind, str, str], None] | None = None,
+                 on_placement: Callable[[], None] | None = None,
                  codex_config_toml: Path | None = None) -> None:
         self.layout = layout
         self.config = config
@@ -123,6 +146,8 @@ class RayRunner:
         self.node_labels = dict(node_labels or {})
         self.on_change = on_change
         self.on_node = on_node or (lambda kind, label, detail: None)
+        #: called (on the loop) when a step `place` held may have a node now
+        self.on_placement = on_placement or (lambda: None)
         # claims, spawn failures and the engine's own finalisations are the local runner's
         # code, run by the engine (the single writer of claims and current.json)
         self._local = LocalRunner(layout, config, codex, runner_id,
@@ -139,6 +164,12 @@ class RayRunner:
         self.lost_after = lost_after_seconds(config.codex.heartbeat_seconds)
         self._turn = 0  # round-robin among equally free nodes
         self._closed = False
+        #: (batch, job, step) -> (node label, monotonic time): placed, not yet run
+        self._placed: dict[tuple[str, str, str], tuple[str, float]] = {}
+        #: directories to ask every node about in the next status round
+        self._want: set[str] = set()
+        self._kick = asyncio.Event()  # a status round now (a probe is wanted)
+        self._held = False  # `place` said no since the last on_placement
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -214,23 +245,66 @@ class RayRunner:
         return events
 
     async def _watch(self) -> None:
-        """Every POLL: the node table, then each live agent's status (which makes a restarted
-        agent adopt its running attempts)."""
+        """Every POLL: the node table, then a status round (which makes a restarted agent
+        adopt its running attempts); a wanted probe starts a status round at once."""
+        table_at = -POLL
         while not self._closed:
+            self._kick.clear()
             try:
-                for kind, label, detail in await asyncio.to_thread(self._refresh_nodes):
-                    self.on_node(kind, label, detail)
-                for node in [n for n in self._nodes.values() if n.alive]:
-                    try:
-                        st = await self._call(node.agent.status.remote(), CALL_TIMEOUT)
-                        node.last_seen, node.error = utcnow(), None
-                        node.agents_running = len(st.get("running", []))
-                    except Exception as exc:
-                        node.error = f"{type(exc).__name__}: {exc}"[:200]
+                if time.monotonic() - table_at >= POLL:
+                    table_at = time.monotonic()
+                    events = await asyncio.to_thread(self._refresh_nodes)
+                    for kind, label, detail in events:
+                        self.on_node(kind, label, detail)
+                    if events:
+                        self._release()
+                await self._status_round()
             except Exception:
                 if not self._closed:
                     log.exception("ray node watch failed")
-            await asyncio.sleep(POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(),
+                                       max(0.0, POLL - (time.monotonic() - table_at)))
+
+    async def _status_round(self) -> None:
+        """Every live agent's status at once, with the wanted directories probed; answers go
+        to each node's `sees` cache, and a held step is told to ask again."""
+        paths = sorted(self._want)
+        alive = [n for n in self._nodes.values() if n.alive]
+        await asyncio.gather(*(self._status(n, paths) for n in alive))
+        self._want.difference_update(paths)
+        if paths:
+            self._release()
+
+    async def _status(self, node: _Node, paths: list[str]) -> None:
+        try:
+            st = await self._call(node.agent.status.remote(paths), CALL_TIMEOUT)
+        except Exception as exc:
+            node.error = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        node.last_seen = utcnow()
+        node.agents_running = len(st.get("running", []))
+        node.error = None if st.get("root", True) else (
+            f"node {node.label} cannot see the runs root {self.layout.runs}: mount the shared "
+            "filesystem at the same path on every node")
+        at = time.monotonic()
+        for path, seen in (st.get("sees") or {}).items():
+            node.sees.pop(path, None)  # re-inserted last: the cache drops the oldest first
+            node.sees[path] = (bool(seen), at)
+        while len(node.sees) > SEES_CACHE:
+            node.sees.pop(next(iter(node.sees)))
+
+    def _probe(self, path: str) -> None:
+        """Ask every node whether it sees `path` in a status round starting now."""
+        self._want.add(path)
+        self._kick.set()
+        self._ensure_watch()
+
+    def _release(self) -> None:
+        """A held step may have a node now: the engine asks `place` again."""
+        if self._held:
+            self._held = False
+            self.on_placement()
 
     def _ensure_watch(self) -> None:
         if self._watcher is None or self._watcher.done():
@@ -273,17 +347,79 @@ class RayRunner:
             node.agent.cancel.remote(run_id, reason)  # never ray.cancel: the agent signals
         return True
 
-    def _pick(self) -> _Node | None:
-        """The live node with the most free slots; ties in turn (consecutive starts, e.g. a
-        resume chain, spread over the nodes instead of packing one)."""
-        free = [n for n in self._nodes.values() if n.usable and n.slots_total > len(n.used)]
+    # ------------------------------------------------------------ placement
+    def place(self, plan: AttemptPlan) -> Hold | None:
+        """Placing protocol (runners/base.py): reserve a node for the plan, or say why none
+        (docs/scale-out.md#placement). A resume goes only to a node that answered that it
+        sees the source's `codex_home/sessions`; unknown answers are asked for at once."""
+        key = (plan.batch_id, plan.job_id, plan.step_id)
+        self._placed.pop(key, None)
+        now = time.monotonic()
+        for k in [k for k, (_, at) in self._placed.items() if now - at > RESERVATION]:
+            del self._placed[k]
+        usable = [n for n in self._nodes.values() if n.usable]
+        path = resume_sessions(plan)
+        pool = usable
+        if path is not None:
+            pool, unknown, refused = [], [], []
+            for n in usable:
+                seen = n.sees.get(path)
+                if seen is None or (not seen[0] and now - seen[1] > RECHECK):
+                    unknown.append(n.label)
+                elif seen[0]:
+                    pool.append(n)
+                else:
+                    refused.append(n.label)
+            if unknown:
+                self._probe(path)
+            if not pool:
+                self._held = True
+                if unknown:
+                    return Hold(f"asking Ray node(s) {', '.join(unknown)} whether they see "
+                                f"the resume source {path}", PROBE_WAIT)
+                return Hold(f"waiting for a Ray node that can see the resume source {path} "
+                            f"(not visible from: {', '.join(refused) or 'no live node'}; "
+                            "docs/scale-out.md#placement)", RECHECK)
+        node = self._pick(pool)
+        if node is None:
+            self._held = True
+            return Hold(f"waiting for a free {self.slots_resource} on "
+                        + ("a Ray node that can see the resume source" if path else
+                           "a live Ray node"), RECHECK)
+        self._placed[key] = (node.label, now)
+        return None
+
+    def _free(self, node: _Node) -> int:
+        reserved = sum(1 for label, _ in self._placed.values() if label == node.label)
+        return node.slots_total - len(node.used) - reserved
+
+    def _pick(self, pool: list[_Node]) -> _Node | None:
+        """The node of `pool` with the most free slots; ties in turn (consecutive starts,
+        e.g. a resume chain, spread over the nodes instead of packing one)."""
+        free = {n.label: f for n in pool if (f := self._free(n)) > 0}
         if not free:
             return None
-        best = max(n.slots_total - len(n.used) for n in free)
-        ties = sorted((n for n in free if n.slots_total - len(n.used) == best),
-                      key=lambda n: n.label)
+        best = max(free.values())
+        ties = sorted(label for label, f in free.items() if f == best)
         self._turn += 1
-        return ties[self._turn % len(ties)]
+        return self._nodes[ties[self._turn % len(ties)]]
+
+    def _node_for(self, plan: AttemptPlan) -> tuple[_Node | None, str]:
+        """The node `place` reserved for this plan (still usable), else the best one now;
+        (None, why) when there is none."""
+        placed = self._placed.pop((plan.batch_id, plan.job_id, plan.step_id), None)
+        node = self._nodes.get(placed[0]) if placed else None
+        if node is not None and node.usable:
+            return node, ""
+        path = resume_sessions(plan)
+        pool = [n for n in self._nodes.values() if n.usable and (
+            path is None or n.sees.get(path, (False, 0.0))[0])]
+        node = self._pick(pool)
+        if node is None:
+            return None, (f"no live Ray node that can see {path} has a free "
+                          f"{self.slots_resource}" if path else
+                          f"no live Ray node with a free {self.slots_resource}")
+        return node, ""
 
     async def run(self, plan: AttemptPlan, batch: BatchView, job: JobView, step: StepView,
                   claimed: tuple[str, Path]) -> AttemptView:
@@ -295,11 +431,10 @@ class RayRunner:
                              run_id=run_id, runner_id=self.runner_id, status="queued",
                              updated_at=utcnow())
         view.state = state
-        node = self._pick()
+        node, why = self._node_for(plan)
         try:
             if node is None:
-                return await self._local._spawn_failed(
-                    plan, view, state, f"no live Ray node with a free {self.slots_resource}")
+                return await self._local._spawn_failed(plan, view, state, why)
             node.used.add(run_id)
             self._where[run_id] = node.label
             slim = BatchView(meta=batch.meta.model_copy(update={"jobs": [job.spec]}),
@@ -314,13 +449,20 @@ class RayRunner:
                         plan, view, state, f"node {node.label}: {_short(exc)}")
             if live.cancel_requested.is_set():
                 node.agent.cancel.remote(run_id, live.cancel_reason)
-            return await self._follow(plan, view, node.label,
+            view = await self._follow(plan, view, node.label,
                                       list(step.spec.artifacts_expected))
+            if view.status == "succeeded" and any(
+                    s.spec.resume_from is not None and s.spec.resume_from.step_id == plan.step_id
+                    for s in job.steps.values()):
+                # a later step resumes from this one: ask the nodes now, before it is placed
+                self._probe(str(view.path / CODEX_HOME / "sessions"))
+            return view
         finally:
             self.live.pop(run_id, None)
             self._where.pop(run_id, None)
             if node is not None:
                 node.used.discard(run_id)
+                self._release()  # a slot is free
 
     async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
                     ) -> AttemptView:
@@ -340,6 +482,7 @@ class RayRunner:
             self._where.pop(view.run_id, None)
             if node is not None:
                 node.used.discard(view.run_id)
+                self._release()
 
     # ------------------------------------------------------------ following
     async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,

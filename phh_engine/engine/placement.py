@@ -1,0 +1,54 @@
+"""Steps held back because the runner has no node for them now (runners/base.Placing): a
+cluster whose nodes are full, or none of which sees a resume's source
+(docs/scale-out.md#placement).
+
+The engine asks the runner before it claims, so a held step gets no attempt directory: it
+stays `ready`, not runnable, with the runner's reason, until the hold's time is up or the
+runner says its nodes changed (`wake`), and is then asked again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from ..derive.scheduler import ReadySet
+from ..models import utcnow
+from ..runners.base import Placing
+from ..runners.local import AttemptPlan
+from ..store.views import StepView
+
+
+class PlacementGate:
+    """The engine's side of placement: which steps wait, and why (their marks)."""
+
+    def __init__(self) -> None:
+        #: (batch, job, step) -> the held step (its marks carry the hold)
+        self.held: dict[tuple[str, str, str], StepView] = {}
+
+    def hold(self, runner: object, plan: AttemptPlan, step: StepView) -> bool:
+        """True when the runner cannot place `plan` now: do not claim; the step's marks say
+        why and until when. False (and any old hold cleared) when it can, or when the runner
+        places nothing itself (a single host)."""
+        if not isinstance(runner, Placing):
+            return False
+        key = (plan.batch_id, plan.job_id, plan.step_id)
+        why = runner.place(plan)
+        if why is None:
+            if self.held.pop(key, None) is not None:
+                step.marks.placement_hold = step.marks.placement_until = None
+            return False
+        step.marks.placement_hold = why.reason
+        step.marks.placement_until = utcnow() + timedelta(seconds=why.retry_seconds)
+        self.held[key] = step
+        return True
+
+    def wake(self, ready: ReadySet, poke: Callable[[], None]) -> None:
+        """The runner's nodes changed: every held step is asked again at once."""
+        if not self.held:
+            return
+        for (bid, jid, _), step in self.held.items():
+            step.marks.placement_hold = step.marks.placement_until = None
+            ready.touch(bid, jid)
+        self.held.clear()
+        poke()
