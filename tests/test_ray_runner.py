@@ -405,8 +405,10 @@ def test_node_agent_killed_is_restarted_and_adopts(rh: Harness, sim: Sim) -> Non
     rh.stop(eng)
 
 
-def test_node_loss_runner_lost_then_retried_on_the_other_node(rh: Harness, sim: Sim) -> None:
-    """Runs last: it removes a node from the module's cluster."""
+def test_node_loss_runner_lost_then_retried_on_the_other_node_then_rejoin(
+        rh: Harness, sim: Sim) -> None:
+    """Runs last: it removes a node from the module's cluster, then starts a new node under
+    the same label: its node agent comes back and attempts are placed on it again."""
     # long enough that the lease watchdog, not the end of its turn, ends the first attempt
     bid = rh.submit([{"job_id": "j1", "steps": [step("s1", {"hang": 22})]}],
                     retries={"max_attempts": 2, "backoff_seconds": 0})
@@ -432,8 +434,33 @@ def test_node_loss_runner_lost_then_retried_on_the_other_node(rh: Harness, sim: 
         assert rh.meta(second)["environment_snapshot"]["node"] != lost
         wait_for(lambda: rh.state(second)["status"] == "succeeded", 90, "retry succeeded")
         assert any(e.kind == "node_lost" for e in rh.events)
+
+        # a new machine under the lost node's label: the same engine sees it join and its
+        # agent (Ray restarts the detached actor there) answer
+        sim.nodes[lost] = _add_node(sim.cluster, lost)
+        new_id = sim.nodes[lost].node_id
+        assert eng.runner is not None
+
+        def back() -> bool:
+            try:  # read from this thread while the engine's loop updates the nodes
+                n = next((n for n in eng.runner.nodes() if n.label == lost), None) \
+                    if eng.runner is not None else None
+            except RuntimeError:
+                return False
+            return bool(n and n.alive and n.node_id == new_id and n.error is None
+                        and n.last_seen is not None and n.slots_total == SLOTS)
+        wait_for(back, 90, f"node {lost} back with its agent answering")
+        kinds = [e.kind for e in rh.events if (e.data or {}).get("node") == lost]
+        assert kinds[-2:] == ["node_lost", "node_joined"], kinds
     finally:
         stop.set()
         sampler.join(10)
         rh.stop(eng)
     assert peak[0] == 1, f"{peak[0]} live agents for one step at once"
+    # attempts go to the rejoined node again: four at once need both nodes' slots
+    again = rh.submit([{"job_id": f"r{i}", "steps": [step("s1", {"hang": 2}, prompt=f"r {i}")]}
+                       for i in range(2 * SLOTS)])
+    rh.run(timeout=120)
+    placed = {rh.meta(a)["environment_snapshot"]["node"] for a in _all_attempts(rh, again)}
+    assert lost in placed, placed
+    assert all(rh.state(a)["status"] == "succeeded" for a in _all_attempts(rh, again))
