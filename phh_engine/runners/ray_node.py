@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ from .local import _WRAPPER, AttemptPlan, LocalRunner, _AdoptedHandle, _Handle, 
 #: unmounted there without stopping it (and how the tests give one simulated node a mount
 #: the others have).
 HIDDEN_PATHS_ENV = "PHH_NODE_HIDDEN_PATHS"
+#: run ids an agent remembers as ended for `ended` (an engine that falls further behind reads
+#: the attempts' files, which it does every second anyway)
+ENDED_KEPT = 4096
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
 #: node label naming a node for phh (`ray start --labels phh-node=a`); else its node id
@@ -162,6 +166,10 @@ class NodeAgent:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.hidden = hidden_patterns()
         self.started_at = time.time()
+        #: (seq, run_id) of attempts that ended here, oldest first; `ended` long-polls it
+        self._ended: deque[tuple[int, str]] = deque(maxlen=ENDED_KEPT)
+        self._seq = 0
+        self._ended_ev = asyncio.Event()
         self._adopted = False
 
     # ------------------------------------------------------------------ calls
@@ -205,8 +213,27 @@ class NodeAgent:
         status: str | None = view.status
         return status
 
+    async def ended(self, epoch: float, since: int, timeout: float = 5.0) -> dict[str, Any]:
+        """{epoch, seq, ended: [run_id]}: the attempts that ended here after `since` (all
+        this agent remembers when `epoch`, the `started_at` the caller last saw, is not this
+        agent's: it restarted). Waits up to `timeout` seconds for one. One pending call per
+        node replaces a pending `wait` per attempt (an engine makes half the calls)."""
+        if since < 0:  # the caller's first call: where the sequence is now
+            return {"epoch": self.started_at, "seq": self._seq, "ended": []}
+        if epoch != self.started_at:
+            since = 0
+        if since >= self._seq:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended_ev.wait(), timeout)
+        return {"epoch": self.started_at, "seq": self._seq,
+                "ended": [rid for seq, rid in self._ended if seq > since]}
+
     def _forget(self, run_id: str, _task: asyncio.Future[AttemptView]) -> None:
         self.tasks.pop(run_id, None)
+        self._seq += 1
+        self._ended.append((self._seq, run_id))
+        ev, self._ended_ev = self._ended_ev, asyncio.Event()
+        ev.set()
 
     def cancel(self, run_id: str, reason: str = "canceled") -> bool:
         """Stop an attempt through its process group (SIGINT, SIGKILL after the grace)."""

@@ -55,6 +55,8 @@ PROBE_WAIT = 2.0
 RECHECK = 5.0
 #: an unused reservation (the engine placed, then did not run: claim lost) ends after this (s)
 RESERVATION = 10.0
+#: seconds an `ended` long-poll waits for an attempt to end before it is asked again
+ENDED_WAIT = 5.0
 #: paths each node's visibility answers are kept for (oldest dropped first)
 SEES_CACHE = 4096
 
@@ -96,6 +98,10 @@ class _Node:
     last_seen: datetime | None = None
     agents_running: int = 0
     error: str | None = None
+    #: run ids its agent held at its last answer
+    running: set[str] = field(default_factory=set)
+    #: a task long-polling its agent's `ended`
+    ends: asyncio.Task[None] | None = None
     #: directory -> (visible from this node, monotonic time of the answer)
     sees: dict[str, tuple[bool, float]] = field(default_factory=dict)
 
@@ -170,6 +176,8 @@ class RayRunner:
         self._want: set[str] = set()
         self._kick = asyncio.Event()  # a status round now (a probe is wanted)
         self._held = False  # `place` said no since the last on_placement
+        #: run_id -> set when its node says it ended (followers wait on it, POLL at most)
+        self._ends: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -258,6 +266,9 @@ class RayRunner:
                         self.on_node(kind, label, detail)
                     if events:
                         self._release()
+                for node in self._nodes.values():
+                    if node.alive and (node.ends is None or node.ends.done()):
+                        node.ends = asyncio.ensure_future(self._ends_loop(node))
                 await self._status_round()
             except Exception:
                 if not self._closed:
@@ -281,9 +292,11 @@ class RayRunner:
             st = await self._call(node.agent.status.remote(paths), CALL_TIMEOUT)
         except Exception as exc:
             node.error = f"{type(exc).__name__}: {exc}"[:200]
+            node.running = set()  # unknown: its followers judge by the heartbeats
             return
         node.last_seen = utcnow()
-        node.agents_running = len(st.get("running", []))
+        node.running = set(st.get("running", []))
+        node.agents_running = len(node.running)
         node.error = None if st.get("root", True) else (
             f"node {node.label} cannot see the runs root {self.layout.runs}: mount the shared "
             "filesystem at the same path on every node")
@@ -449,14 +462,11 @@ class RayRunner:
                         plan, view, state, f"node {node.label}: {_short(exc)}")
             if live.cancel_requested.is_set():
                 node.agent.cancel.remote(run_id, live.cancel_reason)
-            view = await self._follow(plan, view, node.label,
-                                      list(step.spec.artifacts_expected))
-            if view.status == "succeeded" and any(
-                    s.spec.resume_from is not None and s.spec.resume_from.step_id == plan.step_id
-                    for s in job.steps.values()):
-                # a later step resumes from this one: ask the nodes now, before it is placed
-                self._probe(str(view.path / CODEX_HOME / "sessions"))
-            return view
+            return await self._follow(
+                plan, view, node.label, list(step.spec.artifacts_expected),
+                source=any(s.spec.resume_from is not None
+                           and s.spec.resume_from.step_id == plan.step_id
+                           for s in job.steps.values()))
         finally:
             self.live.pop(run_id, None)
             self._where.pop(run_id, None)
@@ -486,60 +496,72 @@ class RayRunner:
 
     # ------------------------------------------------------------ following
     async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,
-                      artifacts: list[str]) -> AttemptView:
-        """Until the attempt's files say it ended (or it is lost): its node agent's `wait`
-        wakes us at the end, its state.json is re-read every POLL for the engine's index."""
+                      artifacts: list[str], *, source: bool = False) -> AttemptView:
+        """Until the attempt's files say it ended (or it is lost): its node's `ended`
+        long-poll wakes us at the end, its state.json is re-read every POLL for the engine's
+        index. `source`: a later step resumes from it (its nodes are asked at once whether
+        they see its sessions, before the engine hears of the end)."""
         thread: str | None = view.thread_id
-        while True:
-            node = self._nodes.get(label)
-            fut: asyncio.Future[Any] | None = None
-            if node is not None and node.alive:
-                fut = asyncio.ensure_future(self._call(node.agent.wait.remote(view.run_id), None))
-            try:
-                while True:
-                    if fut is not None:
-                        await asyncio.wait({fut}, timeout=POLL)
-                    else:
-                        await asyncio.sleep(POLL)
-                    view = await self._reload(plan, view)
+        ev = self._ends.setdefault(view.run_id, asyncio.Event())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), POLL)
+                ev.clear()
+                view, changed = await self._reload(view)
+                if view.terminal:
+                    if source and view.status == "succeeded":
+                        self._probe(str(view.path / CODEX_HOME / "sessions"))
+                    await asyncio.to_thread(update_current, self.layout, plan.batch_id,
+                                            plan.job_id)
+                    self._emit(plan, view)
+                    return view
+                if changed:
                     if view.thread_id and view.thread_id != thread:
                         thread = view.thread_id
                         await asyncio.to_thread(update_current, self.layout, plan.batch_id,
                                                 plan.job_id)
-                    if view.terminal:
-                        await asyncio.to_thread(update_current, self.layout, plan.batch_id,
-                                                plan.job_id)
-                        self._emit(plan, view)
-                        return view
-                    if fut is None or fut.done():
-                        break
-                    if node is not None and not node.alive:
-                        break
-            finally:
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                elif fut is not None and not fut.cancelled():
-                    fut.exception()  # a dead agent's error is only a hint: read, not raised
-            if self._stale(view):
-                if (view.path / EXIT_CODE).exists():
-                    # it ended while no agent watched it (its node is gone): conclude it
-                    # here from its files, with the local runner's own code
-                    if view.state is not None:
-                        view.state = view.state.model_copy(update={"pid": None})
-                    return await self._local.adopt(plan, view, artifacts)
-                view = await asyncio.to_thread(self._finalize_lost, plan, view, label)
-                self._emit(plan, view)
-                return view
-            await asyncio.sleep(POLL)
+                    self._emit(plan, view)
+                node = self._nodes.get(label)
+                if node is not None and node.alive and view.run_id in node.running:
+                    continue  # its agent holds it (as of its last status)
+                if self._stale(view):
+                    if (view.path / EXIT_CODE).exists():
+                        # it ended while no agent watched it (its node is gone): conclude it
+                        # here from its files, with the local runner's own code
+                        if view.state is not None:
+                            view.state = view.state.model_copy(update={"pid": None})
+                        return await self._local.adopt(plan, view, artifacts)
+                    view = await asyncio.to_thread(self._finalize_lost, plan, view, label)
+                    self._emit(plan, view)
+                    return view
+        finally:
+            self._ends.pop(view.run_id, None)
 
-    async def _reload(self, plan: AttemptPlan, view: AttemptView) -> AttemptView:
+    async def _ends_loop(self, node: _Node) -> None:
+        """One pending `ended` call per node: wakes the followers of the attempts that ended
+        there. A hint only: followers read the files every POLL regardless."""
+        epoch, seq = 0.0, -1
+        while not self._closed and node.alive and self._nodes.get(node.label) is node:
+            try:
+                r = await self._call(node.agent.ended.remote(epoch, seq, ENDED_WAIT),
+                                     ENDED_WAIT + CALL_TIMEOUT)
+            except Exception:
+                await asyncio.sleep(POLL)
+                continue
+            epoch, seq = r["epoch"], r["seq"]
+            for run_id in r["ended"]:
+                if (ev := self._ends.get(run_id)) is not None:
+                    ev.set()
+
+    async def _reload(self, view: AttemptView) -> tuple[AttemptView, bool]:
+        """The attempt's files again; whether its state changed."""
         new = await asyncio.to_thread(load_attempt, view.path)
         old = view.state
-        if new.state is not None and (old is None or new.state.updated_at != old.updated_at
-                                      or new.state.status != old.status):
-            self._emit(plan, new)
-            return new
-        return view if new.state is None else new
+        if new.state is None:
+            return view, False
+        return new, (old is None or new.state.updated_at != old.updated_at
+                     or new.state.status != old.status)
 
     def _stale(self, view: AttemptView) -> bool:
         """No heartbeat for lost_after: no agent watches it (with no exit code as well, the
