@@ -29,7 +29,7 @@ from ..models import AttemptState, BatchMeta
 from ..schemas import default_run_report_schema_path
 from ..store.files import read_model
 from ..store.harness_config import load_config
-from ..store.paths import EXIT_CODE, STATE, Layout
+from ..store.paths import CODEX_HOME, EXIT_CODE, STATE, Layout
 from ..store.views import AttemptView
 from .codex_cli import locate_codex, probe_codex
 from .doctor import codex_config_path
@@ -166,8 +166,11 @@ class NodeAgent:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.hidden = hidden_patterns()
         self.started_at = time.time()
-        #: (seq, run_id) of attempts that ended here, oldest first; `ended` long-polls it
-        self._ended: deque[tuple[int, str]] = deque(maxlen=ENDED_KEPT)
+        #: run_id -> attempt directory, of the attempts in `tasks`
+        self.paths: dict[str, str] = {}
+        #: (seq, run_id, its codex_home/sessions, whether this node sees that) of attempts
+        #: that ended here, oldest first; `ended` long-polls it
+        self._ended: deque[tuple[int, str, str | None, bool]] = deque(maxlen=ENDED_KEPT)
         self._seq = 0
         self._ended_ev = asyncio.Event()
         self._adopted = False
@@ -200,6 +203,7 @@ class NodeAgent:
                                "the runs root must be on a filesystem shared by every node")
         task = asyncio.ensure_future(self.runner.run(plan, batch, job, step, claimed))
         self.tasks[run_id] = task
+        self.paths[run_id] = str(path)
         task.add_done_callback(functools.partial(self._forget, run_id))
         return {"label": self.label, "pid": os.getpid()}
 
@@ -214,10 +218,12 @@ class NodeAgent:
         return status
 
     async def ended(self, epoch: float, since: int, timeout: float = 5.0) -> dict[str, Any]:
-        """{epoch, seq, ended: [run_id]}: the attempts that ended here after `since` (all
-        this agent remembers when `epoch`, the `started_at` the caller last saw, is not this
-        agent's: it restarted). Waits up to `timeout` seconds for one. One pending call per
-        node replaces a pending `wait` per attempt (an engine makes half the calls)."""
+        """{epoch, seq, ended: [run_id], sees: {sessions dir: bool}}: the attempts that ended
+        here after `since` (all this agent remembers when `epoch`, the `started_at` the caller
+        last saw, is not this agent's: it restarted), and whether this node sees each one's
+        `codex_home/sessions` (what a resume from it copies: the engine learns where it can
+        place that resume with the end itself). Waits up to `timeout` seconds for an end. One
+        pending call per node replaces a pending `wait` per attempt."""
         if since < 0:  # the caller's first call: where the sequence is now
             return {"epoch": self.started_at, "seq": self._seq, "ended": []}
         if epoch != self.started_at:
@@ -225,13 +231,17 @@ class NodeAgent:
         if since >= self._seq:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ended_ev.wait(), timeout)
-        return {"epoch": self.started_at, "seq": self._seq,
-                "ended": [rid for seq, rid in self._ended if seq > since]}
+        new = [e for e in self._ended if e[0] > since]
+        return {"epoch": self.started_at, "seq": self._seq, "ended": [e[1] for e in new],
+                "sees": {e[2]: e[3] for e in new if e[2] is not None}}
 
     def _forget(self, run_id: str, _task: asyncio.Future[AttemptView]) -> None:
         self.tasks.pop(run_id, None)
+        path = self.paths.pop(run_id, None)
+        sessions = str(Path(path) / CODEX_HOME / "sessions") if path is not None else None
         self._seq += 1
-        self._ended.append((self._seq, run_id))
+        self._ended.append((self._seq, run_id, sessions,
+                            sessions is not None and sees(sessions, self.hidden)))
         ev, self._ended_ev = self._ended_ev, asyncio.Event()
         ev.set()
 
@@ -298,4 +308,5 @@ class NodeAgent:
                     artifacts = list(s.artifacts_expected)
         task = asyncio.ensure_future(self.runner.adopt(plan, view, artifacts))
         self.tasks[view.run_id] = task
+        self.paths[view.run_id] = str(view.path)
         task.add_done_callback(functools.partial(self._forget, view.run_id))

@@ -300,8 +300,13 @@ class RayRunner:
         node.error = None if st.get("root", True) else (
             f"node {node.label} cannot see the runs root {self.layout.runs}: mount the shared "
             "filesystem at the same path on every node")
+        self._remember(node, st.get("sees") or {})
+
+    @staticmethod
+    def _remember(node: _Node, answers: dict[str, bool]) -> None:
+        """Cache a node's answers {directory: visible from it}."""
         at = time.monotonic()
-        for path, seen in (st.get("sees") or {}).items():
+        for path, seen in answers.items():
             node.sees.pop(path, None)  # re-inserted last: the cache drops the oldest first
             node.sees[path] = (bool(seen), at)
         while len(node.sees) > SEES_CACHE:
@@ -364,13 +369,14 @@ class RayRunner:
     def place(self, plan: AttemptPlan) -> Hold | None:
         """Placing protocol (runners/base.py): reserve a node for the plan, or say why none
         (docs/scale-out.md#placement). A resume goes only to a node that answered that it
-        sees the source's `codex_home/sessions`; unknown answers are asked for at once."""
+        sees the source's `codex_home/sessions` (the source's own node answers with its end);
+        when none of those has a free slot, the nodes not asked yet are asked at once."""
         key = (plan.batch_id, plan.job_id, plan.step_id)
         self._placed.pop(key, None)
         now = time.monotonic()
         for k in [k for k, (_, at) in self._placed.items() if now - at > RESERVATION]:
             del self._placed[k]
-        usable = [n for n in self._nodes.values() if n.usable]
+        usable = sorted((n for n in self._nodes.values() if n.usable), key=lambda n: n.label)
         path = resume_sessions(plan)
         pool = usable
         if path is not None:
@@ -383,22 +389,26 @@ class RayRunner:
                     pool.append(n)
                 else:
                     refused.append(n.label)
-            if unknown:
-                self._probe(path)
-            if not pool:
+            node = self._pick(pool)
+            if node is None:
                 self._held = True
                 if unknown:
+                    self._probe(path)
                     return Hold(f"asking Ray node(s) {', '.join(unknown)} whether they see "
                                 f"the resume source {path}", PROBE_WAIT)
+                if pool:
+                    return Hold(f"waiting for a free {self.slots_resource} on a Ray node that "
+                                f"can see the resume source {path} "
+                                f"({', '.join(n.label for n in pool)})", RECHECK)
                 return Hold(f"waiting for a Ray node that can see the resume source {path} "
                             f"(not visible from: {', '.join(refused) or 'no live node'}; "
                             "docs/scale-out.md#placement)", RECHECK)
-        node = self._pick(pool)
+        else:
+            node = self._pick(pool)
         if node is None:
             self._held = True
-            return Hold(f"waiting for a free {self.slots_resource} on "
-                        + ("a Ray node that can see the resume source" if path else
-                           "a live Ray node"), RECHECK)
+            return Hold(f"waiting for a free {self.slots_resource} on a live Ray node",
+                        RECHECK)
         self._placed[key] = (node.label, now)
         return None
 
@@ -462,11 +472,8 @@ class RayRunner:
                         plan, view, state, f"node {node.label}: {_short(exc)}")
             if live.cancel_requested.is_set():
                 node.agent.cancel.remote(run_id, live.cancel_reason)
-            return await self._follow(
-                plan, view, node.label, list(step.spec.artifacts_expected),
-                source=any(s.spec.resume_from is not None
-                           and s.spec.resume_from.step_id == plan.step_id
-                           for s in job.steps.values()))
+            return await self._follow(plan, view, node.label,
+                                      list(step.spec.artifacts_expected))
         finally:
             self.live.pop(run_id, None)
             self._where.pop(run_id, None)
@@ -496,11 +503,10 @@ class RayRunner:
 
     # ------------------------------------------------------------ following
     async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,
-                      artifacts: list[str], *, source: bool = False) -> AttemptView:
+                      artifacts: list[str]) -> AttemptView:
         """Until the attempt's files say it ended (or it is lost): its node's `ended`
         long-poll wakes us at the end, its state.json is re-read every POLL for the engine's
-        index. `source`: a later step resumes from it (its nodes are asked at once whether
-        they see its sessions, before the engine hears of the end)."""
+        index."""
         thread: str | None = view.thread_id
         ev = self._ends.setdefault(view.run_id, asyncio.Event())
         try:
@@ -510,8 +516,6 @@ class RayRunner:
                 ev.clear()
                 view, changed = await self._reload(view)
                 if view.terminal:
-                    if source and view.status == "succeeded":
-                        self._probe(str(view.path / CODEX_HOME / "sessions"))
                     await asyncio.to_thread(update_current, self.layout, plan.batch_id,
                                             plan.job_id)
                     self._emit(plan, view)
@@ -550,6 +554,7 @@ class RayRunner:
                 await asyncio.sleep(POLL)
                 continue
             epoch, seq = r["epoch"], r["seq"]
+            self._remember(node, r.get("sees") or {})  # before its follower hears the end
             for run_id in r["ended"]:
                 if (ev := self._ends.get(run_id)) is not None:
                     ev.set()
