@@ -177,6 +177,18 @@ def _print_profile(main: cProfile.Profile, threads: list[cProfile.Profile]) -> N
         print(out.getvalue())
 
 
+def agents_cpu() -> dict[int, float]:
+    """CPU seconds so far of every node agent process on this machine (`ray::NodeAgent`)."""
+    out: dict[int, float] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if cmd and cmd[0].startswith("ray::NodeAgent"):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.info["pid"]] = t.user + t.system + t.children_user + t.children_system
+    return out
+
+
 def run_phh(root: Path, address: str, profile: bool = False) -> dict[str, Any]:
     """phh's engine on `root` until idle: wall (incl. connect), dispatch wall and CPU from
     the first start to the last end, total CPU, the event-loop thread's share, statuses."""
@@ -191,6 +203,7 @@ def run_phh(root: Path, address: str, profile: bool = False) -> dict[str, Any]:
     main0 = next((t.user_time + t.system_time for t in psutil.Process().threads()
                   if t.id == main_id), 0.0)
     eng.setup()
+    agents0 = agents_cpu()
     if profile:
         prof = cProfile.Profile(time.thread_time)
         with _ThreadProfiles() as threads:
@@ -201,6 +214,7 @@ def run_phh(root: Path, address: str, profile: bool = False) -> dict[str, Any]:
         asyncio.run(eng.serve())
     wall = time.perf_counter() - t0
     cpu = cpu_seconds(resource.RUSAGE_SELF) - c0
+    agents = sum(c - agents0.get(pid, 0.0) for pid, c in agents_cpu().items())
     main1 = next((t.user_time + t.system_time for t in psutil.Process().threads()
                   if t.id == main_id), 0.0)
     statuses: dict[str, int] = {}
@@ -211,7 +225,7 @@ def run_phh(root: Path, address: str, profile: bool = False) -> dict[str, Any]:
         _print_profile(prof, threads.profiles)
     (t_first, c_first), (t_last, c_last) = (marks[0], marks[-1]) if marks else ((t0, c0),) * 2
     return {"wall": wall, "dispatch": t_last - t_first or wall, "cpu": cpu,
-            "cpu_dispatch": c_last - c_first, "cpu_loop": main1 - main0,
+            "cpu_dispatch": c_last - c_first, "cpu_loop": main1 - main0, "cpu_agents": agents,
             "statuses": statuses, "load": load_average()}
 
 
@@ -264,7 +278,8 @@ def report(label: str, n: int, floor: float, r: dict[str, Any]) -> None:
           f"{r['wall']:.2f}s; statuses {r['statuses']}")
     print(f"  engine CPU per attempt {1000 * r['cpu_dispatch'] / n:.2f} ms while dispatching "
           f"({1000 * r['cpu'] / n:.2f} ms incl. connect and index; event-loop thread "
-          f"{1000 * r['cpu_loop'] / n:.2f} ms); load {r['load']}")
+          f"{1000 * r['cpu_loop'] / n:.2f} ms); node agents' CPU per attempt "
+          f"{1000 * r['cpu_agents'] / n:.2f} ms (their Codex not counted); load {r['load']}")
 
 
 def third_node(cluster: Cluster, root: Path, address: str, slots: int) -> float | None:

@@ -514,17 +514,12 @@ class RayRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), POLL)
                 ev.clear()
-                view, changed = await self._reload(view)
+                view, changed = await asyncio.to_thread(self._reload, plan, view, thread)
                 if view.terminal:
-                    await asyncio.to_thread(update_current, self.layout, plan.batch_id,
-                                            plan.job_id)
                     self._emit(plan, view)
                     return view
                 if changed:
-                    if view.thread_id and view.thread_id != thread:
-                        thread = view.thread_id
-                        await asyncio.to_thread(update_current, self.layout, plan.batch_id,
-                                                plan.job_id)
+                    thread = view.thread_id or thread
                     self._emit(plan, view)
                 node = self._nodes.get(label)
                 if node is not None and node.alive and view.run_id in node.running:
@@ -559,12 +554,17 @@ class RayRunner:
                 if (ev := self._ends.get(run_id)) is not None:
                     ev.set()
 
-    async def _reload(self, view: AttemptView) -> tuple[AttemptView, bool]:
-        """The attempt's files again; whether its state changed."""
-        new = await asyncio.to_thread(load_attempt, view.path)
+    def _reload(self, plan: AttemptPlan, view: AttemptView, thread: str | None
+                ) -> tuple[AttemptView, bool]:
+        """The attempt's files again, and whether its state changed (blocking: one thread
+        hop per look). current.json is rewritten when it ended or its thread became known:
+        the engine is its single writer."""
+        new = load_attempt(view.path)
         old = view.state
         if new.state is None:
             return view, False
+        if new.terminal or (new.thread_id and new.thread_id != thread):
+            update_current(self.layout, plan.batch_id, plan.job_id)
         return new, (old is None or new.state.updated_at != old.updated_at
                      or new.state.status != old.status)
 
