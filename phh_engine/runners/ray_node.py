@@ -20,10 +20,13 @@ import pickle
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+from typing_extensions import override
 
 from ..models import AttemptState, BatchMeta
 from ..schemas import default_run_report_schema_path
@@ -43,6 +46,11 @@ HIDDEN_PATHS_ENV = "PHH_NODE_HIDDEN_PATHS"
 #: run ids an agent remembers as ended for `ended` (an engine that falls further behind reads
 #: the attempts' files, which it does every second anyway)
 ENDED_KEPT = 4096
+#: I/O threads per node agent. The local runner keeps 2 (runners/local.py IO_THREADS: on one
+#: host they share the cores with the engine and every extra one costs system CPU); a node's
+#: cores are its own, and each spawn there holds a thread until the double fork reports the
+#: wrapper's pid, so 2 threads capped an agent at a few dozen starts a second under load.
+NODE_IO_THREADS = 8
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
 #: node label naming a node for phh (`ray start --labels phh-node=a`); else its node id
@@ -131,14 +139,25 @@ def spawn_detached(exit_code_path: Path, argv: list[str], *, stdin: Any, stdout:
         raise OSError(f"could not start {argv[0]} detached (setsid -f)") from None
 
 
+T = TypeVar("T")
+
+
 class NodeRunner(LocalRunner):
-    """The local runner on a cluster node: detached spawns, node label, no current.json."""
+    """The local runner on a cluster node: detached spawns, node label, no current.json,
+    NODE_IO_THREADS I/O threads."""
 
     def __init__(self, *args: Any, node: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.node = node
         self.writes_pointers = False
 
+    @override
+    async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._pool is None:  # the local runner's pool, sized for a node
+            self._pool = ThreadPoolExecutor(NODE_IO_THREADS, thread_name_prefix="phh-node-io")
+        return await super()._in_io(fn, *args, **kwargs)
+
+    @override
     def _spawn(self, exit_code_path: Path, argv: list[str], *, stdin: Any, stdout: Any,
                stderr: Any, cwd: Path, env: dict[str, str]) -> _Handle:
         pid = spawn_detached(exit_code_path, argv, stdin=stdin, stdout=stdout, stderr=stderr,
