@@ -454,7 +454,7 @@ def test_node_loss_runner_lost_then_retried_on_the_other_node_then_rejoin(
                 return False
             return bool(n and n.alive and n.node_id == new_id and n.error is None
                         and n.last_seen is not None and n.slots_total == SLOTS)
-        wait_for(back, 90, f"node {lost} back with its agent answering")
+        wait_for(back, 150, f"node {lost} back with its agent answering")
         kinds = [e.kind for e in rh.events if (e.data or {}).get("node") == lost]
         assert kinds[-2:] == ["node_lost", "node_joined"], kinds
     finally:

@@ -442,7 +442,7 @@ class Engine:
             node_labels=spec.node_labels if spec else None,
             default_schema=default_run_report_schema_path(),
             on_change=self._on_attempt_change, on_node=self._on_node,
-            on_placement=lambda: self._placement.wake(self._ready, self._poke),
+            on_placement=lambda keys: self._placement.wake(self._ready, self._poke, keys),
             codex_config_toml=codex_config_path(self.config))
         try:
             runner.connect()

@@ -49,12 +49,16 @@ class PlacementGate:
         self.held[key] = step
         return True
 
-    def wake(self, ready: ReadySet, poke: Callable[[], None]) -> None:
-        """The runner's nodes changed: every held step is asked again at once."""
-        if not self.held:
-            return
-        for (bid, jid, _), step in self.held.items():
-            step.marks.placement_hold = step.marks.placement_until = None
-            ready.touch(bid, jid)
-        self.held.clear()
-        poke()
+    def wake(self, ready: ReadySet, poke: Callable[[], None],
+             keys: set[tuple[str, str, str]]) -> None:
+        """The runner may have a node for these held steps (batch, job, step) now: they are
+        asked again at once."""
+        woke = False
+        for key in keys:
+            step = self.held.pop(key, None)
+            if step is not None:
+                step.marks.placement_hold = step.marks.placement_until = None
+                ready.touch(key[0], key[1])
+                woke = True
+        if woke:
+            poke()

@@ -55,6 +55,10 @@ PROBE_WAIT = 2.0
 RECHECK = 5.0
 #: an unused reservation (the engine placed, then did not run: claim lost) ends after this (s)
 RESERVATION = 10.0
+#: (batch, job, step)
+StepKey = tuple[str, str, str]
+#: a held step waiting for a free slot (RayRunner._holds)
+SLOT = "\0slot"
 #: seconds an `ended` long-poll waits for an attempt to end before it is asked again
 ENDED_WAIT = 5.0
 #: paths each node's visibility answers are kept for (oldest dropped first)
@@ -141,7 +145,7 @@ class RayRunner:
                  default_schema: Path,
                  on_change: Callable[[str, str, str, AttemptView], None],
                  on_node: Callable[[EventKind, str, str], None] | None = None,
-                 on_placement: Callable[[], None] | None = None,
+                 on_placement: Callable[[set[StepKey]], None] | None = None,
                  codex_config_toml: Path | None = None) -> None:
         self.layout = layout
         self.config = config
@@ -152,8 +156,8 @@ class RayRunner:
         self.node_labels = dict(node_labels or {})
         self.on_change = on_change
         self.on_node = on_node or (lambda kind, label, detail: None)
-        #: called (on the loop) when a step `place` held may have a node now
-        self.on_placement = on_placement or (lambda: None)
+        #: called (on the loop) with the steps `place` held that may have a node now
+        self.on_placement = on_placement or (lambda keys: None)
         # claims, spawn failures and the engine's own finalisations are the local runner's
         # code, run by the engine (the single writer of claims and current.json)
         self._local = LocalRunner(layout, config, codex, runner_id,
@@ -175,7 +179,9 @@ class RayRunner:
         #: directories to ask every node about in the next status round
         self._want: set[str] = set()
         self._kick = asyncio.Event()  # a status round now (a probe is wanted)
-        self._held = False  # `place` said no since the last on_placement
+        #: steps `place` held -> what may end the wait: a resume source's path (an answer
+        #: about it), SLOT (a slot freed), or None (only a node change, or its time)
+        self._holds: dict[StepKey, str | None] = {}
         #: run_id -> set when its node says it ended (followers wait on it, POLL at most)
         self._ends: dict[str, asyncio.Event] = {}
 
@@ -265,7 +271,7 @@ class RayRunner:
                     for kind, label, detail in events:
                         self.on_node(kind, label, detail)
                     if events:
-                        self._release()
+                        self._release(set(self._holds))
                 for node in self._nodes.values():
                     if node.alive and (node.ends is None or node.ends.done()):
                         node.ends = asyncio.ensure_future(self._ends_loop(node))
@@ -285,7 +291,8 @@ class RayRunner:
         await asyncio.gather(*(self._status(n, paths) for n in alive))
         self._want.difference_update(paths)
         if paths:
-            self._release()
+            answered = set(paths)
+            self._release({k for k, why in self._holds.items() if why in answered})
 
     async def _status(self, node: _Node, paths: list[str]) -> None:
         try:
@@ -318,11 +325,17 @@ class RayRunner:
         self._kick.set()
         self._ensure_watch()
 
-    def _release(self) -> None:
-        """A held step may have a node now: the engine asks `place` again."""
-        if self._held:
-            self._held = False
-            self.on_placement()
+    def _release(self, keys: set[StepKey]) -> None:
+        """These held steps may have a node now: the engine asks `place` again for them
+        (only them: a thousand steps waiting to see a path cost nothing per attempt end)."""
+        if keys:
+            for k in keys:
+                self._holds.pop(k, None)
+            self.on_placement(keys)
+
+    def _slot_freed(self) -> None:
+        if self._holds:
+            self._release({k for k, why in self._holds.items() if why == SLOT})
 
     def _ensure_watch(self) -> None:
         if self._watcher is None or self._watcher.done():
@@ -373,6 +386,7 @@ class RayRunner:
         when none of those has a free slot, the nodes not asked yet are asked at once."""
         key = (plan.batch_id, plan.job_id, plan.step_id)
         self._placed.pop(key, None)
+        self._holds.pop(key, None)
         now = time.monotonic()
         for k in [k for k, (_, at) in self._placed.items() if now - at > RESERVATION]:
             del self._placed[k]
@@ -391,22 +405,24 @@ class RayRunner:
                     refused.append(n.label)
             node = self._pick(pool)
             if node is None:
-                self._held = True
                 if unknown:
                     self._probe(path)
+                    self._holds[key] = path
                     return Hold(f"asking Ray node(s) {', '.join(unknown)} whether they see "
                                 f"the resume source {path}", PROBE_WAIT)
                 if pool:
+                    self._holds[key] = SLOT
                     return Hold(f"waiting for a free {self.slots_resource} on a Ray node that "
                                 f"can see the resume source {path} "
                                 f"({', '.join(n.label for n in pool)})", RECHECK)
+                self._holds[key] = None
                 return Hold(f"waiting for a Ray node that can see the resume source {path} "
                             f"(not visible from: {', '.join(refused) or 'no live node'}; "
                             "docs/scale-out.md#placement)", RECHECK)
         else:
             node = self._pick(pool)
         if node is None:
-            self._held = True
+            self._holds[key] = SLOT
             return Hold(f"waiting for a free {self.slots_resource} on a live Ray node",
                         RECHECK)
         self._placed[key] = (node.label, now)
@@ -479,7 +495,7 @@ class RayRunner:
             self._where.pop(run_id, None)
             if node is not None:
                 node.used.discard(run_id)
-                self._release()  # a slot is free
+                self._slot_freed()
 
     async def adopt(self, plan: AttemptPlan, view: AttemptView, spec_artifacts: list[str]
                     ) -> AttemptView:
@@ -499,7 +515,7 @@ class RayRunner:
             self._where.pop(view.run_id, None)
             if node is not None:
                 node.used.discard(view.run_id)
-                self._release()
+                self._slot_freed()
 
     # ------------------------------------------------------------ following
     async def _follow(self, plan: AttemptPlan, view: AttemptView, label: str,
