@@ -37,6 +37,7 @@ from phh_tui.candidates_panel import CandidatesPanel
 from phh_tui.dialogs import ConfirmScreen, PromptScreen
 from phh_tui.eventlines import Line, shell_command
 from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
+from phh_tui.nodes_view import NodeTable
 from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
 from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
 
@@ -370,10 +371,14 @@ class SystemScreen(PhhScreen):
 
     def body(self) -> ComposeResult:
         yield Static(id="totals")
+        yield NodeTable(id="nodes")  # a cluster runner's nodes (nodes_view.py)
         yield KeyedTable(SYSTEM_COLUMNS, typed(BatchListRow, BatchListRow.cells), id="batches")
 
     def on_mount(self) -> None:  # (Textual also runs PhhScreen.on_mount, after this)
         self.query_one("#batches", KeyedTable).focus()
+
+    def table(self) -> KeyedTable | None:
+        return self.query_one("#batches", KeyedTable)  # never the nodes table
 
     def show(self, board: Board) -> None:
         sysb = board.system
@@ -393,6 +398,8 @@ class SystemScreen(PhhScreen):
                                              f"{r.batch_goal_summary_preview}"))
         self.query_one("#batches", KeyedTable).sync(rows)
         self.query_one("#totals", Static).update(self._totals(board))
+        self.query_one("#nodes", NodeTable).show_nodes(
+            live_runners(board.runners, board.computed_at), board.computed_at)
         self.refresh_crumbs()
 
     def _totals(self, board: Board) -> Text:

@@ -38,6 +38,11 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 pytestmark = pytest.mark.codex
 
 SLOTS = 2
+#: what each simulated node is told it cannot see (PHH_NODE_HIDDEN_PATHS): the sessions of
+#: jobs `unseen*` are not visible from node b, those of jobs `nowhere*` from no node
+_SESSIONS = "*/{}*/steps/s1/attempts/*/codex_home/sessions"
+HIDDEN = {"a": _SESSIONS.format("nowhere"),
+          "b": os.pathsep.join((_SESSIONS.format("nowhere"), _SESSIONS.format("unseen")))}
 #: Ray's own files (session dirs, address file) in the module's temp dir, nothing under
 #: /tmp/ray or ~/.ray; fast health checks so a removed node is dead in ~2 s
 _ENV = {
@@ -65,8 +70,7 @@ def sim() -> Iterator[Sim]:
     try:
         cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "resources": {"codex_slots": 0}, "include_dashboard": False})
-        nodes = {label: cluster.add_node(num_cpus=1, resources={"codex_slots": SLOTS},
-                                         labels={"phh-node": label}) for label in ("a", "b")}
+        nodes = {label: _add_node(cluster, label) for label in ("a", "b")}
         cluster.wait_for_nodes(60)
         yield Sim(cluster, nodes)
     finally:
@@ -80,6 +84,12 @@ def sim() -> Iterator[Sim]:
             else:
                 os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _add_node(cluster: Any, label: str) -> Any:
+    return cluster.add_node(num_cpus=1, resources={"codex_slots": SLOTS},
+                            labels={"phh-node": label},
+                            env_vars={"PHH_NODE_HIDDEN_PATHS": HIDDEN[label]})
 
 
 @pytest.fixture
@@ -247,6 +257,8 @@ def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> 
             load += d
             peak = max(peak, load)
         assert peak <= SLOTS, f"node {node} ran {peak} attempts at once (slots {SLOTS})"
+    ended = [e.run_id for e in rh.events if e.kind == "attempt_ended"]
+    assert sorted(ended) == sorted(set(ended)) and len(ended) == 6, "one end per attempt"
     # the engine wrote every current.json (the agents write none)
     for i in range(6):
         cur = json.loads(rh.layout.current(bid, f"j{i}").read_text())
@@ -258,12 +270,61 @@ def test_spread_over_nodes_within_slots_and_resume_across_nodes(rh: Harness) -> 
     rh.run(timeout=120)
     (a1,) = rh.attempts(chain, "c", "s1")
     (a2,) = rh.attempts(chain, "c", "s2")
+    # the source's own node said (with its end) that it sees the sessions: the resume goes
+    # there; a chain across nodes is the next test's
     n1 = rh.meta(a1)["environment_snapshot"]["node"]
-    n2 = rh.meta(a2)["environment_snapshot"]["node"]
-    assert {n1, n2} == {"a", "b"}, "the two steps of the chain ran on one node"
+    assert rh.meta(a2)["environment_snapshot"]["node"] == n1
     assert rh.state(a2)["status"] == "succeeded"
     assert rh.meta(a2)["codex_thread_id"] == rh.state(a1)["codex_thread_id"]
     assert "saw 2 user prompts" in json.loads((a2 / "final.json").read_text())["summary"]
+
+
+def _step_row(h: Harness, bid: str, job: str, step_id: str) -> dict[str, Any] | None:
+    board = h.layout.batch_scoreboard(bid)
+    if not board.exists():
+        return None
+    rows = json.loads(board.read_text())["steps"]
+    return next((r for r in rows if r["job_id"] == job and r["step_id"] == step_id), None)
+
+
+def test_resume_is_placed_on_a_node_that_sees_its_source(rh: Harness) -> None:
+    """Node b cannot see the sessions of jobs `unseen*`: their resume steps are placed on
+    node a (never refused on b), so a chain whose source ran on b resumes across nodes; the
+    source of job `nowhere` is seen by no node: its resume step waits, with the reason, and
+    gets no attempt."""
+    jobs = [{"job_id": f"unseen{i}", "steps": [
+        step("s1", final("first"), prompt=f"unseen src {i}"),
+        step("s2", {"echo_thread": True}, resume_from={"step_id": "s1"})]} for i in range(4)]
+    bid = rh.submit(jobs, retries={"max_attempts": 1})
+    rh.run(timeout=150)
+    across = 0
+    for i in range(4):
+        (a1,) = rh.attempts(bid, f"unseen{i}", "s1")
+        (a2,) = rh.attempts(bid, f"unseen{i}", "s2")
+        assert rh.meta(a2)["environment_snapshot"]["node"] == "a", f"unseen{i}.s2 not on a"
+        assert rh.state(a2)["status"] == "succeeded", rh.state(a2)
+        assert rh.meta(a2)["codex_thread_id"] == rh.state(a1)["codex_thread_id"]
+        assert "saw 2 user prompts" in json.loads((a2 / "final.json").read_text())["summary"]
+        across += rh.meta(a1)["environment_snapshot"]["node"] == "b"
+    assert across, "some source ran on b, so its resume ran on the other node"
+
+    nowhere = rh.submit([{"job_id": "nowhere", "steps": [
+        step("s1", final("first"), prompt="nowhere src"),
+        step("s2", final("never"), resume_from={"step_id": "s1"})]}])
+    eng = rh.start()
+    try:
+        def waiting() -> dict[str, Any] | None:
+            row = _step_row(rh, nowhere, "nowhere", "s2")
+            return row if row and any("waiting for a Ray node that can see" in r
+                                      for r in row["reasons"]) else None
+        row = wait_for(waiting, 90, "s2 waiting for a node that sees its source")
+        (src,) = rh.attempts(nowhere, "nowhere", "s1")
+        why = next(r for r in row["reasons"] if "waiting for a Ray node" in r)
+        assert str(src / "codex_home" / "sessions") in why and "from: a, b" in why, why
+        assert row["status"] == "ready" and rh.attempts(nowhere, "nowhere", "s2") == []
+    finally:
+        rh.stop(eng)
+    assert rh.attempts(nowhere, "nowhere", "s2") == [], "never claimed, never refused"
 
 
 def test_cancel_on_a_worker_node_leaves_no_process(rh: Harness) -> None:
@@ -349,8 +410,10 @@ def test_node_agent_killed_is_restarted_and_adopts(rh: Harness, sim: Sim) -> Non
     rh.stop(eng)
 
 
-def test_node_loss_runner_lost_then_retried_on_the_other_node(rh: Harness, sim: Sim) -> None:
-    """Runs last: it removes a node from the module's cluster."""
+def test_node_loss_runner_lost_then_retried_on_the_other_node_then_rejoin(
+        rh: Harness, sim: Sim) -> None:
+    """Runs last: it removes a node from the module's cluster, then starts a new node under
+    the same label: its node agent comes back and attempts are placed on it again."""
     # long enough that the lease watchdog, not the end of its turn, ends the first attempt
     bid = rh.submit([{"job_id": "j1", "steps": [step("s1", {"hang": 22})]}],
                     retries={"max_attempts": 2, "backoff_seconds": 0})
@@ -376,8 +439,33 @@ def test_node_loss_runner_lost_then_retried_on_the_other_node(rh: Harness, sim: 
         assert rh.meta(second)["environment_snapshot"]["node"] != lost
         wait_for(lambda: rh.state(second)["status"] == "succeeded", 90, "retry succeeded")
         assert any(e.kind == "node_lost" for e in rh.events)
+
+        # a new machine under the lost node's label: the same engine sees it join and its
+        # agent (Ray restarts the detached actor there) answer
+        sim.nodes[lost] = _add_node(sim.cluster, lost)
+        new_id = sim.nodes[lost].node_id
+        assert eng.runner is not None
+
+        def back() -> bool:
+            try:  # read from this thread while the engine's loop updates the nodes
+                n = next((n for n in eng.runner.nodes() if n.label == lost), None) \
+                    if eng.runner is not None else None
+            except RuntimeError:
+                return False
+            return bool(n and n.alive and n.node_id == new_id and n.error is None
+                        and n.last_seen is not None and n.slots_total == SLOTS)
+        wait_for(back, 150, f"node {lost} back with its agent answering")
+        kinds = [e.kind for e in rh.events if (e.data or {}).get("node") == lost]
+        assert kinds[-2:] == ["node_lost", "node_joined"], kinds
     finally:
         stop.set()
         sampler.join(10)
         rh.stop(eng)
     assert peak[0] == 1, f"{peak[0]} live agents for one step at once"
+    # attempts go to the rejoined node again: four at once need both nodes' slots
+    again = rh.submit([{"job_id": f"r{i}", "steps": [step("s1", {"hang": 2}, prompt=f"r {i}")]}
+                       for i in range(2 * SLOTS)])
+    rh.run(timeout=120)
+    placed = {rh.meta(a)["environment_snapshot"]["node"] for a in _all_attempts(rh, again)}
+    assert lost in placed, placed
+    assert all(rh.state(a)["status"] == "succeeded" for a in _all_attempts(rh, again))

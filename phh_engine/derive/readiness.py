@@ -173,6 +173,14 @@ def _dependency_reasons(job: JobView, step: StepView) -> list[str]:
     return reasons
 
 
+def _placement_hold(step: StepView, now: datetime) -> list[str]:
+    """[the runner's reason] while the step waits for a node, else []."""
+    until = step.marks.placement_until
+    if step.marks.placement_hold and until is not None and now < until:
+        return [step.marks.placement_hold]
+    return []
+
+
 def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime) -> Readiness:
     """Status (docs/statuses.md#step-statuses) and whether the scheduler may start an attempt now
     (docs/statuses.md#derivation-order)."""
@@ -185,7 +193,9 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     if step.marks.resume_run_id is not None and not batch.closed:
         target = step.find(step.marks.resume_run_id)
         if target is not None and target.resume_base_ready:
-            return Readiness("ready", ["operator resume requested"], runnable=True,
+            held = _placement_hold(step, now)
+            return Readiness("ready", ["operator resume requested", *held], runnable=not held,
+                             not_before=step.marks.placement_until if held else None,
                              retry_of=target, trigger="operator_resume")
     if step.latest_successful is not None:
         return Readiness("succeeded")
@@ -248,6 +258,9 @@ def step_readiness(batch: BatchView, job: JobView, step: StepView, now: datetime
     runnable = not_before is None or now >= not_before
     if not runnable and not_before is not None:
         reasons.append(f"backoff until {not_before.isoformat()}")
+    elif held := _placement_hold(step, now):  # no node for it now (engine/placement.py)
+        reasons += held
+        runnable, not_before = False, step.marks.placement_until
     return Readiness(
         "ready", reasons, runnable=runnable, not_before=not_before, resume=resume,
         retry_of=retry_of, trigger=trigger,

@@ -60,6 +60,7 @@ from .events import EngineError as EngineError
 from .events import EngineEvent as EngineEvent
 from .health import available, is_stale
 from .operator import Operator
+from .placement import PlacementGate
 from .promotion import Promoter
 from .recovery import Recovery
 from .tracked_index import TrackedIndex
@@ -117,6 +118,7 @@ class Engine:
         self._stopping = False
         #: readiness per job, recomputed only for jobs that changed (scheduler.ReadySet)
         self.ready = ReadySet()
+        self.placement = PlacementGate()  # steps a cluster has no node for (placement.py)
         self.index.ready = self.ready
         #: best-of-N promotion (engine/promotion.py)
         self.promoter = Promoter(self.index, self._promoted)
@@ -416,6 +418,7 @@ class Engine:
             node_labels=spec.node_labels if spec else None,
             default_schema=default_run_report_schema_path(),
             on_change=self.on_attempt_change, on_node=self._on_node,
+            on_placement=lambda keys: self.placement.wake(self.ready, self.poke, keys),
             codex_config_toml=codex_config_path(self.config))
         try:
             runner.connect()
@@ -585,6 +588,11 @@ class Engine:
             resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce, candidate=r.candidate,  # best-of-N
         )
+        if self.placement.hold(self.runner, plan, cand.step):  # no node for it now
+            self.ready.touch(batch.batch_id, cand.job.job_id)
+            self.boards.dirty.add(batch.batch_id)
+            self.poke()
+            return
         if self.catalog is not None:  # before the files change: see Catalog.invalidate
             self.catalog.invalidate(batch.batch_id)
         try:

@@ -46,6 +46,28 @@ class NodeStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a runner cannot place an attempt now (`Placing.place`): the step is not claimed
+    and waits, showing `reason`, for at most `retry_seconds` before it is asked again (the
+    runner's `on_placement` callback may end the wait sooner)."""
+
+    reason: str
+    retry_seconds: float
+
+
+@runtime_checkable
+class Placing(Protocol):
+    """A runner that chooses a node per attempt and may have none for it now (a cluster:
+    every node full, or none can see a resume's source). The engine asks before it claims,
+    so a step with no node never gets an attempt directory."""
+
+    def place(self, plan: AttemptPlan) -> Hold | None:
+        """None: `run` of this plan, if called before the next `place`, has a node (the node
+        is reserved for it); else why not (docs/scale-out.md#placement)."""
+        ...
+
+
 @runtime_checkable
 class Runner(Protocol):
     """What the engine calls. All methods run on the engine's loop thread except `close`."""

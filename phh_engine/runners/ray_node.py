@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import os
 import pickle
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+from typing_extensions import override
 
 from ..models import AttemptState, BatchMeta
 from ..schemas import default_run_report_schema_path
 from ..store.files import read_model
 from ..store.harness_config import load_config
-from ..store.paths import EXIT_CODE, STATE, Layout
+from ..store.paths import CODEX_HOME, EXIT_CODE, STATE, Layout
 from ..store.views import AttemptView
 from .attempt import AttemptPlan
 from .codex_cli import locate_codex, probe_codex
@@ -35,6 +40,19 @@ from .doctor import codex_config_path
 from .local import LocalRunner
 from .process import _WRAPPER, _AdoptedHandle, _Handle, kill_tree
 
+#: Path patterns (fnmatch, separated by os.pathsep) a node treats as not visible, read from the
+#: node's environment when its agent starts: take a node off a volume known to be stale or
+#: unmounted there without stopping it (and how the tests give one simulated node a mount
+#: the others have).
+HIDDEN_PATHS_ENV = "PHH_NODE_HIDDEN_PATHS"
+#: run ids an agent remembers as ended for `ended` (an engine that falls further behind reads
+#: the attempts' files, which it does every second anyway)
+ENDED_KEPT = 4096
+#: I/O threads per node agent. The local runner keeps 2 (runners/local.py IO_THREADS: on one
+#: host they share the cores with the engine and every extra one costs system CPU); a node's
+#: cores are its own, and each spawn there holds a thread until the double fork reports the
+#: wrapper's pid, so 2 threads capped an agent at a few dozen starts a second under load.
+NODE_IO_THREADS = 8
 #: custom resource a node offers per Codex agent it may run (`ray start --resources`)
 SLOTS_RESOURCE = "codex_slots"
 #: node label naming a node for phh (`ray start --labels phh-node=a`); else its node id
@@ -74,6 +92,21 @@ def default_namespace(root: Path) -> str:
     return "phh-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
 
 
+def hidden_patterns(environ: dict[str, str] | None = None) -> list[str]:
+    """The node's HIDDEN_PATHS_ENV patterns (empty when unset)."""
+    raw = (os.environ if environ is None else environ).get(HIDDEN_PATHS_ENV, "")
+    return [p for p in raw.split(os.pathsep) if p]
+
+
+def sees(path: str, hidden: list[str]) -> bool:
+    """Whether this machine can use `path`: an existing directory, not hidden. On a shared
+    filesystem a directory written on another node may be missing here for a while (NFS
+    caches lookups): the answer is for now, not forever."""
+    if any(fnmatch.fnmatchcase(path, pat) for pat in hidden):
+        return False
+    return os.path.isdir(path)
+
+
 def spawn_detached(exit_code_path: Path, argv: list[str], *, stdin: Any, stdout: Any,
                    stderr: Any, cwd: Path, env: dict[str, str], lease: int) -> int:
     """Start the exit-code wrapper in a new session that is NOT our child (`setsid -f`
@@ -108,14 +141,25 @@ def spawn_detached(exit_code_path: Path, argv: list[str], *, stdin: Any, stdout:
         raise OSError(f"could not start {argv[0]} detached (setsid -f)") from None
 
 
+T = TypeVar("T")
+
+
 class NodeRunner(LocalRunner):
-    """The local runner on a cluster node: detached spawns, node label, no current.json."""
+    """The local runner on a cluster node: detached spawns, node label, no current.json,
+    NODE_IO_THREADS I/O threads."""
 
     def __init__(self, *args: Any, node: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.node = node
         self.writes_pointers = False
 
+    @override
+    async def _in_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._pool is None:  # the local runner's pool, sized for a node
+            self._pool = ThreadPoolExecutor(NODE_IO_THREADS, thread_name_prefix="phh-node-io")
+        return await super()._in_io(fn, *args, **kwargs)
+
+    @override
     def _spawn(self, exit_code_path: Path, argv: list[str], *, stdin: Any, stdout: Any,
                stderr: Any, cwd: Path, env: dict[str, str]) -> _Handle:
         pid = spawn_detached(exit_code_path, argv, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -141,18 +185,33 @@ class NodeAgent:
             default_schema=default_run_report_schema_path(), on_change=lambda *a: None,
             codex_config_toml=codex_config_path(config), node=label)
         self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.hidden = hidden_patterns()
         self.started_at = time.time()
+        #: run_id -> attempt directory, of the attempts in `tasks`
+        self.paths: dict[str, str] = {}
+        #: (seq, run_id, its codex_home/sessions, whether this node sees that) of attempts
+        #: that ended here, oldest first; `ended` long-polls it
+        self._ended: deque[tuple[int, str, str | None, bool]] = deque(maxlen=ENDED_KEPT)
+        self._seq = 0
+        self._ended_ev = asyncio.Event()
         self._adopted = False
 
     # ------------------------------------------------------------------ calls
-    async def status(self) -> dict[str, Any]:
-        """{label, node_id, pid, running: [run_id], started_at}; adopts on first call."""
+    async def status(self, probe: list[str] | None = None) -> dict[str, Any]:
+        """{label, node_id, pid, running: [run_id], started_at, root: bool, sees: {path:
+        bool}}: `sees` answers for each directory in `probe` whether this node can use it
+        (`sees()`); `root` whether it still sees the runs root. Adopts on the first call."""
         await self._adopt_once()
         import ray  # the actor runs inside Ray
 
+        paths = [str(self.layout.runs), *(probe or [])]
+        # a stat on a shared filesystem may block: off the actor's loop when there is work
+        seen = ([sees(p, self.hidden) for p in paths] if not probe else
+                await asyncio.to_thread(lambda: [sees(p, self.hidden) for p in paths]))
         return {"label": self.label, "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "running": sorted(self.tasks),
-                "started_at": self.started_at}
+                "started_at": self.started_at, "root": seen[0],
+                "sees": dict(zip(paths[1:], seen[1:], strict=True))}
 
     async def start(self, payload: bytes) -> dict[str, Any]:
         """Start a claimed attempt: payload is pickle((plan, batch, job, step, (run_id,
@@ -165,6 +224,7 @@ class NodeAgent:
                                "the runs root must be on a filesystem shared by every node")
         task = asyncio.ensure_future(self.runner.run(plan, batch, job, step, claimed))
         self.tasks[run_id] = task
+        self.paths[run_id] = str(path)
         task.add_done_callback(functools.partial(self._forget, run_id))
         return {"label": self.label, "pid": os.getpid()}
 
@@ -178,8 +238,33 @@ class NodeAgent:
         status: str | None = view.status
         return status
 
+    async def ended(self, epoch: float, since: int, timeout: float = 5.0) -> dict[str, Any]:
+        """{epoch, seq, ended: [run_id], sees: {sessions dir: bool}}: the attempts that ended
+        here after `since` (all this agent remembers when `epoch`, the `started_at` the caller
+        last saw, is not this agent's: it restarted), and whether this node sees each one's
+        `codex_home/sessions` (what a resume from it copies: the engine learns where it can
+        place that resume with the end itself). Waits up to `timeout` seconds for an end. One
+        pending call per node replaces a pending `wait` per attempt."""
+        if since < 0:  # the caller's first call: where the sequence is now
+            return {"epoch": self.started_at, "seq": self._seq, "ended": []}
+        if epoch != self.started_at:
+            since = 0
+        if since >= self._seq:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended_ev.wait(), timeout)
+        new = [e for e in self._ended if e[0] > since]
+        return {"epoch": self.started_at, "seq": self._seq, "ended": [e[1] for e in new],
+                "sees": {e[2]: e[3] for e in new if e[2] is not None}}
+
     def _forget(self, run_id: str, _task: asyncio.Future[AttemptView]) -> None:
         self.tasks.pop(run_id, None)
+        path = self.paths.pop(run_id, None)
+        sessions = str(Path(path) / CODEX_HOME / "sessions") if path is not None else None
+        self._seq += 1
+        self._ended.append((self._seq, run_id, sessions,
+                            sessions is not None and sees(sessions, self.hidden)))
+        ev, self._ended_ev = self._ended_ev, asyncio.Event()
+        ev.set()
 
     def cancel(self, run_id: str, reason: str = "canceled") -> bool:
         """Stop an attempt through its process group (SIGINT, SIGKILL after the grace)."""
@@ -244,4 +329,5 @@ class NodeAgent:
                     artifacts = list(s.artifacts_expected)
         task = asyncio.ensure_future(self.runner.adopt(plan, view, artifacts))
         self.tasks[view.run_id] = task
+        self.paths[view.run_id] = str(view.path)
         task.add_done_callback(functools.partial(self._forget, view.run_id))

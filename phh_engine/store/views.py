@@ -87,6 +87,10 @@ class OperatorMarks:
     #: why phh cannot start an attempt here (a stray file on the step's path): blocked until
     #: the tree is fixed and an engine starts again
     unstartable: str | None = None
+    #: why the runner has no node for the step now (engine/placement.py): not runnable until
+    #: `placement_until` (UTC), or until the runner's nodes change
+    placement_hold: str | None = None
+    placement_until: datetime | None = None
 
     def clear_request(self) -> None:
         self.force_retry = False
