@@ -146,6 +146,10 @@ class PhhApp(App[int]):
         self._min_interval = MIN_REFRESH_SECONDS
         self._ticks = 0
         self._backend_worker: Worker[None] | None = None
+        #: settled batches' system rows (from the catalog), re-read when the set of batches
+        #: in memory changes and on full refreshes
+        self._settled: list[str] = []
+        self._views_seen: set[str] = set()
         # Set when the backend thread has returned. Textual's worker state cannot tell: its
         # cancel_all() at the end of the message loop marks a thread worker CANCELLED while
         # the thread (the engine, or the store watcher) runs on until it is stopped.
@@ -306,8 +310,13 @@ class PhhApp(App[int]):
     def _compute_board(self, dirty: set[str] | None) -> BoardReady:
         t0 = time.perf_counter()
         try:
-            board, alerts = compute_board(self.backend.views(), self.clock(), self.board, dirty,
-                                          beat_ages=self.backend.beat_ages())
+            views = self.backend.views()
+            if dirty is None or set(views) != self._views_seen:  # a batch settled, or new
+                self._settled = self.backend.settled_rows()
+                self._views_seen = set(views)
+            board, alerts = compute_board(views, self.clock(), self.board, dirty,
+                                          beat_ages=self.backend.beat_ages(),
+                                          extra_rows=self._settled)
         except Exception as exc:  # a view changed under us (engine thread): try again
             with self._dirty_lock:
                 if dirty is None:

@@ -42,6 +42,7 @@ from phh_engine.store.paths import (
 )
 from phh_engine.store.views import BatchView, StepView
 
+from .paging import CatalogPages
 from .watchset import WatchSet, is_interesting
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,8 @@ class Backend:
         self.runner_id = runner_id
         self.index = StoreIndex(self.layout)
         self.watcher: RunsWatcher | None = None
+        #: the catalog's reads: settled batches' rows, paged lists (phh_tui/paging.py)
+        self.pages = CatalogPages(self.layout)
 
     @property
     def root(self) -> Path:
@@ -307,10 +310,19 @@ class Backend:
         return {}
 
     def step(self, batch_id: str, job_id: str, step_id: str) -> StepView | None:
-        """One step's view (its spec and attempts, as last read), None when unknown."""
+        """One step's view (its spec and attempts, as last read), None when unknown. A step
+        of a batch not in memory (settled: docs/catalog.md#bounded-start-up) is read from
+        its files, alone."""
         batch = self.index.batches.get(batch_id)
-        job = batch.jobs.get(job_id) if batch else None
+        if batch is None:
+            return self.pages.load_step(batch_id, job_id, step_id)
+        job = batch.jobs.get(job_id)
         return job.steps.get(step_id) if job else None
+
+    def settled_rows(self) -> list[str]:
+        """System rows (SystemRow JSON) of the batches on disk but not in memory (an
+        observer loads every batch: none)."""
+        return []
 
     def running_here(self) -> int:
         """Attempts this process runs (what quitting must decide about)."""
@@ -353,15 +365,21 @@ class EngineBackend(Backend):
                  on_event: Callable[[EngineEvent], None] | None = None,
                  ray_address: str | None = None) -> None:
         super().__init__(root, runner_id)
-        # bounded=False: the dashboard's screens read every batch from the in-memory views
-        # (settled batches would otherwise only be in the catalog; see docs/catalog.md)
+        # bounded, as headless: settled batches stay on disk and in the catalog; the screens
+        # show them from the catalog (phh_tui/paging.py, docs/catalog.md#the-dashboard)
         self.engine = Engine(root, concurrency=concurrency, runner_id=runner_id,
-                             on_event=on_event, ray_address=ray_address, bounded=False)
+                             on_event=on_event, ray_address=ray_address)
         self.index = self.engine.index
         self.serving = False
 
     def running_here(self) -> int:
         return len(self.engine.tasks)
+
+    def settled_rows(self) -> list[str]:
+        """The settled batches' rows, from the catalog; any thread (the board's worker)."""
+        if not self.engine.index.skip:
+            return []
+        return self.pages.system_rows(exclude=set(self.views()))
 
     def slots(self) -> tuple[int, int] | None:
         if self.engine.config is None:

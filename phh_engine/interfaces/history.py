@@ -139,6 +139,69 @@ def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
     return {"batch_id": batch_id, "steps": out, "total": total, "next_cursor": nxt}
 
 
+#: what a dashboard list's filter text matches in a step row: "job.step status run reasons"
+#: (the in-memory lists match the same fields); lower-cased, substring
+STEP_SEARCH = ("lower(s.job_id || '.' || s.step_id || ' ' || s.status || ' ' || "
+               "coalesce(s.run_id, '-') || ' ' || coalesce(json_extract(s.row, '$.reasons'), "
+               "'') || ' ' || coalesce(s.failure_class, ''))")
+
+
+def step_window(cat: Catalog, batch_id: str, *, statuses: tuple[str, ...] = (),
+                text: str = "", after: int | None = None, before: int | None = None,
+                limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    """Up to `limit` step rows of a batch in Launch Table order (keyset: `seq` > `after`, or
+    the last `limit` rows with `seq` < `before`, still returned in order; neither: the first
+    rows; `before=-1`: the last rows), filtered by status and by `text` (a lower-cased
+    substring of `STEP_SEARCH`). Each row is the scoreboard's step row (StepRow JSON fields)
+    plus `seq`, the latest attempt's `failure_class`, `exit_code`, `report_status` and
+    `report_summary`. For the dashboard's lists (phh_tui/paging.py); O(limit) with an index,
+    O(steps of the batch) with `text`."""
+    where: list[str] = ["s.batch_id = ?"]
+    args: list[Any] = [batch_id]
+    if statuses:
+        where.append(f"s.status IN ({', '.join('?' * len(statuses))})")
+        args.extend(statuses)
+    if text:
+        where.append(f"instr({STEP_SEARCH}, ?) > 0")
+        args.append(text.lower())
+    order = "ASC"
+    if after is not None:
+        where.append("s.seq > ?")
+        args.append(after)
+    elif before is not None:
+        order = "DESC"
+        if before >= 0:
+            where.append("s.seq < ?")
+            args.append(before)
+    rows = cat.query(
+        "SELECT s.seq AS seq, s.row AS row, s.failure_class AS failure_class, a.exit_code AS "
+        "exit_code, a.report_status AS report_status, a.report_summary AS report_summary "
+        "FROM steps s LEFT JOIN attempts a ON a.batch_id = s.batch_id AND a.job_id = s.job_id "
+        "AND a.step_id = s.step_id AND a.run_id = s.run_id "
+        f"WHERE {' AND '.join(where)} ORDER BY s.seq {order} LIMIT ?", [*args, limit])
+    out = []
+    for r in rows:
+        d = json.loads(r["row"])
+        d.update(seq=r["seq"], failure_class=r["failure_class"], exit_code=r["exit_code"],
+                 report_status=r["report_status"], report_summary=r["report_summary"])
+        out.append(d)
+    if order == "DESC":
+        out.reverse()
+    return out
+
+
+def step_counts(cat: Catalog, batch_id: str, text: str = "") -> dict[str, int]:
+    """{status: steps} of a batch (with `text`: of the rows it matches, as `step_window`)."""
+    where: list[str] = ["s.batch_id = ?"]
+    args: list[Any] = [batch_id]
+    if text:
+        where.append(f"instr({STEP_SEARCH}, ?) > 0")
+        args.append(text.lower())
+    return {r[0]: r[1] for r in cat.query(
+        f"SELECT s.status, count(*) FROM steps s WHERE {' AND '.join(where)} "
+        "GROUP BY s.status", args)}
+
+
 def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | None,
                      status: str | None, failure_class: str | None, runner_id: str | None,
                      since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
