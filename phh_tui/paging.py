@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: rows a list holds at most (a few screens); PAGE rows are fetched at a time
+#: rows a list holds at most (a few screens); PAGE rows are fetched at a time (a jump to the
+#: first or last rows reads one page)
 WINDOW = 300
 PAGE = 100
 #: the cursor this close to the window's edge fetches the next page
@@ -71,11 +72,11 @@ class Window:
 class Pager:
     """Keyset windows over one batch's step rows; subclasses give `_window`."""
 
-    def first(self, w: Window, limit: int = WINDOW) -> Window:
+    def first(self, w: Window, limit: int = PAGE) -> Window:
         """The first rows of `w`'s query."""
         return self._fill(w, self._window(w, None, None, limit + 1), limit, top=True)
 
-    def last(self, w: Window, limit: int = WINDOW) -> Window:
+    def last(self, w: Window, limit: int = PAGE) -> Window:
         """The last rows of `w`'s query."""
         return self._fill(w, self._window(w, None, -1, limit + 1), limit, top=False)
 

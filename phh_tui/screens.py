@@ -775,9 +775,10 @@ class BatchScreen(PhhScreen):
         w = self.windows.get(tab)
         pager = self.pager(tab)
         key = event.row_key.value
-        if w is None or pager is None or key is None:
-            return
-        if event.cursor_row >= event.data_table.row_count - MARGIN and w.more_after:
+        table = event.data_table
+        if w is None or pager is None or key is None or event.cursor_row != table.cursor_row:
+            return  # not a paged list, or a stale event (a sync moved the cursor since)
+        if event.cursor_row >= table.row_count - MARGIN and w.more_after:
             self._show_window(tab, pager.after(w), key)
         elif event.cursor_row < MARGIN and w.more_before:
             self._show_window(tab, pager.before(w), key)

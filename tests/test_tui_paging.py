@@ -30,7 +30,7 @@ from phh_tui.screens import BatchScreen, StepScreen, SystemScreen
 from phh_tui.widgets import KeyedTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from scoreboard import fill_batch  # noqa: E402
+from scoreboard import fill_batch
 
 SIZE = (160, 45)
 JOBS = 200  # 400 steps: more than a window holds
@@ -109,30 +109,36 @@ async def test_a_settled_batch_pages_from_the_catalog(harness: Harness) -> None:
 
         await pilot.press("5")
         steps = screen.query_one("#t-steps", KeyedTable)
-        await until(pilot, lambda: steps.row_count == WINDOW, what="the first window")
+        await until(pilot, lambda: steps.row_count == PAGE, what="the first page")
         assert steps.keys[0] == "job_00000/step1" and steps.current_key == "job_00000/step1"
         w = screen.windows["steps"]
         assert w.more_after and not w.more_before
-        # the cursor near the window's end fetches the next page; the window keeps its size
-        steps.select_key(steps.keys[WINDOW - 5])
-        await until(pilot, lambda: screen.windows["steps"].last == 2 * JOBS - 1,
-                    what="the next page")
+        # the cursor near the list's end fetches the next page; the window never holds more
+        # than WINDOW rows (the first ones go)
+        while screen.windows["steps"].more_after:
+            last = screen.windows["steps"].last
+            at = steps.keys[-5]
+            steps.select_key(at)
+            await until(pilot, lambda last=last: screen.windows["steps"].last != last,
+                        what="the next page")
+            assert steps.current_key == at and steps.row_count <= WINDOW
         assert steps.row_count == WINDOW and steps.keys[-1] == f"job_{JOBS - 1:05d}/step2"
-        assert steps.current_key == f"job_{(WINDOW - 5) // 2:05d}/step{(WINDOW - 5) % 2 + 1}"
+        assert screen.windows["steps"].more_before
         # g: the first rows again; G: the last rows
         await pilot.press("g")
         await until(pilot, lambda: steps.current_key == "job_00000/step1", what="g")
-        assert steps.keys[0] == "job_00000/step1" and steps.row_count == WINDOW
+        assert steps.keys[0] == "job_00000/step1" and steps.row_count == PAGE
         await pilot.press("G")
         await until(pilot, lambda: steps.current_key == f"job_{JOBS - 1:05d}/step2",
                     what="G")
-        assert steps.row_count == WINDOW and not screen.windows["steps"].more_after
+        assert steps.row_count == PAGE and not screen.windows["steps"].more_after
         # near the top of a window that does not start at the batch's first row: the
-        # previous page comes in
-        steps.select_key(steps.keys[3])
-        await until(pilot, lambda: not screen.windows["steps"].more_before,
-                    what="the previous page")
-        assert steps.keys[0] == "job_00000/step1" and steps.row_count == WINDOW
+        # previous page comes in above
+        at = steps.keys[3]
+        steps.select_key(at)
+        await until(pilot, lambda: steps.row_count == 2 * PAGE, what="the previous page")
+        assert steps.keys[0] == f"job_{(2 * JOBS - 2 * PAGE) // 2:05d}/step1"
+        assert steps.current_key == at
 
         # filtering by typing reads the catalog with the text
         await pilot.press("slash", *"job_0015")
@@ -140,7 +146,7 @@ async def test_a_settled_batch_pages_from_the_catalog(harness: Harness) -> None:
         assert steps.keys[0] == "job_00150/step1" and steps.keys[-1] == "job_00159/step2"
         await pilot.press("enter")
         await pilot.press("escape")  # clears the filter
-        await until(pilot, lambda: steps.row_count == WINDOW, what="the filter cleared")
+        await until(pilot, lambda: steps.row_count == PAGE, what="the filter cleared")
 
         # a step of the settled batch opens, read from its files alone
         steps.select_key("job_00003/step1")
@@ -170,14 +176,14 @@ def test_list_pager_windows_match_the_catalog_order(harness: Harness) -> None:
         assert [(d["job_id"], d["step_id"], d["seq"]) for d in whole] == [
             (r.job_id, r.step_id, i) for i, r in enumerate(sb.steps)]
         pager = ListPager(sb)
-        w = pager.first(Window(bid))
+        w = pager.first(Window(bid), WINDOW)
         assert [d["seq"] for d in w.rows] == list(range(WINDOW)) and w.more_after
         w = pager.after(w)
         assert [d["seq"] for d in w.rows] == list(range(PAGE, 2 * JOBS))
         assert w.more_before and not w.more_after
         w = pager.before(w)
         assert [d["seq"] for d in w.rows] == list(range(WINDOW)) and not w.more_before
-        w = pager.last(Window(bid))
+        w = pager.last(Window(bid), WINDOW)
         assert w.rows[-1]["seq"] == 2 * JOBS - 1 and len(w.rows) == WINDOW
         for text in ("job_0015", "blocked", "failed"):
             mine = pager.first(Window(bid, text=text)).rows
