@@ -487,8 +487,18 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
 
     # -------------------------------------------------------------- batches
     @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard, tags=["scoreboards"],
-             responses=errors(), summary="Batch scoreboard")
-    def batch(batch_id: BatchId) -> Any:
+             responses=errors(), summary="Batch scoreboard (with limit/cursor: one page)",
+             description="Without `limit` and `cursor`: the whole batch view. With either: "
+             "`{batch_id, batch, steps, total, next_cursor}` from the catalog, one page of "
+             "step rows (docs/interfaces.md#http-api).")
+    def batch(batch_id: BatchId,
+              limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+              cursor: Annotated[str | None, Query()] = None) -> Any:
+        if limit is not None or cursor is not None:  # paged: O(page), from the catalog
+            from .history import batch_page
+
+            return JSONResponse(catalog.run(batch_page, batch_id=batch_id, cursor=cursor,
+                                            limit=limit))
         return view_json(layout, batch_id)
 
     @app.get("/v1/batches/{batch_id}/meta", tags=["batches"], responses=errors(),
@@ -503,7 +513,7 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
 
     from .api_history import add_routes as add_catalog_routes
 
-    add_catalog_routes(app, layout, errors)  # paged steps, /v1/history/* (the catalog)
+    catalog = add_catalog_routes(app, layout, errors)  # paged steps, /v1/history/*
 
     @app.get("/v1/batches/{batch_id}/jobs/{job_id}/current", tags=["batches"],
              responses=errors(), summary="current.json of a job")

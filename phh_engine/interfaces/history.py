@@ -202,6 +202,21 @@ def step_counts(cat: Catalog, batch_id: str, text: str = "") -> dict[str, int]:
         "GROUP BY s.status", args)}
 
 
+def batch_page(cat: Catalog, batch_id: str, *, status: str | None = None,
+               failure_class: str | None = None, cursor: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    """`GET /v1/batches/{b}?limit=&cursor=` (docs/interfaces.md#http-api): the batch's
+    system-view row (`batch`: counts, totals, goal preview, closed, running and attention
+    steps) and one page of its step rows, as `steps_page`: `{batch_id, batch, steps, total,
+    next_cursor}`. O(page)."""
+    page = steps_page(cat, batch_id, status=status, failure_class=failure_class,
+                      cursor=cursor, limit=limit)
+    row = cat.query("SELECT system_row FROM batches WHERE batch_id = ?", (batch_id,))
+    text = row[0]["system_row"] if row else None
+    return {"batch_id": batch_id, "batch": json.loads(text) if text else None,
+            **{k: v for k, v in page.items() if k != "batch_id"}}
+
+
 def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | None,
                      status: str | None, failure_class: str | None, runner_id: str | None,
                      since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
@@ -339,6 +354,57 @@ def per_hour(cat: Catalog, *, since: str | None = None,
         "attempts, coalesce(sum(status IN ('failed', 'needs_attention')), 0) AS failed "
         f"FROM attempts {cond} GROUP BY hour ORDER BY hour", args)
     return {"rows": [dict(r) for r in rows if r["hour"] is not None]}
+
+
+def system_view(layout: Layout) -> str | None:
+    """The system scoreboard (SPEC's `GET /v1/scoreboard` shape, as `derive_view` prints it:
+    `model_dump_json(indent=2)`) from the catalog alone, when it can answer for the whole
+    root: every batch on disk settled in the catalog (finished, fingerprint recorded; after
+    a reader's refresh), no start-pause file (its notes need the models) and no stray entry
+    in runs/ (a note too). None otherwise: the caller derives the view from the files.
+    A cold `phh scoreboard --json` then imports no model and reads no attempt."""
+    import os
+
+    from ..store.catalog import batch_dirs
+
+    if not layout.runs.is_dir():
+        return None
+    try:
+        with os.scandir(layout.runs) as it:
+            if any(not e.name.startswith(("_", ".")) and not e.is_dir() for e in it):
+                return None  # a stray file where a batch would be: derive (it is noted)
+        if any(n.endswith(".json") for n in os.listdir(layout.system / "pauses")):
+            return None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        cat = open_for_reader(layout)
+    except (CatalogError, sqlite3.Error):
+        return None
+    try:
+        rows = cat.query("SELECT batch_id, finished, fingerprint, system_row FROM batches")
+    except sqlite3.Error:
+        return None
+    finally:
+        cat.close()
+    known = {r["batch_id"]: r for r in rows}
+    on_disk = batch_dirs(layout)
+    if set(known) != set(on_disk) or any(
+            not r["finished"] or r["fingerprint"] is None or r["system_row"] is None
+            for r in rows):
+        return None
+    out = [json.loads(r["system_row"]) for r in rows]
+    # = derive.scoreboards.system_scoreboard's order: attention first, then running, then
+    # newest submitted first, ties by batch id
+    out.sort(key=lambda r: r["batch_id"])
+    out.sort(key=lambda r: (r["attention_steps"] == 0, r["running_steps"] == 0,
+                            -datetime.fromisoformat(r["submitted_at"].replace(
+                                "Z", "+00:00")).timestamp()))
+    now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return json.dumps({"computed_at": now, "batches": out, "notes": []}, indent=2,
+                      ensure_ascii=False)
 
 
 QUERIES = {
