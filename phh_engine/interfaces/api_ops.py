@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -30,7 +30,10 @@ from ..store.pauses import PAUSES_DIR, pause_notes, read_pauses
 from ..store.pointers import build_current
 from .artifacts import LookupFailed as LookupFailed  # raised by every function here
 from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
-from .submit import SubmitError, submit
+
+if TYPE_CHECKING:  # at run time imported by submit_table: a read (`phh jobs`, `phh current`)
+    # must not pay for the submit path's jsonschema and YAML loader
+    from .submit import SubmitError
 
 #: CLI action names (and API path segments) -> override action
 ACTIONS: dict[str, str] = {
@@ -56,6 +59,8 @@ def engine_serving(layout: Layout) -> bool:
 def submit_table(layout: Layout, source: Path | dict[str, Any], *,
                  dedupe: bool = False) -> dict[str, Any]:
     """`{batch_id, accepted_job_ids, existing}`; InvalidLaunchTable lists every error."""
+    from .submit import SubmitError, submit
+
     try:
         res = submit(layout, source, dedupe=dedupe)
     except SubmitError as exc:
