@@ -140,14 +140,20 @@ def derive_view(layout: Layout, batch_id: str | None = None
 
 
 def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
-    """What a reader is shown (the API): the serving engine's fresh file (a few ms), else the
-    view a derivation kept while nothing it read has changed, else a new derivation."""
+    """What a reader is shown (the API): the serving engine's fresh file (a few ms), else
+    (system view) the catalog's rows when every batch is settled there, else the view a
+    derivation kept while nothing it read has changed, else a new derivation."""
     if batch_id is not None:
         valid_id(batch_id, "batch_id")
     served = engine_board(layout.root, batch_id)
     if served is not None:
         return served[0]
-    text = cached_board(layout.root, batch_id)
+    text = None
+    if batch_id is None:  # every batch settled and verified: the catalog's rows
+        from .history import system_view
+
+        text = system_view(layout)
+    text = text if text is not None else cached_board(layout.root, batch_id)
     board: dict[str, Any] = json.loads(
         text if text is not None else derive_view(layout, batch_id)[1])
     return board

@@ -360,8 +360,9 @@ def system_view(layout: Layout) -> str | None:
     """The system scoreboard (SPEC's `GET /v1/scoreboard` shape, as `derive_view` prints it:
     `model_dump_json(indent=2)`) from the catalog alone, when it can answer for the whole
     root: every batch on disk settled in the catalog (finished, fingerprint recorded; after
-    a reader's refresh), no start-pause file (its notes need the models) and no stray entry
-    in runs/ (a note too). None otherwise: the caller derives the view from the files.
+    a reader's refresh) with its directory fingerprint unchanged, no start-pause file (its
+    notes need the models) and no stray entry in runs/ (a note too). None otherwise: the
+    caller derives the view from the files. O(batches + jobs) stats, no attempt read.
     A cold `phh scoreboard --json` then imports no model and reads no attempt."""
     import os
 
@@ -394,6 +395,12 @@ def system_view(layout: Layout) -> str | None:
     if set(known) != set(on_disk) or any(
             not r["finished"] or r["fingerprint"] is None or r["system_row"] is None
             for r in rows):
+        return None
+    # verified as the engine's start verifies: each batch's directory fingerprint (closed
+    # marker, each job directory's mtime; one stat per job) is still the one it settled with
+    from ..store.catalog import fingerprint
+
+    if any(fingerprint(layout, r["batch_id"]) != r["fingerprint"] for r in rows):
         return None
     out = [json.loads(r["system_row"]) for r in rows]
     # = derive.scoreboards.system_scoreboard's order: attention first, then running, then
