@@ -359,6 +359,19 @@ class ActionResult(BaseModel):
     run_id: str | None = None
 
 
+class BatchPage(BaseModel):
+    """`GET /v1/batches/{b}?limit=&cursor=`: one page of a batch's step rows from the catalog
+    (interfaces/history.py batch_page; docs/interfaces.md#http-api)."""
+
+    batch_id: str
+    batch: SystemRow | None = Field(description="the batch's system-view row")
+    steps: list[dict[str, Any]] = Field(
+        description="step rows (the batch view's `steps`, plus `failure_class`), Launch "
+                    "Table order")
+    total: int = Field(description="step rows in the batch")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
 class Health(BaseModel):
     ok: bool
     version: str
@@ -486,7 +499,8 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
         return JSONResponse(res, status_code=200 if res.get("existing") else 201)
 
     # -------------------------------------------------------------- batches
-    @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard, tags=["scoreboards"],
+    @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard | BatchPage,
+             tags=["scoreboards"],
              responses=errors(), summary="Batch scoreboard (with limit/cursor: one page)",
              description="Without `limit` and `cursor`: the whole batch view. With either: "
              "`{batch_id, batch, steps, total, next_cursor}` from the catalog, one page of "
