@@ -28,7 +28,7 @@ from phh_engine.store.catalog import BUSY_TIMEOUT_MS, Catalog, CatalogError, cat
 from phh_engine.store.paths import Layout
 
 if TYPE_CHECKING:
-    from phh_engine.models import BatchMeta, BatchScoreboard
+    from phh_engine.models import BatchScoreboard
     from phh_engine.models.scoreboard import StepRow
     from phh_engine.store.views import StepView
 
@@ -181,7 +181,7 @@ class CatalogPages(Pager):
         self.error: str | None = None
         self._cat: Catalog | None = None
         self._lock = threading.Lock()
-        self._metas: dict[str, BatchMeta] = {}
+        self._metas: dict[str, dict[Any, Any]] = {}  # batch id -> its raw jobs by id
         self._steps: dict[tuple[str, str, str], StepView] = {}
         self.queries = 0  # for tests and the bench: reads made
 
@@ -261,19 +261,25 @@ class CatalogPages(Pager):
         key = (batch_id, job_id, step_id)
         if key in self._steps:
             return self._steps[key]
-        from phh_engine.models import BatchMeta
-        from phh_engine.store.files import read_model
+        from phh_engine.models import NormalizedJob
+        from phh_engine.store.files import read_json
         from phh_engine.store.index import load_attempt
         from phh_engine.store.paths import scan_attempts
         from phh_engine.store.views import StepView
 
-        meta = self._metas.get(batch_id)
-        if meta is None:
-            meta = read_model(self.layout.batch_meta(batch_id), BatchMeta)
-            if meta is None:
+        jobs = self._metas.get(batch_id)
+        if jobs is None:
+            # the raw jobs, validated one job at a time: a 10,000-job batch_meta.json is
+            # megabytes, and validating it whole would stall the screen for a second
+            raw = read_json(self.layout.batch_meta(batch_id))
+            if not isinstance(raw, dict) or not isinstance(raw.get("jobs"), list):
                 return None
-            self._metas = {batch_id: meta}  # one batch's meta at a time (they can be big)
-        job = next((j for j in meta.jobs if j.job_id == job_id), None)
+            jobs = {j.get("job_id"): j for j in raw["jobs"] if isinstance(j, dict)}
+            self._metas = {batch_id: jobs}  # one batch at a time
+        try:
+            job = NormalizedJob.model_validate(jobs[job_id]) if job_id in jobs else None
+        except ValueError:  # not a job phh wrote: nothing to show
+            return None
         spec = next((s for s in job.steps if s.step_id == step_id), None) if job else None
         if spec is None:
             return None
