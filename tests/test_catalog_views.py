@@ -28,7 +28,7 @@ pytestmark = pytest.mark.codex
 REPO = Path(__file__).resolve().parents[1]
 PY = str(REPO / ".venv" / "bin" / "python")
 JOBS = 20
-HEAVY = ("pydantic", "textual", "fastapi", "starlette", "jsonschema", "ray", "rich",
+HEAVY = ("pydantic", "textual", "fastapi", "starlette", "jsonschema", "yaml", "ray", "rich",
          "phh_engine.models", "phh_engine.engine", "phh_engine.runners", "watchfiles")
 
 
