@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness
+from conftest import Harness, final, step
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent
 
@@ -193,3 +193,40 @@ def test_list_pager_windows_match_the_catalog_order(harness: Harness) -> None:
         assert [d["job_id"] for d in blocked] == ["job_00003", "job_00103"]
     finally:
         cat.close()
+
+
+@pytest.mark.codex
+async def test_a_batch_that_settles_under_the_open_screen_pages_from_the_catalog(
+        harness: Harness) -> None:
+    """The dashboard's engine evicts a batch once it settles; the open batch screen turns
+    to the catalog (same rows), and back to memory when an operator action loads it."""
+    bid = harness.submit([{"job_id": f"j{i}", "steps": [step("s1", final(f"n{i}"))]}
+                          for i in range(3)])
+    app = PhhApp(harness.root, alerts="off", exit_policy="cancel")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.board is not None and bid in app.board.batches,
+                    what="the batch in memory")
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(app.screen, BatchScreen)
+                             and app.screen, what="the batch screen")
+        assert isinstance(screen, BatchScreen)
+        await pilot.press("5")
+        steps = screen.query_one("#t-steps", KeyedTable)
+        await until(pilot, lambda: screen.sb is not None and screen.prog is not None
+                    and screen.prog.finished, 120, "the batch to finish")
+        assert steps.keys == ["j0/s1", "j1/s1", "j2/s1"]
+        # settled once its job directories are outside the racy window (2 s): evicted at
+        # the engine's next board write
+        await until(pilot, lambda: bid not in app.backend.index.batches, 90, "eviction")
+        await until(pilot, lambda: screen.settled is not None and screen.sb is None
+                    and steps.keys == ["j0/s1", "j1/s1", "j2/s1"], 30, "the catalog's rows")
+        assert str(screen.query_one(TabbedContent).get_tab("steps").label) == "All steps 3"
+        # an operator action names it: loaded again, shown from memory again
+        steps.select_key("j1/s1")
+        await pilot.press("R")
+        await until(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="prompt")
+        await pilot.press(*"again", "enter")
+        await until(pilot, lambda: bid in app.backend.index.batches, 60, "the batch loaded")
+        await until(pilot, lambda: screen.sb is not None and screen.settled is None, 30,
+                    "the screen from memory")
+        await pilot.press("q")
