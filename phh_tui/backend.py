@@ -103,7 +103,7 @@ class RunsWatcher:
             return
         last_rescan = time.monotonic()
         ws = self.watchset
-        ws.initial(self._terminal_attempt_dirs())
+        ws.initial(self._terminal_attempt_dirs(), skip=set(self.index.skip))
         fresh: list[Path] = []
         missing = 0
         try:

@@ -91,6 +91,11 @@ async def test_a_settled_batch_pages_from_the_catalog(harness: Harness) -> None:
         assert isinstance(backend, EngineBackend)
         assert bid not in backend.index.batches  # bounded: never loaded
         assert bid in backend.engine.index.skip
+        # nor walked and watched for other processes' writes (O(open work), not O(history))
+        watched = await until(pilot, lambda: backend.watcher is not None
+                              and harness.layout.runs in backend.watcher.watchset.dirs
+                              and backend.watcher.watchset.dirs, what="the watch set")
+        assert not any(d.is_relative_to(harness.layout.batch_dir(bid)) for d in watched)
         table = app.screen.query_one("#batches", KeyedTable)
         assert isinstance(app.screen, SystemScreen) and table.keys == [bid]
         assert table.get_row(bid)[2].plain == "finished"  # the state column
