@@ -84,6 +84,8 @@ class RunsWatcher:
         self._watching: set[Path] = set()
         self.watchset = WatchSet(layout.runs, observer)
         self.polling = False
+        #: the settled batches' fingerprints when they were left on disk (`moved`)
+        self.fingerprints: dict[str, str | None] = {}
 
     def stop(self) -> None:
         """Call on the loop that runs the watcher (call_soon_threadsafe from elsewhere)."""
@@ -103,6 +105,10 @@ class RunsWatcher:
             return
         last_rescan = time.monotonic()
         ws = self.watchset
+        if self.observer:  # what `moved` compares with
+            from phh_engine.store.catalog import fingerprint
+
+            self.fingerprints = {b: fingerprint(self.layout, b) for b in self.index.skip}
         ws.initial(self._terminal_attempt_dirs(), skip=set(self.index.skip))
         fresh: list[Path] = []
         missing = 0
@@ -215,6 +221,30 @@ class RunsWatcher:
             if view is not None and view.terminal:
                 self.watchset.drop(d)
 
+    def moved(self, batch_id: str) -> bool:
+        """Has a settled batch (left on disk) changed since the catalog recorded it?"""
+        from phh_engine.store.catalog import fingerprint
+
+        return self.fingerprints.get(batch_id, "") != fingerprint(self.layout, batch_id)
+
+    def reopen(self, batch_ids: set[str]) -> set[str]:
+        """Load the settled batches among `batch_ids` (an engine changes them: an operator
+        action named one, or its files moved) with their marks, and watch them."""
+        out: set[str] = set()
+        for bid in sorted(batch_ids & self.index.skip):
+            self.index.skip.discard(bid)
+            if self.index.load_batch(bid) is None:
+                continue
+            from phh_engine.store.overrides import list_results
+
+            for res in list_results(self.layout):
+                if res.batch_id == bid:
+                    apply_marks(self.index.batches, res)
+            if self.watchset.grow(self.layout.batch_dir(bid)):
+                self._restart.set()  # watch it from the next restart (see run)
+            out.add(bid)
+        return out
+
     def apply(self, paths: list[str]) -> None:
         runs = self.layout.runs
         dirty: set[str] = set()
@@ -232,6 +262,7 @@ class RunsWatcher:
                 if self.observer and len(parts) == 3 and parts[2].endswith(".result.json"):
                     res = read_result(self.layout, parts[2][: -len(".result.json")])
                     if res is not None:
+                        self.reopen({res.batch_id})
                         apply_marks(self.index.batches, res)
                         dirty.add(res.batch_id)
                 continue
@@ -266,6 +297,7 @@ class RunsWatcher:
         skip = self.skip()
         if self.observer:
             dirty.update(self.index.scan_new_batches())
+            dirty.update(self.reopen({b for b in self.index.skip if self.moved(b)}))
         for bid, batch in list(self.index.batches.items()):
             for job, step in batch.steps():
                 known = {a.dir_name: a for a in step.attempts}
@@ -320,9 +352,11 @@ class Backend:
         return job.steps.get(step_id) if job else None
 
     def settled_rows(self) -> list[str]:
-        """System rows (SystemRow JSON) of the batches on disk but not in memory (an
-        observer loads every batch: none)."""
-        return []
+        """System rows (SystemRow JSON) of the batches on disk but not in memory (settled),
+        from the catalog; any thread (the board's worker calls it)."""
+        if not self.index.skip:
+            return []
+        return self.pages.system_rows(exclude=set(self.views()))
 
     def running_here(self) -> int:
         """Attempts this process runs (what quitting must decide about)."""
@@ -374,12 +408,6 @@ class EngineBackend(Backend):
 
     def running_here(self) -> int:
         return len(self.engine.tasks)
-
-    def settled_rows(self) -> list[str]:
-        """The settled batches' rows, from the catalog; any thread (the board's worker)."""
-        if not self.engine.index.skip:
-            return []
-        return self.pages.system_rows(exclude=set(self.views()))
 
     def slots(self) -> tuple[int, int] | None:
         if self.engine.config is None:
@@ -446,6 +474,9 @@ class StoreBackend(Backend):
         self._stop = False
 
     def load(self) -> None:
+        """Every batch that can still change (settled ones stay on disk and come from the
+        catalog, as for the bounded engine: docs/catalog.md#the-dashboard)."""
+        self.index.skip = self.pages.settled_batches()
         self.index.load()
         replay_marks(self.layout, self.index.batches)
 

@@ -237,6 +237,17 @@ class CatalogPages(Pager):
         return rows or []
 
     # ------------------------------------------------------------ reads
+    def settled_batches(self) -> set[str]:
+        """Batches the catalog recorded settled whose directory fingerprint still holds (as
+        an engine's start verifies): an observing dashboard leaves them on disk. Empty
+        without a catalog."""
+        from phh_engine.store.catalog import fingerprint
+
+        rows = self._read(lambda c: c.query(
+            "SELECT batch_id, fingerprint FROM batches WHERE finished = 1 AND fingerprint "
+            "IS NOT NULL"))
+        return {r[0] for r in rows or () if fingerprint(self.layout, r[0]) == r[1]}
+
     def system_rows(self, exclude: set[str]) -> list[str]:
         """SystemRow JSON of the batches the catalog has and `exclude` (in memory) lacks."""
         rows = self._read(lambda c: c.system_rows(exclude=exclude))

@@ -24,7 +24,7 @@ from phh_engine.models import utcnow
 from phh_engine.store.catalog import Catalog
 from phh_engine.store.index import StoreIndex
 from phh_tui.app import PhhApp
-from phh_tui.backend import EngineBackend
+from phh_tui.backend import EngineBackend, StoreBackend
 from phh_tui.paging import PAGE, WINDOW, ListPager, Window
 from phh_tui.screens import BatchScreen, StepScreen, SystemScreen
 from phh_tui.widgets import KeyedTable
@@ -235,3 +235,38 @@ async def test_a_batch_that_settles_under_the_open_screen_pages_from_the_catalog
         await until(pilot, lambda: screen.sb is not None and screen.settled is None, 30,
                     "the screen from memory")
         await pilot.press("q")
+
+
+@pytest.mark.codex
+async def test_an_observing_dashboard_leaves_settled_batches_on_disk(harness: Harness) -> None:
+    """Observing (another engine serves the root): settled batches are not loaded either;
+    an operator action on one loads it when the serving engine's result arrives."""
+    bid = await asyncio.to_thread(settled_batch, harness)
+    eng = await asyncio.to_thread(harness.start)
+    try:
+        backend = StoreBackend(harness.root, reason="an engine already serves this root")
+        app = PhhApp(harness.root, backend=backend, alerts="off")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.board is not None and app.board.system is not None
+                        and [r.batch_id for r in app.board.system.batches] == [bid],
+                        what="the system screen")
+            assert bid not in backend.index.batches and bid in backend.index.skip
+            await pilot.press("enter")
+            screen = await until(pilot, lambda: isinstance(app.screen, BatchScreen)
+                                 and app.screen.settled is not None and app.screen,
+                                 what="the settled batch")
+            assert isinstance(screen, BatchScreen)
+            await pilot.press("3")  # blocked: step2 of the two jobs whose step1 failed
+            blocked = screen.query_one("#t-blocked", KeyedTable)
+            await until(pilot, lambda: blocked.keys == ["job_00003/step2", "job_00103/step2"],
+                        what="the blocked steps from the catalog")
+            app.act("mark_failed", bid, [("job_00003", "step2")], reason="from the test")
+            await until(pilot, lambda: app.action_log and bid in backend.index.batches, 60,
+                        "the batch loaded when the engine applied the action")
+            assert app.action_log[0][-1].outcome == "applied"
+            await until(pilot, lambda: screen.sb is not None and any(
+                r.job_id == "job_00003" and r.step_id == "step2" and r.status == "failed"
+                for r in screen.sb.steps), 30, "the step failed, from memory")
+            await pilot.press("q")
+    finally:
+        await asyncio.to_thread(harness.stop, eng)
