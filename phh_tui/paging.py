@@ -123,7 +123,6 @@ class Pager:
                       False)
 
 
-
 class ListPager(Pager):
     """Windows over a batch scoreboard in memory (an open batch: its rows move with the
     board, at the dashboard's clock). `seq` is the row's index in the board's steps (Launch
