@@ -54,7 +54,6 @@ from phh_tui.screens import BatchScreen, PhhScreen, StepScreen, SystemScreen
 AlertMode = Literal["bell", "notify", "off"]
 ExitPolicy = Literal["ask", "leave", "cancel"]
 MIN_REFRESH_SECONDS = 0.1
-MAX_REFRESH_SECONDS = 1.0
 FULL_REFRESH_TICKS = 30
 
 
@@ -352,8 +351,10 @@ class PhhApp(App[int]):
                 gc.freeze()
             self.board = msg.board
             cost = msg.board.cost_seconds
-            # at most ~1/4 of the time recomputing, however big the store
-            self._min_interval = min(MAX_REFRESH_SECONDS, max(MIN_REFRESH_SECONDS, 3 * cost))
+            # at most ~1/4 of the time recomputing, however big the store (a 20,000-step
+            # batch costs over a second: capping the pause at 1 s kept the worker computing,
+            # and holding the interpreter, most of the time, which every keystroke felt)
+            self._min_interval = max(MIN_REFRESH_SECONDS, 3 * cost)
             self.refreshes += 1
             for alert in msg.alerts:
                 self._alert(alert)
