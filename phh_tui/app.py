@@ -54,7 +54,6 @@ from phh_tui.screens import BatchScreen, PhhScreen, StepScreen, SystemScreen
 AlertMode = Literal["bell", "notify", "off"]
 ExitPolicy = Literal["ask", "leave", "cancel"]
 MIN_REFRESH_SECONDS = 0.1
-MAX_REFRESH_SECONDS = 1.0
 FULL_REFRESH_TICKS = 30
 
 
@@ -146,6 +145,10 @@ class PhhApp(App[int]):
         self._min_interval = MIN_REFRESH_SECONDS
         self._ticks = 0
         self._backend_worker: Worker[None] | None = None
+        #: settled batches' system rows (from the catalog), re-read when the set of batches
+        #: in memory changes and on full refreshes
+        self._settled: list[str] = []
+        self._views_seen: set[str] = set()
         # Set when the backend thread has returned. Textual's worker state cannot tell: its
         # cancel_all() at the end of the message loop marks a thread worker CANCELLED while
         # the thread (the engine, or the store watcher) runs on until it is stopped.
@@ -306,8 +309,13 @@ class PhhApp(App[int]):
     def _compute_board(self, dirty: set[str] | None) -> BoardReady:
         t0 = time.perf_counter()
         try:
-            board, alerts = compute_board(self.backend.views(), self.clock(), self.board, dirty,
-                                          beat_ages=self.backend.beat_ages())
+            views = self.backend.views()
+            if dirty is None or set(views) != self._views_seen:  # a batch settled, or new
+                self._settled = self.backend.settled_rows()
+                self._views_seen = set(views)
+            board, alerts = compute_board(views, self.clock(), self.board, dirty,
+                                          beat_ages=self.backend.beat_ages(),
+                                          extra_rows=self._settled)
         except Exception as exc:  # a view changed under us (engine thread): try again
             with self._dirty_lock:
                 if dirty is None:
@@ -343,8 +351,10 @@ class PhhApp(App[int]):
                 gc.freeze()
             self.board = msg.board
             cost = msg.board.cost_seconds
-            # at most ~1/4 of the time recomputing, however big the store
-            self._min_interval = min(MAX_REFRESH_SECONDS, max(MIN_REFRESH_SECONDS, 3 * cost))
+            # at most ~1/4 of the time recomputing, however big the store (a 20,000-step
+            # batch costs over a second: capping the pause at 1 s kept the worker computing,
+            # and holding the interpreter, most of the time, which every keystroke felt)
+            self._min_interval = max(MIN_REFRESH_SECONDS, 3 * cost)
             self.refreshes += 1
             for alert in msg.alerts:
                 self._alert(alert)

@@ -44,6 +44,7 @@ from phh_engine.store.paths import (
 )
 from phh_engine.store.views import BatchView, StepView
 
+from .paging import CatalogPages
 from .watchset import WatchSet, is_interesting
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class RunsWatcher:
         self._watching: set[Path] = set()
         self.watchset = WatchSet(layout.runs, observer)
         self.polling = False
+        #: the settled batches' fingerprints when they were left on disk (`moved`)
+        self.fingerprints: dict[str, str | None] = {}
 
     def stop(self) -> None:
         """Call on the loop that runs the watcher (call_soon_threadsafe from elsewhere)."""
@@ -104,7 +107,11 @@ class RunsWatcher:
             return
         last_rescan = time.monotonic()
         ws = self.watchset
-        ws.initial(self._terminal_attempt_dirs())
+        if self.observer:  # what `moved` compares with
+            from phh_engine.store.catalog import fingerprint
+
+            self.fingerprints = {b: fingerprint(self.layout, b) for b in self.index.skip}
+        ws.initial(self._terminal_attempt_dirs(), skip=set(self.index.skip))
         fresh: list[Path] = []
         missing = 0
         try:
@@ -221,6 +228,30 @@ class RunsWatcher:
         job = batch.jobs.get(job_id) if batch else None
         return job.steps.get(step_id) if job else None
 
+    def moved(self, batch_id: str) -> bool:
+        """Has a settled batch (left on disk) changed since the catalog recorded it?"""
+        from phh_engine.store.catalog import fingerprint
+
+        return self.fingerprints.get(batch_id, "") != fingerprint(self.layout, batch_id)
+
+    def reopen(self, batch_ids: set[str]) -> set[str]:
+        """Load the settled batches among `batch_ids` (an engine changes them: an operator
+        action named one, or its files moved) with their marks, and watch them."""
+        out: set[str] = set()
+        for bid in sorted(batch_ids & self.index.skip):
+            self.index.skip.discard(bid)
+            if self.index.load_batch(bid) is None:
+                continue
+            from phh_engine.store.overrides import list_results
+
+            for res in list_results(self.layout):
+                if res.batch_id == bid:
+                    apply_marks(self.index.batches, res)
+            if self.watchset.grow(self.layout.batch_dir(bid)):
+                self._restart.set()  # watch it from the next restart (see run)
+            out.add(bid)
+        return out
+
     def apply(self, paths: list[str]) -> None:
         runs = self.layout.runs
         dirty: set[str] = set()
@@ -238,6 +269,7 @@ class RunsWatcher:
                 if self.observer and len(parts) == 3 and parts[2].endswith(".result.json"):
                     res = read_result(self.layout, parts[2][: -len(".result.json")])
                     if res is not None:
+                        self.reopen({res.batch_id})
                         apply_marks(self.index.batches, res)
                         dirty.add(res.batch_id)
                 continue
@@ -277,6 +309,7 @@ class RunsWatcher:
         skip = self.skip()
         if self.observer:
             dirty.update(self.index.scan_new_batches())
+            dirty.update(self.reopen({b for b in self.index.skip if self.moved(b)}))
         for bid, batch in list(self.index.batches.items()):
             for job, step in batch.steps():
                 known = {a.dir_name: a for a in step.attempts}
@@ -306,6 +339,8 @@ class Backend:
         self.runner_id = runner_id
         self.index = StoreIndex(self.layout)
         self.watcher: RunsWatcher | None = None
+        #: the catalog's reads: settled batches' rows, paged lists (phh_tui/paging.py)
+        self.pages = CatalogPages(self.layout)
 
     @property
     def root(self) -> Path:
@@ -319,10 +354,21 @@ class Backend:
         return {}
 
     def step(self, batch_id: str, job_id: str, step_id: str) -> StepView | None:
-        """One step's view (its spec and attempts, as last read), None when unknown."""
+        """One step's view (its spec and attempts, as last read), None when unknown. A step
+        of a batch not in memory (settled: docs/catalog.md#bounded-start-up) is read from
+        its files, alone."""
         batch = self.index.batches.get(batch_id)
-        job = batch.jobs.get(job_id) if batch else None
+        if batch is None:
+            return self.pages.load_step(batch_id, job_id, step_id)
+        job = batch.jobs.get(job_id)
         return job.steps.get(step_id) if job else None
+
+    def settled_rows(self) -> list[str]:
+        """System rows (SystemRow JSON) of the batches on disk but not in memory (settled),
+        from the catalog; any thread (the board's worker calls it)."""
+        if not self.index.skip:
+            return []
+        return self.pages.system_rows(exclude=set(self.views()))
 
     def running_here(self) -> int:
         """Attempts this process runs (what quitting must decide about)."""
@@ -365,10 +411,10 @@ class EngineBackend(Backend):
                  on_event: Callable[[EngineEvent], None] | None = None,
                  ray_address: str | None = None) -> None:
         super().__init__(root, runner_id)
-        # bounded=False: the dashboard's screens read every batch from the in-memory views
-        # (settled batches would otherwise only be in the catalog; see docs/catalog.md)
+        # bounded, as headless: settled batches stay on disk and in the catalog; the screens
+        # show them from the catalog (phh_tui/paging.py, docs/catalog.md#the-dashboard)
         self.engine = Engine(root, concurrency=concurrency, runner_id=runner_id,
-                             on_event=on_event, ray_address=ray_address, bounded=False)
+                             on_event=on_event, ray_address=ray_address)
         self.index = self.engine.index
         self.serving = False
 
@@ -440,6 +486,9 @@ class StoreBackend(Backend):
         self._stop = False
 
     def load(self) -> None:
+        """Every batch that can still change (settled ones stay on disk and come from the
+        catalog, as for the bounded engine: docs/catalog.md#the-dashboard)."""
+        self.index.skip = self.pages.settled_batches()
         self.index.load()
         replay_marks(self.layout, self.index.batches)
 

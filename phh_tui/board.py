@@ -142,10 +142,13 @@ def live_runners(runners: Iterable[RunnerHealth], now: datetime) -> list[RunnerH
 def compute_board(
     views: Mapping[str, BatchView], now: datetime, previous: Board | None = None,
     dirty: set[str] | None = None, beat_ages: Mapping[str, float] | None = None,
+    extra_rows: Iterable[str] = (),
 ) -> tuple[Board, list[Alert]]:
     """Recompute the scoreboards of `dirty` batches (all when None; batches new since
     `previous` always), reuse the rest, and list the alerts the changes raise. `beat_ages`:
-    monotonic heartbeat ages of attempts this process monitors (see `batch_scoreboard`)."""
+    monotonic heartbeat ages of attempts this process monitors (see `batch_scoreboard`).
+    `extra_rows`: system rows (SystemRow JSON) of batches not in `views` (settled, from the
+    catalog): listed on the system screen, without a batch scoreboard in `batches`."""
     board = Board(computed_at=now, runners=list(previous.runners) if previous else [])
     alerts: list[Alert] = []
     old = previous.batches if previous else {}
@@ -161,6 +164,7 @@ def compute_board(
         board.progress[bid] = progress(view, sb, now)
         if prev is not None:
             alerts.extend(alerts_between(prev, sb))
-    board.system = system_scoreboard(views.values(), now, board.batches)
+    board.system = system_scoreboard(views.values(), now, board.batches,
+                                     extra_rows=extra_rows)
     board.steps_per_minute = _rate(views.values(), now)
     return board, alerts

@@ -142,8 +142,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def cmd_scoreboard(args: argparse.Namespace) -> int:
     """The engine's own file while an engine serves the root and keeps it fresh (a few ms),
-    else the view a derivation kept while nothing it read has changed (~0.1 s at 1000 jobs),
-    else derived from the store here (reads every attempt's state.json)."""
+    else (system view) the catalog's rows when every batch is settled there, else the view a
+    derivation kept while nothing it read has changed (~0.1 s at 1000 jobs), else derived
+    from the store here (reads every attempt's state.json)."""
     from phh_engine.store.board_files import cached_board, engine_board
 
     root = _root(args)
@@ -155,13 +156,23 @@ def cmd_scoreboard(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps(board, indent=2, ensure_ascii=False) + "\n")
                 return EXIT_OK
             return _show_board(args.batch, board, age)
-        text = cached_board(root, args.batch)
+        text = _catalog_board(root) if args.batch is None else None
+        text = text if text is not None else cached_board(root, args.batch)
         if text is not None:
             if args.json:
                 sys.stdout.write(text + "\n")
                 return EXIT_OK
             return _show_board(args.batch, json.loads(text))
     return _derive_scoreboard(root, args.batch, args.json)
+
+
+def _catalog_board(root: Path) -> str | None:
+    """The system view from the catalog when it answers for every batch (all settled and
+    verified): no model import, no attempt read (= api_ops.view_json; docs/catalog.md#the-
+    scoreboard-from-the-catalog)."""
+    from phh_engine.interfaces.history import system_view
+
+    return system_view(Layout(root))
 
 
 def _derive_scoreboard(root: Path, batch_id: str | None, as_json: bool) -> int:

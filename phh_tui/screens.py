@@ -28,7 +28,7 @@ from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedCon
 
 from phh_engine.derive.scoreboards import goal_preview
 from phh_engine.models import BatchScoreboard, StatusCounts
-from phh_engine.models.scoreboard import ResumeView, StepRow
+from phh_engine.models.scoreboard import ResumeView, StepRow, SystemRow
 from phh_engine.store.paths import GIT_DIFF
 from phh_engine.store.views import AttemptView, StepView
 from phh_tui.attempt_files import AttemptTail, DiffText, read_diff, read_final_text, stderr_tail
@@ -38,6 +38,7 @@ from phh_tui.dialogs import ConfirmScreen, PromptScreen
 from phh_tui.eventlines import Line, shell_command
 from phh_tui.messages import ActionName, OpenBatch, OpenStep, RunAction, StepRef, StepTab
 from phh_tui.nodes_view import NodeTable
+from phh_tui.paging import MARGIN, TAB_STATUSES, ListPager, Pager, Window
 from phh_tui.render import STATUS_STYLES, counts_text, duration, timestamp
 from phh_tui.widgets import Cell, Column, Crumbs, KeyedTable, Row, Tabs
 
@@ -387,10 +388,11 @@ class SystemScreen(PhhScreen):
         rows = []
         for r in sysb.batches:
             prog = board.progress.get(r.batch_id)
-            state = ("running" if r.running_steps else
-                     "finished" if prog and prog.finished else
-                     "closed" if r.closed else "waiting")
             c = r.counts
+            done = prog.finished if prog else (  # settled (from the catalog): no progress
+                r.steps_total > 0 and c.running == 0 and c.ready == 0)
+            state = ("running" if r.running_steps else "finished" if done else
+                     "closed" if r.closed else "waiting")
             sig = BatchListRow(r.batch_id, r.submitted_at.strftime("%m-%d %H:%M"), state,
                                r.jobs_total, r.steps_total, c.succeeded, c.running, c.ready,
                                c.blocked, r.attention_steps, r.batch_goal_summary_preview)
@@ -592,6 +594,41 @@ TAB_COUNTS: dict[str, Callable[[BatchScoreboard], int]] = {
     "steps": lambda sb: sb.steps_total}
 
 
+def _resume_of(d: dict[str, Any]) -> str:
+    r = d.get("resume_from")
+    if not r:
+        return ""
+    return f"⟲ {r['step_id']}:{r.get('selected_run_id') or '(' + r['selector'] + ')'}"
+
+
+def _page_row(tab: str, d: dict[str, Any]) -> Row:
+    """A paged list's row (phh_tui/paging.py: a step row as a dict, with the latest
+    attempt's `failure_class`, `exit_code`, `report_status`, `report_summary`) as `tab`
+    draws it; a settled batch's tabs are status-filtered lists of its steps."""
+    step = f"{d['job_id']}.{d['step_id']}"
+    status = "stuck" if d.get("stuck") else d["status"]
+    run = d.get("run_id") or "-"
+    reasons = "; ".join(d.get("reasons") or ())
+    sig: tuple[Any, ...]
+    if tab == "attention":
+        sig = AttentionTabRow(step, status, run, "", clip(reasons or d.get("report_summary")))
+    elif tab == "running":
+        sig = RunningTabRow(step, status, run, "-", "-", "-", "", _resume_of(d))
+    elif tab == "blocked":
+        sig = BlockedTabRow(step, clip(reasons, 160), _resume_of(d))
+    elif tab == "failures":
+        code = d.get("exit_code")
+        sig = FailureTabRow(step, run, status, "-" if code is None else str(code),
+                            d.get("failure_class") or "", d.get("report_status") or "-",
+                            clip(d.get("report_summary") or reasons))
+    else:
+        detail = reasons
+        if d.get("resume_from"):
+            detail = (detail + "  " if detail else "") + _resume_of(d)
+        sig = StepTabRow(step, status, d.get("attempts", 0), run, clip(detail))
+    return Row(step_key(d["job_id"], d["step_id"]), sig, "")
+
+
 TAB_RENDER: dict[str, Callable[[str, Hashable], Sequence[Cell]]] = {
     "attention": typed(AttentionTabRow, AttentionTabRow.cells),
     "running": typed(RunningTabRow, RunningTabRow.cells),
@@ -621,6 +658,13 @@ class BatchScreen(PhhScreen):
         self.batch_id = batch_id
         self.sb: BatchScoreboard | None = None
         self.prog: Progress | None = None
+        #: the batch is not in memory (settled, docs/catalog.md): its system row; its lists
+        #: page from the catalog
+        self.settled: SystemRow | None = None
+        #: what each paged list shows (phh_tui/paging.py); the filter text they were read with
+        self.windows: dict[str, Window] = {}
+        self.filter_text = ""
+        self._list: ListPager | None = None
 
     def crumbs(self) -> list[str]:
         return [self.batch_id or ""]
@@ -660,18 +704,34 @@ class BatchScreen(PhhScreen):
     def show(self, board: Board) -> None:
         assert self.batch_id is not None
         sb = board.batches.get(self.batch_id)
-        if sb is None:
+        settled = None if sb is not None or board.system is None else next(
+            (r for r in board.system.batches if r.batch_id == self.batch_id), None)
+        if sb is None and settled is None:
             self.query_one("#batch-head", Static).update(
                 Text(f"batch {self.batch_id} is not in the runs store", style="bold red"))
             return
-        self.sb = sb
-        self.query_one("#batch-head", Static).update(self._head(sb))
-        self.prog = board.progress.get(self.batch_id)
-        if self.prog is not None:
-            self.query_one("#progress", Static).update(progress_text(self.prog))
+        if (sb is None) != (self.sb is None):
+            self.windows.clear()  # in memory <-> settled: the lists change source
+        self.sb, self.settled = sb, settled
         tabs = self.query_one(TabbedContent)
+        if sb is not None:
+            self.query_one("#batch-head", Static).update(self._head(sb))
+            self.prog = board.progress.get(self.batch_id)
+            if self.prog is not None:
+                self.query_one("#progress", Static).update(progress_text(self.prog))
+            counts = {tab: TAB_COUNTS[tab](sb) for tab in TABS}
+        else:
+            assert settled is not None
+            self.query_one("#batch-head", Static).update(self._settled_head(settled))
+            c = settled.counts.model_dump()
+            self.prog = None
+            done = sum(c[k] for k in ("succeeded", "failed", "needs_attention", "canceled"))
+            self.query_one("#progress", Static).update(progress_text(Progress(
+                done, settled.steps_total, True, None, None)))
+            counts = {tab: sum(c[k] for k in TAB_STATUSES[tab]) if TAB_STATUSES[tab]
+                      else settled.steps_total for tab in TABS}
         for tab in TABS:
-            n = TAB_COUNTS[tab](sb)
+            n = counts[tab]
             label = Text(f"{TAB_TITLES[tab]} {n}")
             if tab == "attention" and n:
                 label.stylize("bold red", len(TAB_TITLES[tab]) + 1)
@@ -679,9 +739,86 @@ class BatchScreen(PhhScreen):
         self._sync(self.active_tab())
         self.refresh_crumbs()
 
-    def _sync(self, tab: str, now: datetime | None = None) -> None:
+    # ------------------------------------------------------------ paged lists
+    def pager(self, tab: str) -> Pager | None:
+        """Where a paged list's rows come from; None: the tab shows the board's rows whole.
+        All steps always pages (from the board while the batch is in memory); every list
+        of a settled batch pages from the catalog."""
         if self.sb is not None:
-            self.query_one(f"#t-{tab}", KeyedTable).sync(ROW_BUILDERS[tab](self.sb, now))
+            if tab != "steps":
+                return None
+            if self._list is None or self._list.sb is not self.sb:
+                self._list = ListPager(self.sb)
+            return self._list
+        return self.phh.backend.pages if self.settled is not None else None
+
+    def _sync(self, tab: str, now: datetime | None = None) -> None:
+        table = self.query_one(f"#t-{tab}", KeyedTable)
+        pager = self.pager(tab)
+        if pager is None:
+            if self.sb is not None:
+                table.filter_text = self.filter_text
+                table.sync(ROW_BUILDERS[tab](self.sb, now))
+            return
+        w = self.windows.get(tab)
+        if w is None or w.text != self.filter_text:
+            statuses = TAB_STATUSES[tab] if self.sb is None else ()
+            w = pager.first(Window(self.batch_id or "", statuses, self.filter_text))
+        else:
+            w = pager.again(w)
+        self._show_window(tab, w)
+
+    def _show_window(self, tab: str, w: Window, cursor: str | None = None) -> None:
+        self.windows[tab] = w
+        table = self.query_one(f"#t-{tab}", KeyedTable)
+        table.filter_text = ""  # filtered where the rows come from
+        table.sync([_page_row(tab, d) for d in w.rows])
+        if cursor is not None:
+            table.select_key(cursor)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The cursor near a paged list's edge fetches the next (previous) page."""
+        tid = event.data_table.id or ""
+        tab = tid[2:] if tid.startswith("t-") else ""
+        w = self.windows.get(tab)
+        pager = self.pager(tab)
+        key = event.row_key.value
+        table = event.data_table
+        if w is None or pager is None or key is None or event.cursor_row != table.cursor_row:
+            return  # not a paged list, or a stale event (a sync moved the cursor since)
+        if event.cursor_row >= table.row_count - MARGIN and w.more_after:
+            self._show_window(tab, pager.after(w), key)
+        elif event.cursor_row < MARGIN and w.more_before:
+            self._show_window(tab, pager.before(w), key)
+
+    def _jump(self, last: bool) -> bool:
+        """g / G on a paged list: its first (last) rows; False: not a paged list."""
+        tab = self.active_tab()
+        w, pager = self.windows.get(tab), self.pager(tab)
+        if w is None or pager is None:
+            return False
+        if last and w.more_after:
+            self._show_window(tab, pager.last(w))
+        elif not last and w.more_before:
+            self._show_window(tab, pager.first(w))
+        return True
+
+    def action_top(self) -> None:
+        self._jump(False)
+        super().action_top()
+
+    def action_bottom(self) -> None:
+        self._jump(True)
+        super().action_bottom()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Filtering: a paged list is read again with the text (in SQL, or over the board's
+        rows), the others filter the rows they hold."""
+        if event.input.id != "filter":
+            return
+        event.prevent_default()  # not PhhScreen's: it would filter a window's rows again
+        self.filter_text = event.value
+        self._sync(self.active_tab())
 
     def tick(self, now: datetime) -> None:
         if self.sb is None:
@@ -692,6 +829,16 @@ class BatchScreen(PhhScreen):
         if self.prog is not None and not self.prog.finished:
             later = (now - self.sb.computed_at).total_seconds()
             self.query_one("#progress", Static).update(progress_text(self.prog, later=later))
+
+    def _settled_head(self, row: SystemRow) -> Group:
+        head = Text()
+        head.append(row.batch_id, style="bold")
+        if row.closed:
+            head.append(" [closed]", style="dim italic")
+        head.append(f"  submitted {timestamp(row.submitted_at)} · {row.jobs_total} jobs · "
+                    f"{row.steps_total} steps · settled: read from the catalog", style="dim")
+        return Group(head, Text(row.batch_goal_summary_preview, style="italic"),
+                     counts_text(row.counts, row.steps_total))
 
     def _head(self, sb: BatchScoreboard) -> Group:
         head = Text()
@@ -864,7 +1011,8 @@ class StepScreen(PhhScreen):
         step = self.step_view()
         sb = board.batches.get(self.batch_id or "")
         row = next((r for r in sb.steps if r.job_id == self.job_id
-                    and r.step_id == self.step_id), None) if sb else None
+                    and r.step_id == self.step_id), None) if sb else (
+            self.phh.backend.pages.step_row(self.batch_id or "", self.job_id, self.step_id))
         head = self.query_one("#step-head", Static)
         if step is None or row is None:
             head.update(Text(f"step {self.job_id}.{self.step_id} is not in batch "

@@ -91,11 +91,14 @@ class WatchSet:
         except ValueError:
             return None
 
-    def initial(self, terminal: set[Path]) -> None:
+    def initial(self, terminal: set[Path], skip: set[str] | frozenset[str] = frozenset()
+                ) -> None:
         """Walk the layout (not agent dirs): every layout directory that exists, except the
-        attempt dirs in `terminal` (they do not change any more)."""
+        attempt dirs in `terminal` (they do not change any more) and the batches in `skip`
+        (settled: not in memory, docs/catalog.md#bounded-start-up; walking and watching
+        them would make opening the dashboard O(history))."""
         self.dirs = {self.runs}
-        self._walk(self.runs, (), terminal)
+        self._walk(self.runs, (), terminal | {self.runs / b for b in skip})
 
     def _walk(self, path: Path, parts: tuple[str, ...], terminal: set[Path]) -> list[Path]:
         """Add the layout dirs below `path` (not `path` itself); returns the ones added."""

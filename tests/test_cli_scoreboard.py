@@ -304,8 +304,12 @@ def test_a_settled_store_is_derived_once_then_printed_from_the_cache(
     backdate(store.root)
     for args in _views(store):
         first = scoreboard(capsys, store, *args)
-        assert board_files.cache_file(store.root, args[1] if args else None).is_file()
-        assert scoreboard(capsys, store, *args) == first  # computed_at too: not derived
+        if args:  # the batch view: derived once, then the kept view
+            assert board_files.cache_file(store.root, args[1]).is_file()
+            assert scoreboard(capsys, store, *args) == first  # computed_at too: not derived
+        else:  # the system view: every batch settled, so the catalog answers (no derivation)
+            assert not board_files.cache_file(store.root, None).is_file()
+            assert _but_when(scoreboard(capsys, store)) == _but_when(first)
         again = scoreboard(capsys, store, *args, "--recompute")
         assert again["computed_at"] != first["computed_at"]
         assert _but_when(again) == _but_when(first)
@@ -342,9 +346,14 @@ def test_any_change_to_what_the_view_read_derives_it_again(
     write_result(store.layout, result(store, "retry"))  # the overrides directory exists
     backdate(store.root)
     before = {args: scoreboard(capsys, store, *args) for args in _views(store)}
-    assert all(scoreboard(capsys, store, *a) == b for a, b in before.items())  # cached
+    assert all(scoreboard(capsys, store, *a) == b for a, b in before.items() if a)  # cached
     _change(store, how, tmp_path)
     for args, board in before.items():
+        if not args and how not in ("closed_marker", "new_batch"):
+            # the system view came from the catalog, which trusts a settled batch whose
+            # directory fingerprint holds (phh's writers mark a batch open before changing
+            # it; these writes bypass them): docs/catalog.md#the-scoreboard-from-the-catalog
+            continue
         out = scoreboard(capsys, store, *args)
         assert _but_when(out) == _but_when(scoreboard(capsys, store, *args, "--recompute"))
         if args and how == "new_batch":  # another batch: this view's inputs are unchanged
@@ -394,9 +403,13 @@ def test_api_serves_the_engine_files_then_kept_views(
     put_attempt(store, "succeeded", exit_code=0, turn_completed=True)
     backdate(store.root)
     first = api_get(store, "/v1/scoreboard").json()
-    assert first["notes"] == [] and board_files.cache_file(store.root, None).is_file()
-    assert api_get(store, "/v1/scoreboard").json() == first  # the kept view: same computed_at
-    assert first == scoreboard(capsys, store)  # what the CLI prints
+    # every batch settled: the catalog's rows (no derivation, so no kept view either)
+    assert first["notes"] == [] and not board_files.cache_file(store.root, None).is_file()
+    assert _but_when(api_get(store, "/v1/scoreboard").json()) == _but_when(first)
+    assert _but_when(first) == _but_when(scoreboard(capsys, store))  # what the CLI prints
+    b = api_get(store, f"/v1/batches/{store.batch_id}").json()  # the batch view: kept
+    assert board_files.cache_file(store.root, store.batch_id).is_file()
+    assert api_get(store, f"/v1/batches/{store.batch_id}").json() == b
     assert api_get(store, "/v1/batches/nosuch").status_code == 404
     assert api_get(store, "/v1/batches/..x").status_code in (400, 422)
 

@@ -15,8 +15,8 @@ from typing import cast
 
 from ..derive.scheduler import ReadySet
 from ..models import utcnow
-from ..runners.base import Placing
 from ..runners.attempt import AttemptPlan
+from ..runners.base import Placing
 from ..store.views import StepView
 
 

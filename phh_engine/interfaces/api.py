@@ -368,6 +368,19 @@ class ActionResult(BaseModel):
     run_id: str | None = None
 
 
+class BatchPage(BaseModel):
+    """`GET /v1/batches/{b}?limit=&cursor=`: one page of a batch's step rows from the catalog
+    (interfaces/history.py batch_page; docs/interfaces.md#http-api)."""
+
+    batch_id: str
+    batch: SystemRow | None = Field(description="the batch's system-view row")
+    steps: list[dict[str, Any]] = Field(
+        description="step rows (the batch view's `steps`, plus `failure_class`), Launch "
+                    "Table order")
+    total: int = Field(description="step rows in the batch")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
 class Health(BaseModel):
     ok: bool
     version: str
@@ -495,9 +508,20 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
         return JSONResponse(res, status_code=200 if res.get("existing") else 201)
 
     # -------------------------------------------------------------- batches
-    @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard, tags=["scoreboards"],
-             responses=errors(), summary="Batch scoreboard")
-    def batch(batch_id: BatchId) -> Any:
+    @app.get("/v1/batches/{batch_id}", response_model=BatchScoreboard | BatchPage,
+             tags=["scoreboards"],
+             responses=errors(), summary="Batch scoreboard (with limit/cursor: one page)",
+             description="Without `limit` and `cursor`: the whole batch view. With either: "
+             "`{batch_id, batch, steps, total, next_cursor}` from the catalog, one page of "
+             "step rows (docs/interfaces.md#http-api).")
+    def batch(batch_id: BatchId,
+              limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+              cursor: Annotated[str | None, Query()] = None) -> Any:
+        if limit is not None or cursor is not None:  # paged: O(page), from the catalog
+            from .history import batch_page
+
+            return JSONResponse(catalog.run(batch_page, batch_id=batch_id, cursor=cursor,
+                                            limit=limit))
         return view_json(layout, batch_id)
 
     @app.get("/v1/batches/{batch_id}/meta", tags=["batches"], responses=errors(),
@@ -512,7 +536,7 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
 
     from .api_history import add_routes as add_catalog_routes
 
-    add_catalog_routes(app, layout, errors)  # paged steps, /v1/history/* (the catalog)
+    catalog = add_catalog_routes(app, layout, errors)  # paged steps, /v1/history/*
 
     @app.get("/v1/batches/{batch_id}/jobs/{job_id}/current", tags=["batches"],
              responses=errors(), summary="current.json of a job")

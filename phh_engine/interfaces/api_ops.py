@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -31,7 +31,10 @@ from ..store.pauses import PAUSES_DIR, pause_notes, read_pauses
 from ..store.pointers import build_current
 from .artifacts import LookupFailed as LookupFailed  # raised by every function here
 from .artifacts import attempt_summary, list_attempt_dirs, missing, valid_id
-from .submit import SubmitError, submit
+
+if TYPE_CHECKING:  # at run time imported by submit_table: a read (`phh jobs`, `phh current`)
+    # must not pay for the submit path's jsonschema and YAML loader
+    from .submit import SubmitError
 
 #: CLI action names (and API path segments) -> override action
 ACTIONS: dict[str, str] = {
@@ -57,6 +60,8 @@ def engine_serving(layout: Layout) -> bool:
 def submit_table(layout: Layout, source: Path | dict[str, Any], *,
                  dedupe: bool = False) -> dict[str, Any]:
     """`{batch_id, accepted_job_ids, existing}`; InvalidLaunchTable lists every error."""
+    from .submit import SubmitError, submit
+
     try:
         res = submit(layout, source, dedupe=dedupe)
     except SubmitError as exc:
@@ -136,14 +141,20 @@ def derive_view(layout: Layout, batch_id: str | None = None
 
 
 def view_json(layout: Layout, batch_id: str | None = None) -> dict[str, Any]:
-    """What a reader is shown (the API): the serving engine's fresh file (a few ms), else the
-    view a derivation kept while nothing it read has changed, else a new derivation."""
+    """What a reader is shown (the API): the serving engine's fresh file (a few ms), else
+    (system view) the catalog's rows when every batch is settled there, else the view a
+    derivation kept while nothing it read has changed, else a new derivation."""
     if batch_id is not None:
         valid_id(batch_id, "batch_id")
     served = engine_board(layout.root, batch_id)
     if served is not None:
         return served[0]
-    text = cached_board(layout.root, batch_id)
+    text = None
+    if batch_id is None:  # every batch settled and verified: the catalog's rows
+        from .history import system_view
+
+        text = system_view(layout)
+    text = text if text is not None else cached_board(layout.root, batch_id)
     board: dict[str, Any] = json.loads(
         text if text is not None else derive_view(layout, batch_id)[1])
     return board

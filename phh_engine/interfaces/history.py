@@ -139,6 +139,87 @@ def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
     return {"batch_id": batch_id, "steps": out, "total": total, "next_cursor": nxt}
 
 
+#: what a dashboard list's filter text matches in a step row: "job.step status run class"
+#: or its reasons (the in-memory lists match the same fields); lower-cased, substring. The
+#: reasons are parsed out of the row's JSON only for rows that have any (a minority): that
+#: keeps a filter over 20,000 rows to a plain scan
+STEP_SEARCH = ("(instr(lower(s.job_id || '.' || s.step_id || ' ' || s.status || ' ' || "
+               "coalesce(s.run_id, '-') || ' ' || coalesce(s.failure_class, '')), ?) > 0 OR "
+               "(instr(s.row, '\"reasons\":[]') = 0 AND "
+               "instr(lower(json_extract(s.row, '$.reasons')), ?) > 0))")
+
+
+def step_window(cat: Catalog, batch_id: str, *, statuses: tuple[str, ...] = (),
+                text: str = "", after: int | None = None, before: int | None = None,
+                limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    """Up to `limit` step rows of a batch in Launch Table order (keyset: `seq` > `after`, or
+    the last `limit` rows with `seq` < `before`, still returned in order; neither: the first
+    rows; `before=-1`: the last rows), filtered by status and by `text` (a lower-cased
+    substring of `STEP_SEARCH`). Each row is the scoreboard's step row (StepRow JSON fields)
+    plus `seq`, the latest attempt's `failure_class`, `exit_code`, `report_status` and
+    `report_summary`. For the dashboard's lists (phh_tui/paging.py); O(limit) with an index,
+    O(steps of the batch) with `text`."""
+    where: list[str] = ["s.batch_id = ?"]
+    args: list[Any] = [batch_id]
+    if statuses:
+        where.append(f"s.status IN ({', '.join('?' * len(statuses))})")
+        args.extend(statuses)
+    if text:
+        where.append(STEP_SEARCH)
+        args.extend([text.lower()] * 2)
+    order = "ASC"
+    if after is not None:
+        where.append("s.seq > ?")
+        args.append(after)
+    elif before is not None:
+        order = "DESC"
+        if before >= 0:
+            where.append("s.seq < ?")
+            args.append(before)
+    rows = cat.query(
+        "SELECT s.seq AS seq, s.row AS row, s.failure_class AS failure_class, a.exit_code AS "
+        "exit_code, a.report_status AS report_status, a.report_summary AS report_summary "
+        "FROM steps s LEFT JOIN attempts a ON a.batch_id = s.batch_id AND a.job_id = s.job_id "
+        "AND a.step_id = s.step_id AND a.run_id = s.run_id "
+        f"WHERE {' AND '.join(where)} ORDER BY s.seq {order} LIMIT ?", [*args, limit])
+    out = []
+    for r in rows:
+        d = json.loads(r["row"])
+        d.update(seq=r["seq"], failure_class=r["failure_class"], exit_code=r["exit_code"],
+                 report_status=r["report_status"], report_summary=r["report_summary"])
+        out.append(d)
+    if order == "DESC":
+        out.reverse()
+    return out
+
+
+def step_counts(cat: Catalog, batch_id: str, text: str = "") -> dict[str, int]:
+    """{status: steps} of a batch (with `text`: of the rows it matches, as `step_window`)."""
+    where: list[str] = ["s.batch_id = ?"]
+    args: list[Any] = [batch_id]
+    if text:
+        where.append(STEP_SEARCH)
+        args.extend([text.lower()] * 2)
+    return {r[0]: r[1] for r in cat.query(
+        f"SELECT s.status, count(*) FROM steps s WHERE {' AND '.join(where)} "
+        "GROUP BY s.status", args)}
+
+
+def batch_page(cat: Catalog, batch_id: str, *, status: str | None = None,
+               failure_class: str | None = None, cursor: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    """`GET /v1/batches/{b}?limit=&cursor=` (docs/interfaces.md#http-api): the batch's
+    system-view row (`batch`: counts, totals, goal preview, closed, running and attention
+    steps) and one page of its step rows, as `steps_page`: `{batch_id, batch, steps, total,
+    next_cursor}`. O(page)."""
+    page = steps_page(cat, batch_id, status=status, failure_class=failure_class,
+                      cursor=cursor, limit=limit)
+    row = cat.query("SELECT system_row FROM batches WHERE batch_id = ?", (batch_id,))
+    text = row[0]["system_row"] if row else None
+    return {"batch_id": batch_id, "batch": json.loads(text) if text else None,
+            **{k: v for k, v in page.items() if k != "batch_id"}}
+
+
 def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | None,
                      status: str | None, failure_class: str | None, runner_id: str | None,
                      since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
@@ -276,6 +357,64 @@ def per_hour(cat: Catalog, *, since: str | None = None,
         "attempts, coalesce(sum(status IN ('failed', 'needs_attention')), 0) AS failed "
         f"FROM attempts {cond} GROUP BY hour ORDER BY hour", args)
     return {"rows": [dict(r) for r in rows if r["hour"] is not None]}
+
+
+def system_view(layout: Layout) -> str | None:
+    """The system scoreboard (SPEC's `GET /v1/scoreboard` shape, as `derive_view` prints it:
+    `model_dump_json(indent=2)`) from the catalog alone, when it can answer for the whole
+    root: every batch on disk settled in the catalog (finished, fingerprint recorded; after
+    a reader's refresh) with its directory fingerprint unchanged, no start-pause file (its
+    notes need the models) and no stray entry in runs/ (a note too). None otherwise: the
+    caller derives the view from the files. O(batches + jobs) stats, no attempt read.
+    A cold `phh scoreboard --json` then imports no model and reads no attempt."""
+    import os
+
+    from ..store.catalog import batch_dirs
+
+    if not layout.runs.is_dir():
+        return None
+    try:
+        with os.scandir(layout.runs) as it:
+            if any(not e.name.startswith(("_", ".")) and not e.is_dir() for e in it):
+                return None  # a stray file where a batch would be: derive (it is noted)
+        if any(n.endswith(".json") for n in os.listdir(layout.system / "pauses")):
+            return None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        cat = open_for_reader(layout)
+    except (CatalogError, sqlite3.Error):
+        return None
+    try:
+        rows = cat.query("SELECT batch_id, finished, fingerprint, system_row FROM batches")
+    except sqlite3.Error:
+        return None
+    finally:
+        cat.close()
+    known = {r["batch_id"]: r for r in rows}
+    on_disk = batch_dirs(layout)
+    if set(known) != set(on_disk) or any(
+            not r["finished"] or r["fingerprint"] is None or r["system_row"] is None
+            for r in rows):
+        return None
+    # verified as the engine's start verifies: each batch's directory fingerprint (closed
+    # marker, each job directory's mtime; one stat per job) is still the one it settled with
+    from ..store.catalog import fingerprint
+
+    if any(fingerprint(layout, r["batch_id"]) != r["fingerprint"] for r in rows):
+        return None
+    out = [json.loads(r["system_row"]) for r in rows]
+    # = derive.scoreboards.system_scoreboard's order: attention first, then running, then
+    # newest submitted first, ties by batch id
+    out.sort(key=lambda r: r["batch_id"])
+    out.sort(key=lambda r: (r["attention_steps"] == 0, r["running_steps"] == 0,
+                            -datetime.fromisoformat(r["submitted_at"].replace(
+                                "Z", "+00:00")).timestamp()))
+    now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return json.dumps({"computed_at": now, "batches": out, "notes": []}, indent=2,
+                      ensure_ascii=False)
 
 
 QUERIES = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,10 +85,14 @@ def new_run_id(now: datetime | None = None) -> str:
     """`r` + microseconds within the second + random: attempt directories that start in the
     same second (the dir name's resolution) still sort by start time, and never collide."""
     micros = now.microsecond if now is not None else 0
+    import secrets  # here: it loads OpenSSL (~10 ms), which a catalog read never needs
+
     return f"r{micros:06d}{secrets.token_hex(4)}"
 
 
 def new_batch_id(now: datetime) -> str:
+    import secrets
+
     return f"batch_{now:%Y%m%dT%H%M%SZ}_{secrets.token_hex(2)}"
 
 
