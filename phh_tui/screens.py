@@ -638,6 +638,18 @@ TAB_RENDER: dict[str, Callable[[str, Hashable], Sequence[Cell]]] = {
 }
 
 
+def batch_title(batch_id: str, closed: bool, submitted_at: datetime, jobs: int, steps: int,
+                tail: str = "") -> Text:
+    """The batch screen's first line: id, [closed], submitted time, sizes (+ `tail`)."""
+    head = Text()
+    head.append(batch_id, style="bold")
+    if closed:
+        head.append(" [closed]", style="dim italic")
+    head.append(f"  submitted {timestamp(submitted_at)} · {jobs} jobs · {steps} steps{tail}",
+                style="dim")
+    return head
+
+
 class BatchScreen(PhhScreen):
     """Header (goal, counts, tokens, progress with ETA) and the five lists."""
 
@@ -831,22 +843,14 @@ class BatchScreen(PhhScreen):
             self.query_one("#progress", Static).update(progress_text(self.prog, later=later))
 
     def _settled_head(self, row: SystemRow) -> Group:
-        head = Text()
-        head.append(row.batch_id, style="bold")
-        if row.closed:
-            head.append(" [closed]", style="dim italic")
-        head.append(f"  submitted {timestamp(row.submitted_at)} · {row.jobs_total} jobs · "
-                    f"{row.steps_total} steps · settled: read from the catalog", style="dim")
+        head = batch_title(row.batch_id, row.closed, row.submitted_at, row.jobs_total,
+                           row.steps_total, " · settled: read from the catalog")
         return Group(head, Text(row.batch_goal_summary_preview, style="italic"),
                      counts_text(row.counts, row.steps_total))
 
     def _head(self, sb: BatchScoreboard) -> Group:
-        head = Text()
-        head.append(sb.batch_id, style="bold")
-        if sb.closed:
-            head.append(" [closed]", style="dim italic")
-        head.append(f"  submitted {timestamp(sb.submitted_at)} · {sb.jobs_total} jobs · "
-                    f"{sb.steps_total} steps", style="dim")
+        head = batch_title(sb.batch_id, sb.closed, sb.submitted_at, sb.jobs_total,
+                           sb.steps_total)
         u = sb.usage
         usage = Text("tokens: " + tokens(u.input_tokens, u.cached_input_tokens,
                                          u.output_tokens), style="dim")

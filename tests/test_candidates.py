@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Harness, final, step, wait_for
+from test_workspace import git, make_repo
 
 from phh_engine.derive.candidates import rank
 from phh_engine.models.promotion import CandidateRank
@@ -29,21 +30,6 @@ from phh_engine.standin import script
 from phh_engine.store.candidates import read_promotion
 
 PHH = str(Path(sys.executable).with_name("phh"))
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
-                          text=True).stdout
-
-
-def make_repo(path: Path, files: dict[str, str]) -> str:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", "-b", "main")
-    for rel, text in files.items():
-        (path / rel).write_text(text)
-    git(path, "add", ".")
-    git(path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
-    return git(path, "rev-parse", "HEAD").strip()
 
 
 def suffix(*actions: dict[str, Any]) -> dict[str, Any]:
