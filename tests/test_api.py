@@ -21,10 +21,10 @@ from conftest import GOAL, Harness, final, step, wait_for
 from phh_engine.interfaces import api as api_mod
 from phh_engine.interfaces.api import ApiServer, Auth, ServeError, create_app, resolve_auth
 from phh_engine.interfaces.submit import submit
-from phh_engine.models import HarnessSettings
+from phh_engine.models import AttemptState, HarnessSettings, utcnow
 from phh_engine.store.files import atomic_write_json
 from phh_engine.store.harness_config import load_config, materialize
-from phh_engine.store.paths import ARTIFACT_NAMES, Layout
+from phh_engine.store.paths import ARTIFACT_NAMES, Layout, run_id_of
 
 VENV_BIN = Path(__file__).parents[1] / ".venv" / "bin"
 TOKEN = "phh-test-token-" + "Q7" * 20
@@ -65,9 +65,13 @@ def table(root: Path, jobs: list[dict[str, Any]] | None = None, **kw: Any) -> di
 
 def fake_attempt(layout: Layout, batch_id: str, job: str = "j1", step_id: str = "s1",
                  name: str = "20260101T000000Z_r1") -> Path:
-    """An attempt directory with a few files, for tests that need no Codex run."""
+    """An attempt directory with a few files, for tests that need no Codex run (with a
+    state.json: a directory without one is not an attempt, docs/layout.md#durability)."""
     d = layout.attempts_dir(batch_id, job, step_id) / name
     d.mkdir(parents=True)
+    atomic_write_json(d / "state.json", AttemptState(
+        batch_id=batch_id, job_id=job, step_id=step_id, run_id=run_id_of(name),
+        runner_id="local", status="succeeded", updated_at=utcnow()))
     (d / "final.txt").write_text("the final text\n")
     (d / "codex.events.jsonl").write_text(
         '{"type":"thread.started","thread_id":"t1"}\nnot json\n{"type":"turn.started"}\n')
