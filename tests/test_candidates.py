@@ -280,6 +280,11 @@ def test_operator_promote_over_api_and_cli_exactly_once(harness: Harness) -> Non
      "jobs[0].steps[0].candidate_overrides", "at most one per candidate"),
     ({"candidates": 2, "candidate_overrides": [{"model_reasoning_effort": "huge"}]},
      "jobs[0].steps[0].candidate_overrides[0].model_reasoning_effort", "minimal"),
+    # a tester's: overrides no candidate would use, an empty model name
+    ({"candidate_overrides": [{"model": "x"}]}, "jobs[0].steps[0].candidate_overrides",
+     "best-of-N step only"),
+    ({"candidates": 2, "candidate_overrides": [{"model": ""}]},
+     "jobs[0].steps[0].candidate_overrides[0].model", "at least 1"),
 ])
 def test_submit_refuses_bad_candidates_naming_the_json_path(
         harness: Harness, changes: dict[str, Any], path: str, words: str) -> None:
@@ -569,3 +574,26 @@ async def test_an_observing_dashboard_sees_the_promotion(harness: Harness) -> No
         assert app.board is not None
         (row_,) = [r for r in app.board.batches[bid].steps if r.step_id == "s1"]
         assert row_.candidates is not None and row_.candidates[0].promoted
+
+
+@pytest.mark.codex
+def test_a_candidates_suffix_is_its_first_turn_only(harness: Harness) -> None:
+    """A tester's: a verify_failed retry (same thread) of candidate k carried its
+    prompt_suffix again after the verifier's feedback, so the agent redid the first turn's
+    instruction instead of acting on the feedback."""
+    make_repo(harness.workspace, {"f.txt": "base\n"})
+    bid = harness.submit([{"job_id": "j1", "workspace_policy": "isolated", "steps": [
+        step("s1", final("plain"), candidates=2,
+             candidate_overrides=[{"prompt_suffix": "SUFFIX-1"}, {"prompt_suffix": "SUFFIX-2"}],
+             verify={"command": "test -f ok.txt || { touch ok.txt; exit 1; }"}),
+    ]}], retries={"max_attempts": 2, "backoff_seconds": 0, "mode": "resume_same_thread"})
+    harness.run()
+    for k, atts in ((1, []), (2, [])):
+        atts.extend(a for a in harness.attempts(bid, "j1", "s1")
+                    if harness.meta(a).get("candidate") == k)
+        first, retry = atts
+        assert f"SUFFIX-{k}" in (first / "prompt.txt").read_text()
+        assert harness.meta(retry)["invocation"] == "resume"
+        assert f"SUFFIX-{k}" not in (retry / "prompt.txt").read_text()
+        assert "verifier" in (retry / "prompt.txt").read_text()
+        assert harness.state(retry)["status"] == "succeeded"

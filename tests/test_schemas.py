@@ -165,3 +165,27 @@ def test_check_and_write_cli(
     proc = subprocess.run([sys.executable, "-m", "phh_engine.schemas", "--check"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_no_field_may_be_null_and_required() -> None:
+    """Files are written without their null values (`store.files.to_bytes`): a field that
+    may be null must therefore have a default, or the file it was left out of no longer
+    reads back (a timed-out verifier's state.json read as `queued` forever)."""
+    import importlib
+    import inspect
+    import pkgutil
+    import typing
+
+    from pydantic import BaseModel
+
+    import phh_engine.models as models
+
+    bad = []
+    for info in pkgutil.iter_modules(models.__path__):
+        mod = importlib.import_module(f"phh_engine.models.{info.name}")
+        for name, obj in vars(mod).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseModel):
+                for fname, f in obj.model_fields.items():
+                    if f.is_required() and type(None) in typing.get_args(f.annotation):
+                        bad.append(f"{name}.{fname}")
+    assert bad == []

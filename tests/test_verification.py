@@ -19,7 +19,9 @@ import pytest
 from conftest import Harness, final, step, wait_for
 
 from phh_engine.interfaces.submit import SubmitError, submit
+from phh_engine.models import AttemptState
 from phh_engine.standin import script
+from phh_engine.store.files import read_model
 
 pytestmark = pytest.mark.codex
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -141,6 +143,12 @@ def test_verifier_timeout_kills_its_group(harness: Harness) -> None:
     assert not [p for p in psutil.process_iter(["cwd", "cmdline"])
                 if p.info.get("cwd") == str(harness.workspace)
                 and "300" in (p.info.get("cmdline") or [])]
+    # a tester's: the record without an exit code must read back as the model it is (it
+    # read as `queued`, and the next engine "recovered" it in a loop that never went idle)
+    assert read_model(att / "state.json", AttemptState) is not None
+    harness.run(timeout=120)
+    assert harness.state(att)["status"] == "failed" and len(harness.attempts(bid, "j", "s")) == 1
+    assert not [e for e in harness.events if e.kind == "recovered"]
 
 
 def test_verify_log_is_bounded(harness: Harness) -> None:
@@ -306,6 +314,11 @@ def _table(harness: Harness, **step_kw: Any) -> Path:
     ({"verify": "pytest"}, "jobs[0].steps[0].verify", ""),
     ({"repair_turns": -1}, "jobs[0].steps[0].repair_turns", ""),
     ({"repair_turns": 11}, "jobs[0].steps[0].repair_turns", ""),
+    # a tester's: a pattern that can never score, and one execve could not even pass on
+    ({"verify": {"command": "true", "score_pattern": ""}},
+     "jobs[0].steps[0].verify.score_pattern", "empty"),
+    ({"verify": {"command": "true", "score_pattern": "a\u0000"}},
+     "jobs[0].steps[0].verify.score_pattern", "NUL"),
 ])
 def test_submit_refuses_bad_verify_and_repair_turns(harness: Harness, kw: dict[str, Any],
                                                      where: str, what: str) -> None:
@@ -477,11 +490,23 @@ def test_verifier_env_is_built_from_scratch(tmp_path: Path) -> None:
     (r"score=(\S+)", "score=nan", None),
     (r"missing", "nothing here", None),
     (None, "score=1", None),
+    (r"score=(\S+)", "score=1_000", None),  # float() would read it; a score is plain digits
 ])
 def test_parse_score(pattern: str | None, text: str, want: float | None) -> None:
     from phh_engine.runners.verify import parse_score
 
     assert parse_score(pattern, text) == want
+
+
+def test_a_backtracking_score_pattern_is_bounded_not_run_on_the_engine() -> None:
+    """A tester's `(a+)+b` over `aaa…a!` doubles its time with each `a`: Python's re holds
+    the GIL, so in a thread it stalled the engine's loop for seconds; in the child process
+    it is killed at the deadline and there is no score, with a note."""
+    from phh_engine.runners.verify import parse_score_bounded
+
+    assert parse_score_bounded(r"score=(\d+)", "score=7\n") == (7.0, None)
+    score, note = parse_score_bounded("(a+)+b", "a" * 60 + "!", timeout=1.0)
+    assert score is None and note is not None and "did not finish" in note
 
 
 def test_a_fault_in_the_verifier_hook_still_ends_the_attempt(

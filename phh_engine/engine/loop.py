@@ -656,6 +656,7 @@ class Engine:
 
     def _task_done(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self.tasks.pop(run_id, None)
+        self.promoter.recheck()  # best-of-N: the index is final for this attempt now
         if self.admission.cred is not None:
             self.admission.cred.ended(run_id)
         if task.cancelled():

@@ -46,6 +46,9 @@ class Promoter:
         self.layout = index.layout
         self.changed = changed
         self._noted: set[Key] = set()
+        #: noted best-of-N steps not promoted yet: looked at again when any attempt task
+        #: ends (`recheck`), so a look that came a moment too early is never the last one
+        self._open: set[Key] = set()
 
     def note(self, batch_id: str, job_id: str, step_id: str) -> None:
         """An attempt of this step ended: worth a look if the step is best-of-N."""
@@ -61,6 +64,11 @@ class Promoter:
             for job, step in batch.steps():
                 if step.spec.candidates > 1 and step.attempts:
                     self._noted.add((batch.batch_id, job.job_id, step.step_id))
+
+    def recheck(self) -> None:
+        """An attempt task ended: look again at every best-of-N step still waiting for its
+        promotion (few: only those in progress)."""
+        self._noted |= self._open
 
     def _step(self, key: Key) -> StepView | None:
         batch = self.index.batches.get(key[0])
@@ -87,6 +95,10 @@ class Promoter:
             if step is None or step.spec.candidates <= 1:
                 continue
             due = self._due(key, step)
+            if due is None and (step.promotion is None or step.promotion.state == "pending"):
+                self._open.add(key)
+            else:
+                self._open.discard(key)
             try:
                 promo = await asyncio.to_thread(self._apply_files, key, due)
             except Exception as exc:  # total: one step's fault never stops the engine

@@ -403,7 +403,7 @@ class _Checker:
         """Best-of-N (docs/verification.md#candidates-best-of-n): each candidate needs its
         own checkout, so `candidates > 1` needs the job's workspace_policy `isolated`; at most
         one override per candidate."""
-        n = step.get("candidates")
+        n = step.get("candidates", 1)
         if not isinstance(n, int) or isinstance(n, bool):
             return
         policy = job.get("workspace_policy") or self.raw.get("workspace_policy") or \
@@ -414,7 +414,11 @@ class _Checker:
                      f"of, but the job's workspace_policy is {policy!r}: set "
                      "\"workspace_policy\": \"isolated\" on the job (or the batch)")
         overrides = step.get("candidate_overrides")
-        if isinstance(overrides, list) and len(overrides) > max(n, 1):
+        if isinstance(overrides, list) and overrides and n <= 1:
+            self.add(f"{spath}.candidate_overrides",
+                     "candidate_overrides apply to a best-of-N step only: set candidates "
+                     f"to 2 or more, or drop them ({len(overrides)} given, none would be used)")
+        elif isinstance(overrides, list) and len(overrides) > max(n, 1):
             self.add(f"{spath}.candidate_overrides",
                      f"{len(overrides)} overrides for {n} candidate(s): at most one per "
                      "candidate")

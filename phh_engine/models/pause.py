@@ -16,7 +16,8 @@ class StartPause(Record):
 
     name: Id = Field(description="what the pause is for, e.g. usage_limit; the file's name")
     reason: str = Field(description="short human reason shown after the time, e.g. 'usage limit'")
-    until: datetime | None = Field(description="end of the pause (UTC); null: until cleared")
+    until: datetime | None = Field(default=None,
+                                   description="end of the pause (UTC); null: until cleared")
     since: datetime = Field(description="when this pause (streak) began")
     set_at: datetime = Field(description="last time it was set or extended")
     set_by: str = Field(description="who set it, e.g. runner:local")

@@ -61,6 +61,8 @@ class VerifySpec(Strict):
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
         if v is not None:
+            if not v or "\0" in v:
+                raise ValueError("score_pattern is empty or contains a NUL character")
             try:
                 re.compile(v)
             except re.error as e:
@@ -71,7 +73,7 @@ class VerifySpec(Strict):
 class CandidateOverride(Strict):
     """What differs for candidate k (list index k-1 of `candidate_overrides`)."""
 
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1)
     model_reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     prompt_suffix: str | None = Field(default=None, max_length=65_536)
 
@@ -82,7 +84,8 @@ class VerifyResult(Record):
 
     started_at: datetime
     duration_seconds: float = Field(ge=0)
-    exit_code: int | None = Field(description="None when it was killed (timeout, cancel)")
+    exit_code: int | None = Field(default=None,
+                                  description="None when it was killed (timeout, cancel)")
     timed_out: bool = False
     passed: bool
     score: float | None = None

@@ -122,20 +122,28 @@ def record_runner_lost(layout: Layout, batch_id: str, job_id: str, path: Path,
     first by someone else wins (one terminal status, ever); returns what is on disk."""
     now = utcnow()
     st = state
+    if st.status == "queued":
+        st = st.model_copy(update={"status": "running", "started_at": now, "updated_at": now})
+    final = st.model_copy(update={
+        "status": "failed", "updated_at": now, "ended_at": now,
+        "exit_code": exit_code, "termination_reason": "runner_lost",
+        "failure_class": "runner_lost", "errors": [*st.errors[-19:], why],
+    })
     with job_lock(layout.job_lock(batch_id, job_id)):
         try:
-            if st.status == "queued":
-                st = st.model_copy(update={"status": "running", "started_at": now,
-                                           "updated_at": now})
+            if state.status == "queued":
                 write_state(path / STATE, st)
-            final = st.model_copy(update={
-                "status": "failed", "updated_at": now, "ended_at": now,
-                "exit_code": exit_code, "termination_reason": "runner_lost",
-                "failure_class": "runner_lost", "errors": [*st.errors[-19:], why],
-            })
             write_state(path / STATE, final)
         except TerminalStateError:
-            final = read_model(path / STATE, AttemptState) or st
+            on_disk = read_model(path / STATE, AttemptState)
+            if on_disk is None:
+                # terminal by its raw status, yet not a valid AttemptState (a file from a
+                # newer or broken writer): it ended; say so here instead of handing back the
+                # in-flight view, which recovery would pick up again and again
+                log.warning("%s: state.json is terminal but unreadable; treated as ended",
+                            path)
+            else:
+                final = on_disk
         update_current(layout, batch_id, job_id, locked=True)
     return final
 

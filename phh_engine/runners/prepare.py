@@ -192,11 +192,14 @@ class PrepareSteps(RunnerCore):
                 prompt = resolve_placeholders(spec.prompt, job)
                 if spec.append_prompt:
                     prompt += "\n\n" + resolve_placeholders(spec.append_prompt, job)
+                # best-of-N hook: the candidate's own instruction belongs to its first turn
+                # only; a follow-up in the same thread (repair, verify retry) carries just
+                # its own text, as append_prompt is not repeated there either
+                suffix = candidate_prompt_suffix(spec, plan.candidate)
+                if suffix:
+                    prompt += "\n\n" + suffix
             if plan.extra_prompt:
                 prompt += "\n\n" + plan.extra_prompt
-            suffix = candidate_prompt_suffix(spec, plan.candidate)  # best-of-N hook
-            if suffix:
-                prompt += "\n\n" + suffix
         write_once_bytes(start.path / PROMPT_FILE, prompt.encode())
         start.prompt = prompt
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import math
 import os
-import re
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -37,6 +37,7 @@ from ..store.crash import crashpoint, faultpoint
 from ..store.files import TerminalStateError, atomic_write_bytes, write_state
 from ..store.paths import FINAL_TXT, STATE, VERIFY_HOME, VERIFY_LOG
 from ..store.views import AttemptView
+from .score import parse_score as parse_score  # re-exported: the rule, in-process
 
 if TYPE_CHECKING:
     from .attempt import AttemptPlan, LiveAttempt, _Watch
@@ -133,28 +134,30 @@ def verifier_argv(codex_bin: str, policy: ExecutionPolicy, command: str, marker:
     return [*argv, "--", *shell]
 
 
-def parse_score(pattern: str | None, text: str) -> float | None:
-    """The score in `text`: the LAST match of `pattern`; its group `score`, else its first
-    group, else the whole match, read as a float. None without a pattern, a match, or a
-    number there (nan and infinities are not scores)."""
+#: Seconds a `score_pattern` may search the verifier's output. Python's `re` holds the GIL
+#: while it matches, so a backtracking pattern in a thread would still stall the engine's
+#: loop: the search runs in a child process that is killed at this deadline.
+SCORE_SECONDS = 10.0
+_SCORE_CHILD = ("import json, sys\nfrom phh_engine.runners.score import parse_score\n"
+                "p, t = json.load(sys.stdin)\nprint(json.dumps(parse_score(p, t)))")
+
+
+def parse_score_bounded(pattern: str | None, text: str, timeout: float = SCORE_SECONDS
+                        ) -> tuple[float | None, str | None]:
+    """`parse_score` in a child process with a deadline (blocking: call off the loop):
+    (score or None, a note for verify.log when the search did not finish)."""
     if not pattern:
-        return None
-    last: re.Match[str] | None = None
-    for last in re.finditer(pattern, text, re.MULTILINE):  # noqa: B007 (we want the last)
-        pass
-    if last is None:
-        return None
-    if "score" in last.re.groupindex:
-        raw = last.group("score")
-    elif last.re.groups:
-        raw = last.group(1)
-    else:
-        raw = last.group(0)
+        return None, None
     try:
-        value = float((raw or "").strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+        r = subprocess.run([sys.executable, "-c", _SCORE_CHILD], input=json.dumps([pattern, text]),
+                           capture_output=True, text=True, timeout=timeout, check=False)
+        value = json.loads(r.stdout) if r.returncode == 0 else None
+    except subprocess.TimeoutExpired:
+        return None, (f"score_pattern did not finish searching the output within {timeout:g}s "
+                      "(a pattern that backtracks?): no score")
+    except (OSError, ValueError) as exc:
+        return None, f"score_pattern could not be searched: {exc}"
+    return (float(value) if isinstance(value, (int, float)) else None), None
 
 
 def tail(data: bytes, max_bytes: int = LOG_MAX_BYTES, max_lines: int = LOG_MAX_LINES) -> bytes:
@@ -434,9 +437,10 @@ async def run_if_due(runner: WatchSteps, plan: AttemptPlan, view: AttemptView,
         body += b"\n[phh: the verifier was killed: the attempt was canceled]\n"
     exit_code = None if killed or rc is None or rc < 0 else rc
     passed = exit_code == 0
-    # off the loop: the operator's pattern over up to 128 KiB may backtrack for a while
-    score = await runner._in_io(parse_score, spec.score_pattern,
-                                text.decode("utf-8", "replace"))
+    score, score_note = await runner._in_io(parse_score_bounded, spec.score_pattern,
+                                            text.decode("utf-8", "replace"))
+    if score_note:
+        body += f"\n[phh: {score_note}]\n".encode()
     result = VerifyResult(started_at=started, duration_seconds=round(duration, 3),
                           exit_code=exit_code, timed_out=timed_out, passed=passed, score=score)
     await _record(runner, plan, view, w, result, note + body, item_before)
