@@ -7,6 +7,11 @@ attempt through its files on the shared runs root. Ray errors are hints only: an
 finalised `runner_lost` when its heartbeat is stale and it has no exit code.
 """
 
+# Over 500 lines on purpose (~620): one class holds the node table, placement (which node
+# may run a resume: visibility answers and their cache) and the following of attempts,
+# because all three read and change the same per-node slots under the engine's loop; the
+# node agent's side is ray_node.py, the checks ray_doctor.py.
+
 from __future__ import annotations
 
 import asyncio
