@@ -522,6 +522,8 @@ class Engine:
                     and pause_end is None:
                 if self.recovery.sweep_orphans():
                     continue  # an attempt nobody watched was ended or adopted: look again
+                if self.promoter.noted:
+                    continue  # candidates ended while promotions ran: look at them first
                 if self.until_idle:
                     self.emit(EngineEvent("idle", now, detail="nothing running or runnable"))
                     return

@@ -65,6 +65,12 @@ class Promoter:
                 if step.spec.candidates > 1 and step.attempts:
                     self._noted.add((batch.batch_id, job.job_id, step.step_id))
 
+    @property
+    def noted(self) -> bool:
+        """Steps noted (e.g. while `run_due` awaited a worker thread) and not looked at yet:
+        the engine is not idle while there are any."""
+        return bool(self._noted)
+
     def recheck(self) -> None:
         """An attempt task ended: look again at every best-of-N step still waiting for its
         promotion (few: only those in progress)."""
