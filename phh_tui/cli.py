@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from phh_engine.store.paths import Layout
+from phh_engine.store.paths import Layout, is_phh_root
 from phh_tui.cli_common import EXIT_FAIL, EXIT_INVALID, EXIT_OK, id_arg
 from phh_tui.cli_common import err as _err
 from phh_tui.cli_common import print_json as _print_json
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_dashboard(args)
     if args.command in READ_ONLY_COMMANDS:
         root = _root(args)
-        if not Layout(root).runs.is_dir() and not (root / "phh_config.json").is_file():
+        if not is_phh_root(Layout(root)):
             from phh_engine.interfaces.artifacts import LookupFailed
             from phh_tui.cli_automation import fail
 

@@ -113,7 +113,8 @@ def refuse_without_codex() -> int | None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Bare `phh`: the dashboard on the root; it runs an engine unless one already serves
     the root (then it observes, and actions go to that engine)."""
-    from phh_engine.runners.doctor import is_phh_root, serving_runners
+    from phh_engine.runners.doctor import serving_runners
+    from phh_engine.store.paths import is_phh_root
 
     root = root_of(args)
     layout = Layout(root)

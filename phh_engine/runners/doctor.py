@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ..models import HarnessConfig
 from ..store.docread import CODEX_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
-from ..store.paths import Layout
+from ..store.paths import Layout, is_phh_root
 from . import credentials
 from .codex_cli import (
     PINNED_CODEX_VERSION,
@@ -372,11 +372,6 @@ def check_engine(ctx: DoctorContext) -> Iterable[CheckResult]:
 
 
 # ------------------------------------------------------------------------------ helpers
-def is_phh_root(layout: Layout) -> bool:
-    """A directory `phh init` (or `phh demo`) made: it has runs/ or phh_config.json."""
-    return layout.runs.is_dir() or layout.settings_path.is_file()
-
-
 def serving_runners(layout: Layout) -> list[str]:
     """Runner ids whose engine lock is held right now (each engine holds it while it runs)."""
     from ..store.files import lock_held

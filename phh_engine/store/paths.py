@@ -168,6 +168,11 @@ def attempt_dir_names(attempts_dir: str | Path) -> list[str]:
     return scan_attempts(attempts_dir)[0]
 
 
+def is_phh_root(layout: Layout) -> bool:
+    """A directory `phh init` (or `phh demo`) made: it has runs/ or phh_config.json."""
+    return layout.runs.is_dir() or layout.settings_path.is_file()
+
+
 class Layout:
     """Path arithmetic over one phh root. Performs no I/O except `find_attempt_dir`."""
 
