@@ -116,13 +116,8 @@ def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
     status = _one_of(status, STEP_STATUSES, "status")
     n = _limit(limit)
     after = _cursor(cursor, 1)
-    where, args = ["batch_id = ?"], [batch_id]
-    if status:
-        where.append("status = ?")
-        args.append(status)
-    if failure_class:
-        where.append("failure_class = ?")
-        args.append(failure_class)
+    where, args = _equals(("batch_id", batch_id), ("status", status),
+                          ("failure_class", failure_class))
     total = cat.query(f"SELECT count(*) FROM steps WHERE {' AND '.join(where)}", args)[0][0]
     if after is not None:
         where.append("seq > ?")
@@ -220,25 +215,24 @@ def batch_page(cat: Catalog, batch_id: str, *, status: str | None = None,
             **{k: v for k, v in page.items() if k != "batch_id"}}
 
 
+def _equals(*pairs: tuple[str, Any]) -> tuple[list[str], list[Any]]:
+    """`column = ?` clauses and their arguments, in order, for each pair whose value is set
+    (the filters every page and history query share)."""
+    where = [f"{col} = ?" for col, val in pairs if val]
+    return where, [val for _, val in pairs if val]
+
+
 def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | None,
                      status: str | None, failure_class: str | None, runner_id: str | None,
                      since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    args: list[Any] = []
-    for col, val, what in (("batch_id", batch_id, "batch_id"), ("job_id", job_id, "job_id"),
-                           ("step_id", step_id, "step_id"), ("runner_id", runner_id,
-                                                             "runner_id")):
+    for col, val in (("batch_id", batch_id), ("job_id", job_id), ("step_id", step_id),
+                     ("runner_id", runner_id)):
         if val:
-            valid_id(val, what)
-            where.append(f"{col} = ?")
-            args.append(val)
+            valid_id(val, col)
     st = _one_of(status, ATTEMPT_STATUSES, "status")
-    if st:
-        where.append("status = ?")
-        args.append(st)
-    if failure_class:
-        where.append("failure_class = ?")
-        args.append(failure_class)
+    where, args = _equals(("batch_id", batch_id), ("job_id", job_id), ("step_id", step_id),
+                          ("runner_id", runner_id), ("status", st),
+                          ("failure_class", failure_class))
     lo, hi = _time(since, "since"), _time(until, "until")
     if lo and hi and lo > hi:
         raise _bad(f"since: {since} is after until: {until}")
