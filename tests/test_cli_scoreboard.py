@@ -350,9 +350,10 @@ def test_any_change_to_what_the_view_read_derives_it_again(
     _change(store, how, tmp_path)
     for args, board in before.items():
         if not args and how not in ("closed_marker", "new_batch"):
-            # the system view came from the catalog, which trusts a settled batch whose
-            # directory fingerprint holds (phh's writers mark a batch open before changing
-            # it; these writes bypass them): docs/catalog.md#the-scoreboard-from-the-catalog
+            # the system view came from the catalog, which trusts a settled batch (phh's
+            # writers mark a batch open before changing it; these writes bypass them) but
+            # looks for a hand-made closed marker and new batches:
+            # docs/catalog.md#the-scoreboard-from-the-catalog
             continue
         out = scoreboard(capsys, store, *args)
         assert _but_when(out) == _but_when(scoreboard(capsys, store, *args, "--recompute"))
