@@ -212,6 +212,41 @@ def test_damaged_catalog_file_is_rebuilt_never_trusted(tmp_path: Path, damage: s
     assert rows and rows[0]["status"] == "ok", rows
 
 
+def test_a_catalog_one_schema_version_old_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 1 lacked only the token usage indexes: its rows are kept (no rebuild of
+    months of history), the indexes are added, and the sums use them."""
+    store = Store(tmp_path / "root", jobs=6)
+    for j in range(6):
+        store.attempt(0, j, 0, "succeeded")
+    want = rebuilt(store.layout, tmp_path)
+    path = catmod.catalog_path(store.layout)
+    assert reader_snapshot(store.layout) == want
+    conn = sqlite3.connect(path)
+    for name in ("attempts_tokens_by_day", "attempts_tokens_by_model",
+                 "attempts_tokens_by_batch"):
+        conn.execute(f"DROP INDEX {name}")
+    conn.execute("INSERT INTO batches (batch_id, closed, finished) VALUES ('kept', 0, 0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    cat = Catalog.open(store.layout)
+    try:
+        assert cat.discarded is None
+        assert cat.query("SELECT batch_id FROM batches WHERE batch_id = 'kept'")  # not rebuilt
+        assert cat.query("PRAGMA user_version")[0][0] == catmod.SCHEMA_VERSION
+        for by, index in (("day", "attempts_tokens_by_day"), ("model",
+                          "attempts_tokens_by_model"), ("batch", "attempts_tokens_by_batch")):
+            assert history.token_usage(cat, by=by)["rows"][0]["attempts"] == 6
+            sql = cat.query("SELECT sql FROM sqlite_master WHERE name = ?", [index])
+            assert sql, index
+        plan = " ".join(str(tuple(r)) for r in cat.query(
+            "EXPLAIN QUERY PLAN SELECT substr(coalesce(started_at, created_at), 1, 10) AS k, "
+            "sum(input_tokens) FROM attempts GROUP BY k"))
+        assert "attempts_tokens_by_day" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        cat.close()
+
+
 def test_catalog_damaged_in_the_middle_of_a_page_is_rebuilt(tmp_path: Path) -> None:
     """A truncation behind an open reader's back: the next answer is derived again."""
     store = Store(tmp_path / "root", jobs=40)
