@@ -66,6 +66,15 @@ def cpu_seconds(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every CPU of this machine has spent busy so far (not idle, not waiting for
+    I/O), whoever ran: the difference over a phase says how much of the machine it used."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as `0.42 0.37 0.30` ("?" where there are none)."""
     try:
