@@ -167,9 +167,9 @@ def cmd_scoreboard(args: argparse.Namespace) -> int:
 
 
 def _catalog_board(root: Path) -> str | None:
-    """The system view from the catalog when it answers for every batch (all settled and
-    verified): no model import, no attempt read (= api_ops.view_json; docs/catalog.md#the-
-    scoreboard-from-the-catalog)."""
+    """The system view from the catalog when it answers for every batch (all settled): no
+    model import, no attempt read (= api_ops.view_json;
+    docs/catalog.md#the-scoreboard-from-the-catalog)."""
     from phh_engine.interfaces.history import system_view
 
     return system_view(Layout(root))

@@ -130,7 +130,8 @@ def retry_or_requeue(a: StepAction) -> OverrideResult:
 
 
 def promote(a: StepAction) -> OverrideResult:
-    """Make candidate `run_id` the step's promoted result (docs/operator-actions.md#promote)."""
+    """Make candidate `run_id` the step's promoted result
+    (docs/verification.md#operator-promote)."""
     req = a.req
     if not req.run_id:
         return a.result("rejected", "promote needs the run_id of a candidate")

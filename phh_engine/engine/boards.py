@@ -1,5 +1,5 @@
-"""The board writer: runs/<batch>/scoreboard.json and the system scoreboard
-(docs/layout.md#scoreboards), written from the index every
+"""The board writer: runs/<batch>/scoreboard.batch.json and the system scoreboard
+(docs/statuses.md#scoreboard-lists), written from the index every
 `scoreboard.write_interval_seconds` (stretched for huge batches, see BOARD_DUTY), only for
 batches changed since the last write (`dirty`), all of them every 30 s. It also keeps the
 catalog's batch rows current, evicts settled batches from memory (bounded engines), and

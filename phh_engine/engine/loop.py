@@ -135,7 +135,7 @@ class Engine:
         self.queue: DropQueue | None = None  # the filesystem queue (docs/interfaces.md), if enabled
         #: store writes that failed (full disk, no inodes): no new starts until one succeeds
         self.writes = WriteGuard()
-        # -- the collaborators, one per concern (docs/architecture.md#the-engine)
+        # -- the collaborators, one per concern (docs/architecture.md#layers)
         #: health tick, drain, resources, start pauses, credentials, AIMD: may it start work?
         self.admission = Admission(self)
         #: attempts left running without a process or a monitor: ended or adopted

@@ -226,7 +226,7 @@ def _auth_json(ctx: DoctorContext) -> Path:
 
 def _auth_file_check(auth: Path, provider: str) -> CheckResult:
     """The kind of sign-in in auth.json and whether Codex would refresh it at its next start
-    (docs/failure-classes.md#auth); never any token content."""
+    (docs/failure-classes.md#classes); never any token content."""
     kind, stale, _detail = credentials.status_of(auth)
     if kind == "unreadable":
         return CheckResult("credentials", "fail", f"{auth} is not a Codex credential file",
