@@ -119,6 +119,28 @@ def test_readoption_keeps_heartbeat_and_real_exit_code(harness: Harness) -> None
     assert len(harness.attempts(bid, "j1", "s1")) == 1
 
 
+def test_an_attempt_that_ended_while_no_engine_ran_keeps_its_exit_time(
+        harness: Harness) -> None:
+    """Its ended_at is when Codex exited (the exit_code file), not when a later engine
+    concluded it: durations and `phh history slowest` do not count the engine's absence."""
+    bid = harness.submit([{"job_id": "j1", "steps": [
+        step("s1", {"shell": "sleep 1"}, final("done alone"), prompt="end alone"),
+    ]}])
+    crashed = run_engine(harness, "while_running")
+    assert crashed.returncode == -signal.SIGKILL
+    (att,) = harness.attempts(bid, "j1", "s1")
+    wait_for(lambda: (att / "exit_code").exists(), 60, "Codex to exit with no engine")
+    exited = (att / "exit_code").stat().st_mtime
+    before_restart = utcnow()
+    assert run_engine(harness).returncode == 0
+    st = harness.state(att)
+    assert st["status"] == "succeeded", st
+    ended = datetime.fromisoformat(st["ended_at"])
+    assert ended <= before_restart, (ended, before_restart)
+    assert abs(ended.timestamp() - exited) < 0.05, (ended, exited)
+    assert datetime.fromisoformat(st["updated_at"]) >= before_restart  # written then
+
+
 def test_dead_process_without_exit_code_is_runner_lost_then_retried(harness: Harness) -> None:
     bid = harness.submit([{"job_id": "j1", "steps": [
         step("s1", {"shell": "sleep 30"}, final("x"), prompt="lost"),

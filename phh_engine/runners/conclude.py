@@ -13,9 +13,10 @@ import logging
 import os
 import re
 import signal
+import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,27 @@ def validate_report(text: str, schema: dict[str, Any]) -> tuple[RunReport | None
         return None, obj, None
 
 
+def ended_at(path: Path, state: AttemptState, now: datetime) -> datetime:
+    """When the attempt ended (docs/statuses.md#attempt-transitions): when its Codex process
+    exited, as the exit-code wrapper's `exit_code` file records it, or when its verifier
+    finished, whichever is later; `now` without that file. An attempt concluded long after
+    its process exited (adopted by an engine started after a kill -9) is thereby not
+    charged the time no engine watched it. Clamped to [started_at, now]: another node's
+    clock may write the file's mtime."""
+    try:
+        mtime = (path / EXIT_CODE).stat().st_mtime
+    except OSError:
+        return now
+    # on phh's clock (utcnow may carry a test's wall-clock skew): the file's age, from now
+    ended = now - timedelta(seconds=max(0.0, time.time() - mtime))
+    v = state.verify
+    if v is not None:
+        ended = max(ended, v.started_at + timedelta(seconds=v.duration_seconds))
+    if state.started_at is not None:
+        ended = max(ended, state.started_at)
+    return min(ended, now)
+
+
 def _tail_text(path: Path, limit: int = 4000) -> str:
     try:
         with open(path, "rb") as fh:
@@ -332,9 +354,10 @@ class ConcludeSteps(RunnerCore):
                     "summary": report.summary if report else None,
                     "codex_thread_id": facts.thread_id,
                 })
-        ended = utcnow()
+        now = utcnow()
+        ended = ended_at(path, state, now)
         state = self._merge_facts(state, facts, ended).model_copy(update={
-            "status": outcome.status, "updated_at": ended, "ended_at": ended,
+            "status": outcome.status, "updated_at": now, "ended_at": ended,
             "exit_code": exit_code, "termination_reason": outcome.termination_reason,
             "failure_class": outcome.failure_class, "errors": errors[-20:],
             "artifacts": sorted(n for n in os.listdir(path) if not n.startswith(".")),
