@@ -474,15 +474,15 @@ def check_catalog(ctx: DoctorContext) -> Iterable[CheckResult]:
                           f"make it writable, or set {catalog.ENV_PATH} to a writable local "
                           "path (rebuilt there from runs/)")
         return
-    if not path.exists():
-        yield CheckResult("catalog", "ok", f"{path} not built yet (the engine, `phh history` "
-                          "or `phh reindex` build it from runs/)")
-        return
     stale = _engine_writes_elsewhere(ctx.layout, path)
     if stale is not None:
         yield CheckResult("catalog", "warn", f"{path}: {stale}",
                           "the serving engine reopens it at its next board write; if this "
                           "stays, restart the engine")
+        return
+    if not path.exists():
+        yield CheckResult("catalog", "ok", f"{path} not built yet (the engine, `phh history` "
+                          "or `phh reindex` build it from runs/)")
         return
     problem = catalog._inspect(path, True)
     if problem is not None:
