@@ -285,3 +285,16 @@ def test_doctor_and_readers_never_trust_a_file_the_engine_does_not_write(
 
 async def _board_write(eng: Any) -> None:
     eng.write_scoreboards(all_batches=False)
+
+
+@pytest.mark.codex
+def test_engine_refuses_a_phh_catalog_directory_with_exit_2(harness: Harness,
+                                                             tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "important").mkdir(parents=True)
+    harness.submit([{"job_id": "j0", "steps": [step("s1", final("x"))]}])
+    for suffix in ("", "/"):
+        out = phh(harness.root, "run", "--no-ui", "--until-idle",
+                  env={catmod.ENV_PATH: f"{d}{suffix}"})
+        assert out.returncode == 2 and "is a directory" in out.stderr, out.stderr
+    assert (d / "important").is_dir() and not (tmp_path / "d.discarded").exists()
