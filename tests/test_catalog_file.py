@@ -299,3 +299,27 @@ def test_engine_refuses_a_phh_catalog_directory_with_exit_2(harness: Harness,
                   env={catmod.ENV_PATH: f"{d}{suffix}"})
         assert out.returncode == 2 and "is a directory" in out.stderr, out.stderr
     assert (d / "important").is_dir() and not (tmp_path / "d.discarded").exists()
+
+
+def test_long_lived_readers_reopen_a_file_deleted_under_them(root: Path) -> None:
+    """The API's reader and the dashboard's pages never answer from a deleted file."""
+    from phh_engine.interfaces.history import Reader, attempts_page
+    from phh_tui.paging import CatalogPages
+
+    layout = Layout(root)
+    first = batch_of(root)
+    reader = Reader(layout)
+    pages = CatalogPages(layout)
+    try:
+        assert reader.run(attempts_page)["total"] == 0
+        assert [json.loads(r)["batch_id"] for r in pages.system_rows(set())] == [first]
+        for side in ("", "-wal", "-shm"):
+            Path(f"{catmod.catalog_path(layout)}{side}").unlink(missing_ok=True)
+        assert phh(root, "submit", str(EXAMPLE)).returncode == 0
+        fresh = open_for_reader(layout)  # another process's rebuild: a new file
+        fresh.close()
+        assert len(pages.system_rows(set())) == 2  # the new file, not the deleted one
+        assert reader.run(lambda c: {"n": len(c.system_rows())})["n"] == 2
+    finally:
+        reader.close()
+        pages.close()
