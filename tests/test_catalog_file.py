@@ -210,7 +210,7 @@ def succeeded(harness: Harness, bid: str, n: int) -> int:
 
 
 def damage(path: Path, how: str) -> None:
-    if how == "truncate":
+    if how in ("truncate", "scribble"):
         # as in the tester's run, the file holds the tables (its WAL checkpointed, as SQLite
         # does by itself every 1000 pages); then cut to the tester's 8192 bytes
         import sqlite3
@@ -219,6 +219,11 @@ def damage(path: Path, how: str) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         assert path.stat().st_size > 8192
+        if how == "scribble":  # damaged in place: same inode, same size
+            with open(path, "r+b") as fh:
+                fh.seek(4096)
+                fh.write(b"\xff" * (path.stat().st_size - 4096))
+            return
         os.truncate(path, 8192)
         return
     for side in ("", "-wal", "-shm"):
@@ -227,7 +232,7 @@ def damage(path: Path, how: str) -> None:
 
 @pytest.mark.codex
 @pytest.mark.parametrize("how", ["delete", "delete_then_read", "truncate",
-                                 "truncate_then_read"])
+                                 "truncate_then_read", "scribble"])
 def test_catalog_damaged_under_a_serving_engine_is_reopened(harness: Harness, how: str) -> None:
     bid = slow_batch(harness)
     eng = harness.start()

@@ -535,8 +535,9 @@ class Catalog:
             if is_damage(exc):  # the engine reopens it at its next board write (`moved`)
                 self.damaged = str(exc)
             if self.broken is None:
-                log.warning("catalog %s failed (%s); it is repaired from the files at the "
-                            "next start", what, exc)
+                log.warning("catalog %s failed (%s); it is repaired from the files (a "
+                            "damaged file: reopened at the next board write; else at the "
+                            "next start)", what, exc)
             self.broken = f"{what}: {exc}"
             with contextlib.suppress(sqlite3.Error):
                 self.mark_open_raw(args[0] if args and isinstance(args[0], str) else None)
