@@ -84,6 +84,12 @@ def test_phh_catalog_naming_a_directory_is_refused_never_renamed(root: Path, tmp
         assert bad.returncode == 2 and "PHH_CATALOG" in bad.stderr, bad.stderr
     doc = phh(root, "doctor", "--json", env=env)
     assert "is a directory" in doc.stdout
+    with pytest.MonkeyPatch.context() as mp:  # the API: 409, as any unusable location
+        mp.setenv(catmod.ENV_PATH, f"{d}{suffix}")
+        app = create_app(Layout(root), Auth("none"))
+        with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 5)) as c:
+            r = c.get("/v1/history/retries")
+            assert r.status_code == 409 and "is a directory" in r.json()["message"], r.text
     assert (d / "important" / "data.txt").read_text() == "x\n"
     assert not (tmp_path / "d.discarded").exists()
     with pytest.raises(CatalogConfigError):  # _discard never moves a directory
