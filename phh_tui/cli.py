@@ -214,19 +214,35 @@ def _show_board(batch_id: str | None, board: Any, age: float | None = None) -> i
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from phh_engine.store.catalog import Catalog, CatalogError
+    import sqlite3
+
+    from phh_engine.store.catalog import (
+        Catalog,
+        CatalogConfigError,
+        CatalogError,
+        unwritable_error,
+    )
     from phh_engine.store.pointers import reindex
 
     layout = Layout(_root(args))
-    n = reindex(layout)
-    try:  # the catalog, from scratch (derived from the files, like current.json)
-        cat = Catalog.open(layout)
-        try:
+    try:
+        cat = Catalog.open(layout)  # first: a catalog that cannot be used changes nothing
+        n = reindex(layout)
+        try:  # the catalog, from scratch (derived from the files, like current.json)
             batches = cat.rebuild()
+        except sqlite3.Error as exc:  # e.g. an immutable file: "readonly database"
+            raise unwritable_error(cat.path, str(exc)) from None
         finally:
             cat.close()
+    except CatalogConfigError as exc:  # PHH_CATALOG names a directory: bad configuration
+        _err(str(exc))
+        return EXIT_INVALID
     except CatalogError as exc:
         _err(str(exc))
+        return EXIT_FAIL
+    except OSError as exc:  # current.json under a read-only root
+        _err(f"cannot rebuild under {layout.root}: {exc.strerror or exc} "
+             f"({exc.filename}); make the root writable")
         return EXIT_FAIL
     if args.json:
         _print_json({"jobs_reindexed": n, "catalog_batches": batches,

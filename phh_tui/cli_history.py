@@ -1,7 +1,8 @@
 """`phh history ...` and the paged forms of `phh jobs` / `phh attempts`: the CLI face of
 phh_engine/interfaces/history.py (catalog queries). With `--json` each prints what the API
 answers for the same query (/v1/history/*, /v1/batches/{b}/steps). Exit codes: 0 ok; 1 not
-found or the catalog cannot be used where it is configured; 2 a malformed argument (named)."""
+found or the catalog cannot be used where it is configured or written (one line naming its
+path and what to do); 2 a malformed argument (named) or PHH_CATALOG naming a directory."""
 
 from __future__ import annotations
 
@@ -19,8 +20,17 @@ AddFn = Callable[..., argparse.ArgumentParser]
 
 def _run(args: argparse.Namespace, fn_name: str, **kw: Any) -> tuple[int, Any]:
     from phh_engine.interfaces import history
+    from phh_engine.store.catalog import CatalogConfigError, catalog_path
 
-    reader = history.Reader(Layout(_root(args)))
+    layout = Layout(_root(args))
+    try:  # PHH_CATALOG naming a directory is bad configuration: exit 2, never renamed
+        catalog_path(layout)
+    except CatalogConfigError as exc:
+        from phh_engine.interfaces.artifacts import LookupFailed
+        from phh_tui.cli_automation import fail
+
+        return fail(LookupFailed(400, str(exc)), args.json), None
+    reader = history.Reader(layout)
     try:
         return EXIT_OK, reader.run(getattr(history, fn_name), **kw)
     except Exception as exc:

@@ -213,6 +213,9 @@ class CatalogPages(Pager):
         self._cat = None
 
     def _read(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        if self._cat is not None and self._cat.moved() is not None:
+            with self._lock:  # deleted or replaced under us: read the file the engine writes
+                self._drop()
         cat = self._cat or self.catalog()
         if cat is None:
             return None

@@ -20,6 +20,7 @@ from ..models.scoreboard import BatchScoreboard, SystemNote
 from ..store.files import atomic_write_json
 from ..store.index import unexpected_notes
 from ..store.pauses import pause_notes
+from .catalog_file import keep_catalog_file
 from .events import EngineEvent
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class BoardWriter:
     def write(self, all_batches: bool = False) -> None:
         """Write the scoreboards of batches changed since the last write (`all_batches`:
         every batch) and the system scoreboard. Raises OSError when a write fails."""
+        keep_catalog_file(self.eng)  # its file deleted/replaced/damaged: reopen, re-put
         dirty = set(self.eng.index.batches) if all_batches else self.dirty
         self.dirty = set()
         if not dirty and not all_batches:

@@ -47,15 +47,16 @@ from ..runners.credentials import CredentialGate
 from ..runners.doctor import ENGINE_PREFLIGHT, codex_config_path, preflight
 from ..runners.local import LocalRunner
 from ..schemas import default_run_report_schema_path
-from ..store.catalog import Catalog, CatalogError
+from ..store.catalog import Catalog, CatalogConfigError, CatalogError
 from ..store.diskguard import WriteGuard
-from ..store.harness_config import load_config
+from ..store.harness_config import ConfigError, load_config
 from ..store.overrides import OverrideResult, overrides_dir
 from ..store.paths import Layout, attempt_dir_names
 from ..store.pauses import active_pauses, pause_message
 from ..store.views import AttemptView, BatchView
 from .admission import Admission
 from .boards import BoardWriter
+from .catalog_file import record_catalog_file
 from .events import EngineError as EngineError
 from .events import EngineEvent as EngineEvent
 from .health import available, is_stale
@@ -442,6 +443,8 @@ class Engine:
         try:
             cat = Catalog.open(self.layout, thorough=True)
             rep = cat.verify()
+        except CatalogConfigError as exc:  # PHH_CATALOG names a directory: bad input, exit 2
+            raise ConfigError(str(exc)) from None
         except CatalogError as exc:
             raise EngineError(str(exc)) from None
         if rep.rebuilt_file:
@@ -449,6 +452,7 @@ class Engine:
                         cat.path, rep.rebuilt_file)
         self.catalog = cat
         self.index.catalog = cat
+        record_catalog_file(self)  # for `phh doctor`: which file this engine writes
         if self.bounded:
             self.index.skip = rep.settled
 

@@ -434,7 +434,7 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
     @app.exception_handler(LookupFailed)
     async def _lookup(_: Request, exc: LookupFailed) -> JSONResponse:
         code = {400: "bad_request", 404: "not_found", 409: "conflict",
-                422: "invalid"}.get(exc.status, "error")
+                422: "invalid", 503: "unavailable"}.get(exc.status, "error")
         body: dict[str, Any] = {"error": code, "message": exc.message}
         if isinstance(exc, InvalidLaunchTable):
             body["errors"] = exc.errors

@@ -435,26 +435,54 @@ class Reader:
     def run(self, fn: Callable[..., dict[str, Any]], *, batch_id: str | None = None,
             **kw: Any) -> dict[str, Any]:
         """`fn(catalog, **kw)` (with `batch_id` passed on when given) on a fresh catalog;
-        LookupFailed(409) when the catalog cannot be used where it is configured."""
+        LookupFailed(409) when the catalog cannot be used where it is configured (a network
+        filesystem, PHH_CATALOG a directory), LookupFailed(503) when it cannot be written
+        now (read-only, immutable, no permission) or cannot be used now: the message names
+        the catalog's path and what to do (docs/catalog.md#location). Never moves a healthy
+        file aside."""
         if batch_id is not None:
             valid_id(batch_id, "batch_id")
             kw["batch_id"] = batch_id
+        from ..store.catalog import CatalogUnwritable, is_damage, unwritable, unwritable_error
+
         with self._lock:
             for attempt in range(2):
                 try:
-                    cat = self._fresh(batch_id)
-                    return fn(cat, **kw)
+                    try:
+                        cat = self._fresh(batch_id)
+                        return fn(cat, **kw)
+                    except sqlite3.DatabaseError as exc:
+                        path = self._cat.path if self._cat is not None else None
+                        if attempt or not is_damage(exc) or path is None:
+                            self._drop()
+                            why = unwritable(path) if path is not None else None
+                            if path is not None and (why or "readonly" in str(exc)):
+                                raise unwritable_error(path, why or str(exc)) from None
+                            raise CatalogUnwritable(
+                                f"the catalog {path} cannot be used now ({exc}); try again, "
+                                "or `phh reindex` rebuilds it") from None
+                        self._reset()  # damaged under us: discard, derive again, answer
                 except CatalogError as exc:
                     from .artifacts import LookupFailed
 
-                    raise LookupFailed(409, str(exc)) from None
-                except sqlite3.DatabaseError:
-                    if attempt:
-                        raise
-                    self._reset()  # damaged under us: discard, derive again, answer
+                    self._drop()
+                    # unwritable / unusable now: 503, the server's state; a location that
+                    # can never work (network filesystem, a directory): 409 as before
+                    raise LookupFailed(503 if isinstance(exc, CatalogUnwritable) else 409,
+                                       str(exc)) from None
         raise AssertionError("unreachable")
 
+    def _drop(self) -> None:
+        if self._cat is not None:
+            self._cat.close()
+        self._cat = None
+
     def _fresh(self, batch_id: str | None) -> Catalog:
+        if self._cat is not None and self._cat.moved() is not None:
+            # deleted or replaced under this reader (the engine or another reader rebuilt
+            # it): never answer from a file nobody writes any more
+            self._cat.close()
+            self._cat = None
         if self._cat is None:
             self._cat = open_for_reader(self.layout)
             self._full_at = time.monotonic()

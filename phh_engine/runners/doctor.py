@@ -456,12 +456,29 @@ def check_catalog(ctx: DoctorContext) -> Iterable[CheckResult]:
     schema, and every batch on disk known to it. Only looks: never rebuilds or writes."""
     from ..store import catalog
 
-    path = catalog.catalog_path(ctx.layout)
+    try:
+        path = catalog.catalog_path(ctx.layout)
+    except catalog.CatalogError as exc:  # PHH_CATALOG names a directory
+        yield CheckResult("catalog", "fail", str(exc).split(";")[0],
+                          f"set {catalog.ENV_PATH} to a file path")
+        return
     try:
         catalog.check_location(path)
     except catalog.CatalogError as exc:
         yield CheckResult("catalog", "fail", str(exc).split(";")[0],
                           f"set {catalog.ENV_PATH} to a path on a local disk")
+        return
+    why = catalog.unwritable(path)
+    if why is not None:  # a healthy file there is not damaged: it cannot be kept current
+        yield CheckResult("catalog", "fail", f"{path} cannot be written: {why}",
+                          f"make it writable, or set {catalog.ENV_PATH} to a writable local "
+                          "path (rebuilt there from runs/)")
+        return
+    stale = _engine_writes_elsewhere(ctx.layout, path)
+    if stale is not None:
+        yield CheckResult("catalog", "warn", f"{path}: {stale}",
+                          "the serving engine reopens it at its next board write; if this "
+                          "stays, restart the engine")
         return
     if not path.exists():
         yield CheckResult("catalog", "ok", f"{path} not built yet (the engine, `phh history` "
@@ -493,3 +510,36 @@ def check_catalog(ctx: DoctorContext) -> Iterable[CheckResult]:
         return
     yield CheckResult("catalog", "ok", f"{path}: {len(known)} batch(es), {attempts} "
                       "attempt(s), integrity ok")
+
+
+def _engine_writes_elsewhere(layout: Layout, path: Path) -> str | None:
+    """Why the file at `path` is not the one a serving engine writes (None: it is, or no
+    engine says): each engine records the catalog file it writes (`catalog_file` in its
+    runner directory, engine/catalog_file.py)."""
+    import json
+    import os
+
+    try:
+        names = os.listdir(layout.runners)
+    except OSError:
+        return None
+    st = None
+    for name in names:
+        rec_path = layout.runners / name / "catalog_file.json"
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("path") != str(path):
+            continue
+        if name not in serving_runners(layout):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"runner {name}'s engine writes a file that is gone"
+        if [st.st_dev, st.st_ino] != rec.get("file_id"):
+            return f"runner {name}'s engine writes another (older) file than this one"
+        if rec.get("problem"):
+            return f"runner {name}'s engine cannot write it: {rec['problem']}"
+    return None

@@ -165,11 +165,77 @@ class CatalogError(Exception):
     """The catalog cannot be used where it is (e.g. on a network filesystem)."""
 
 
+class CatalogConfigError(CatalogError):
+    """`PHH_CATALOG` names something that cannot be the catalog's file (a directory): bad
+    configuration (CLI exit 2), never renamed or moved aside."""
+
+
+class CatalogUnwritable(CatalogError):
+    """The catalog's file or directory cannot be written (read-only mount, immutable file or
+    directory, no permission). A healthy file there is not called damaged nor moved aside;
+    a reader says so (or answers from the files where it can) instead of a traceback."""
+
+
 # ----------------------------------------------------------------------------- location
 def catalog_path(layout: Layout) -> Path:
-    """`$PHH_CATALOG` when set (a file path), else `runs/_system/catalog.sqlite3`."""
+    """`$PHH_CATALOG` when set (a file path; relative to the root, not the current
+    directory, so every command on a root finds the same file), else
+    `runs/_system/catalog.sqlite3`. CatalogConfigError when it names a directory (or ends
+    in `/`): the operator's directory is never renamed (docs/catalog.md#location)."""
     env = os.environ.get(ENV_PATH)
-    return Path(env).expanduser().resolve() if env else layout.system / DEFAULT_NAME
+    if not env:
+        return layout.system / DEFAULT_NAME
+    path = Path(env).expanduser()
+    if not path.is_absolute():
+        path = Path(layout.root).absolute() / path
+    path = path.resolve()
+    if env.endswith(("/", os.sep)) or path.is_dir():
+        raise CatalogConfigError(
+            f"{ENV_PATH}={env} is a directory; it must name the catalog's file, e.g. "
+            f"{ENV_PATH}={path / 'phh-catalog.sqlite3'}")
+    return path
+
+
+def unwritable(path: Path) -> str | None:
+    """Why the catalog at `path` could not be written (None: it can): its directory (SQLite
+    creates `-wal`/`-shm` files beside it) or the file or its `-wal`/`-shm`. `os.access`
+    sees a read-only mount (EROFS) and an immutable file or directory even for root."""
+    parent = path.parent
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"its directory {parent} is not writable"
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists() and not os.access(p, os.W_OK):
+            return f"{p} is not writable"
+    return None
+
+
+def unwritable_error(path: Path, why: str) -> CatalogUnwritable:
+    return CatalogUnwritable(
+        f"the catalog {path} cannot be written ({why}); make it writable, or set "
+        f"{ENV_PATH} to a writable local path (it is rebuilt there from runs/); "
+        "`phh scoreboard --recompute` and unpaged `phh jobs B` read the files alone")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """A SQLite error that means the file is damaged (corrupt, truncated, not a database),
+    not that it cannot be opened or written (read-only, locked, busy, permissions): only
+    damage is a reason to move a file aside and rebuild it."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return type(exc) is sqlite3.DatabaseError
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path` now; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def fs_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
@@ -380,6 +446,12 @@ class Catalog:
         self._lock = threading.RLock()
         self._finished: dict[str, bool] = {}
         self.broken: str | None = None  # a write failed: the files still hold the truth
+        #: the file this connection writes, as (st_dev, st_ino) when opened, and the largest
+        #: size seen (a catalog never shrinks: no VACUUM): `moved` compares them
+        self.file_id = file_id(path)
+        self._size = _size(path)
+        #: a write met a damaged file (corrupt, truncated): `moved` reports it
+        self.damaged: str | None = None
 
     # -------------------------------------------------------------- opening
     @classmethod
@@ -398,14 +470,43 @@ class Catalog:
         except OSError as exc:
             raise CatalogError(f"cannot create {path.parent}: {exc.strerror or exc}; set "
                                f"{ENV_PATH} to a writable local path") from None
+        if path.is_dir():  # never renamed: see catalog_path
+            raise CatalogConfigError(f"the catalog {path} is a directory; set {ENV_PATH} to "
+                                     "a file path")
+        # before judging the file: one that cannot be opened read-write is not damaged
+        why = unwritable(path)
+        if why is not None:
+            raise unwritable_error(path, why)
         problem = _inspect(path, thorough)
         if problem is not None:
             _discard(path)
         try:
             conn = _connect(path)
         except sqlite3.Error as exc:
+            if not is_damage(exc) and (why := unwritable(path)) is not None:
+                raise unwritable_error(path, why) from None
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                raise unwritable_error(path, str(exc)) from None
             raise CatalogError(f"cannot open the catalog {path}: {exc}") from None
         return cls(layout, path, conn, problem)
+
+    def moved(self) -> str | None:
+        """Why this connection no longer writes the catalog readers read (None: it does):
+        the file at the path was deleted or replaced (another inode), shrank (truncated:
+        SQLite may not notice until it reads the lost pages), or a write met a damaged file.
+        One stat; the engine asks at every board write (docs/catalog.md#how-it-is-kept-current)."""
+        if self.damaged is not None:
+            return f"damaged ({self.damaged})"
+        now = file_id(self.path)
+        if now is None:
+            return "deleted"
+        if now != self.file_id:
+            return "replaced"
+        size = _size(self.path)
+        if size < self._size:
+            return f"truncated ({self._size} -> {size} bytes)"
+        self._size = size
+        return None
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
@@ -418,7 +519,9 @@ class Catalog:
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # the write's own error is the one to report (a damaged file: see `moved`)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
                 raise
             crashpoint("catalog.before_commit")
             self.conn.execute("COMMIT")
@@ -429,9 +532,12 @@ class Catalog:
         try:
             return fn(*args)
         except sqlite3.Error as exc:
+            if is_damage(exc):  # the engine reopens it at its next board write (`moved`)
+                self.damaged = str(exc)
             if self.broken is None:
-                log.warning("catalog %s failed (%s); it is repaired from the files at the "
-                            "next start", what, exc)
+                log.warning("catalog %s failed (%s); it is repaired from the files (a "
+                            "damaged file: reopened at the next board write; else at the "
+                            "next start)", what, exc)
             self.broken = f"{what}: {exc}"
             with contextlib.suppress(sqlite3.Error):
                 self.mark_open_raw(args[0] if args and isinstance(args[0], str) else None)
@@ -659,6 +765,11 @@ def open_for_reader(layout: Layout) -> Catalog:
         return cat
     except sqlite3.DatabaseError as exc:
         cat.close()
+        if not is_damage(exc):  # read-only, locked...: the file is not to blame
+            why = unwritable(cat.path)
+            if why is not None or "readonly" in str(exc):
+                raise unwritable_error(cat.path, why or str(exc)) from None
+            raise CatalogError(f"the catalog {cat.path} cannot be used now: {exc}") from None
         log.warning("catalog %s damaged (%s): rebuilding it from the files", cat.path, exc)
         _discard(cat.path)
         cat = Catalog.open(layout)
@@ -704,6 +815,8 @@ def _inspect(path: Path, thorough: bool) -> str | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as exc:
+        if not is_damage(exc):  # cannot be opened (permissions...): not a reason to discard
+            return None
         return f"unreadable: {exc}"
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -719,15 +832,34 @@ def _inspect(path: Path, thorough: bool) -> str | None:
                 return f"corrupt: {check}"
         conn.execute("SELECT count(*) FROM batches").fetchone()
     except sqlite3.Error as exc:
+        if not is_damage(exc):  # locked, busy, cannot open the WAL read-only: not damage
+            return None
         return f"corrupt: {exc}"
     finally:
         conn.close()
     return None
 
 
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _discard(path: Path) -> None:
-    """Move a catalog file that must not be trusted (and its WAL) out of the way."""
+    """Move a catalog file that must not be trusted (and its WAL) out of the way. Never a
+    directory (CatalogConfigError: an operator's directory is not ours to move);
+    CatalogUnwritable when the move is refused (read-only, immutable)."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         p = Path(f"{path}{suffix}")
-        with contextlib.suppress(FileNotFoundError):
+        if p.is_dir() and not p.is_symlink():
+            raise CatalogConfigError(f"{p} is a directory, not a catalog file; set {ENV_PATH} "
+                                     "to a file path")
+        try:
             os.replace(p, f"{path}.discarded{suffix}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise unwritable_error(path, f"cannot move the damaged file aside: "
+                                   f"{exc.strerror or exc}") from None
