@@ -420,7 +420,41 @@ READ_ONLY_COMMANDS = frozenset({"scoreboard", "config", "current", "jobs", "atte
                                 "artifact", "tail", "history"})
 
 
+#: exit status when the reader of stdout went away (`phh ... | head -1`): 128 + SIGPIPE, as
+#: a shell reports a process that SIGPIPE ended
+EXIT_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `phh` command; its exit status. A closed stdout ends any command quietly
+    with EXIT_PIPE (the Python docs' recipe for SIGPIPE: nothing more is written, no
+    traceback), whichever command was writing."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a warning
+        return rc
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null: the interpreter's flush at exit then writes
+    what is still buffered there instead of failing on the closed pipe."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "root", None) is None and "root" not in vars(args):
         args.root = None

@@ -150,9 +150,7 @@ def cmd_artifact(args: argparse.Namespace) -> int:
         out.flush()
     except LookupFailed as exc:
         return fail(exc, args.json)
-    except BrokenPipeError:  # `phh artifact ... | head`
-        return EXIT_OK
-    return EXIT_OK
+    return EXIT_OK  # (`phh artifact ... | head`: cli.main ends a closed stdout quietly)
 
 
 def _emit(line: EventLine, as_json: bool) -> None:
@@ -188,7 +186,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return asyncio.run(_follow(ref, start, args.json))
     except LookupFailed as exc:
         return fail(exc, args.json)
-    except (BrokenPipeError, KeyboardInterrupt):
+    except KeyboardInterrupt:  # (a closed stdout: cli.main ends it quietly)
         return EXIT_OK
 
 

@@ -65,8 +65,39 @@ ATTEMPT_COLS = ["batch_id", "job_id", "step_id", "run_id", "status", "failure_cl
                 "started_at", "duration_seconds", "runner_id"]
 
 
+#: the options each history kind takes (docs/catalog.md#history-queries); any other given
+#: is refused, not ignored (`history hourly --status bogus` would answer unfiltered)
+KIND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "attempts": ("since", "until", "batch", "job", "step", "status", "failure_class",
+                 "runner", "limit", "cursor"),
+    "tokens": ("since", "until", "by"),
+    "slowest": ("since", "until", "batch", "limit"),
+    "retries": ("since", "until"),
+    "hourly": ("since", "until"),
+}
+_FLAG = {"failure_class": "--class"}
+
+
+def _unused_option(args: argparse.Namespace) -> str | None:
+    """Why an option given does not fit `args.kind`, or None."""
+    takes = KIND_OPTIONS[args.kind]
+    for name in ("batch", "job", "step", "status", "failure_class", "runner", "by", "limit",
+                 "cursor", "since", "until"):
+        if getattr(args, name, None) is not None and name not in takes:
+            flags = ", ".join(_FLAG.get(t, f"--{t}") for t in takes)
+            return (f"{_FLAG.get(name, '--' + name)}: not an option of phh history "
+                    f"{args.kind} (it takes: {flags})")
+    return None
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     kind = args.kind
+    unused = _unused_option(args)
+    if unused is not None:
+        from phh_engine.interfaces.artifacts import LookupFailed
+        from phh_tui.cli_automation import fail
+
+        return fail(LookupFailed(400, unused), args.json)
     kw: dict[str, Any] = {"since": args.since, "until": args.until}
     if kind == "attempts":
         kw.update(batch_id=args.batch, job_id=args.job, step_id=args.step, status=args.status,
@@ -74,7 +105,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                   cursor=args.cursor, limit=args.limit)
         rc, out = _run(args, "attempts_page", **kw)
     elif kind == "tokens":
-        rc, out = _run(args, "token_usage", by=args.by, **kw)
+        rc, out = _run(args, "token_usage", by=args.by or "batch", **kw)
     elif kind == "slowest":
         rc, out = _run(args, "slowest_steps", batch_id=args.batch, limit=args.limit, **kw)
     elif kind == "retries":
@@ -162,6 +193,6 @@ def add_commands(add: AddFn) -> None:
     sp.add_argument("--job", help="attempts: one job (with --batch)")
     sp.add_argument("--step", help="attempts: one step (with --batch --job)")
     sp.add_argument("--runner", help="attempts: one runner id")
-    sp.add_argument("--by", default="batch", help="tokens: batch | day | model")
+    sp.add_argument("--by", help="tokens: batch | day | model (default batch)")
     add_paging(sp)
     sp.set_defaults(func=cmd_history)

@@ -260,12 +260,18 @@ class CatalogPages(Pager):
 
     def step_row(self, batch_id: str, job_id: str, step_id: str) -> StepRow | None:
         """One step's scoreboard row as the catalog recorded it."""
+        import json
+
+        from phh_engine.interfaces.history import step_row_here
         from phh_engine.models.scoreboard import StepRow
 
         rows = self._read(lambda c: c.query(
             "SELECT row FROM steps WHERE batch_id = ? AND job_id = ? AND step_id = ?",
             (batch_id, job_id, step_id)))
-        return StepRow.model_validate_json(rows[0]["row"]) if rows else None
+        if not rows:
+            return None  # (its attempt directories: under this root, wherever it was written)
+        return StepRow.model_validate(step_row_here(json.loads(rows[0]["row"]), self.layout,
+                                                    batch_id))
 
     def load_step(self, batch_id: str, job_id: str, step_id: str) -> StepView | None:
         """One step of a batch that is not in memory (settled), read from its files: its

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from pathlib import PurePath
 
 from ..models import BatchScoreboard, StatusCounts, SystemScoreboard, Usage
 from ..models.scoreboard import (
@@ -50,6 +51,20 @@ def _seconds(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round((now - then).total_seconds(), 3)
 
 
+def _here(copied: str | None, attempt: AttemptView | None, job_id: str) -> str | None:
+    """A resume base recorded in meta.json (`<root>/runs/B/<job>/steps/S/attempts/D/
+    codex_home`, under the root that ran the attempt) as it lies under the root now, beside
+    the attempt (same job): a root moved or copied keeps its recorded paths."""
+    if not copied or attempt is None:
+        return copied
+    p = PurePath(copied)
+    if len(p.parts) < 7 or p.parents[1].name != "attempts" or p.parents[3].name != "steps" \
+            or p.parents[4].name != job_id:
+        return copied
+    job_dir = attempt.path.parents[3]  # <job>/steps/<step>/attempts/<dir>
+    return str(job_dir / "steps" / p.parents[2].name / "attempts" / p.parent.name / p.name)
+
+
 def _resume_view(job: JobView, step: StepView, r: Readiness) -> ResumeView | None:
     """The resume source: what the attempt actually copied, else what the selector picks now."""
     attempt = step.in_flight or step.latest
@@ -59,7 +74,7 @@ def _resume_view(job: JobView, step: StepView, r: Readiness) -> ResumeView | Non
             step_id=meta.resume_from.step_id,
             selector=meta.resume_from.selector,
             selected_run_id=meta.resume_from.selected_run_id,
-            resume_base_dir=meta.resume_base_copied_from,
+            resume_base_dir=_here(meta.resume_base_copied_from, attempt, job.job_id),
         )
     rf = step.spec.resume_from
     if rf is None:

@@ -514,11 +514,14 @@ def create_app(layout: Layout, auth: Auth, *, max_body_bytes: int = DEFAULT_MAX_
              description="Without `limit` and `cursor`: the whole batch view. With either: "
              "`{batch_id, batch, steps, total, next_cursor}` from the catalog, one page of "
              "step rows (docs/interfaces.md#http-api).")
-    def batch(batch_id: BatchId,
+    def batch(request: Request, batch_id: BatchId,
               limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
               cursor: Annotated[str | None, Query()] = None) -> Any:
         if limit is not None or cursor is not None:  # paged: O(page), from the catalog
+            from .api_history import only
             from .history import batch_page
+
+            only(request, "/v1/batches/{b}?limit=&cursor=", "limit", "cursor")
 
             return JSONResponse(catalog.run(batch_page, batch_id=batch_id, cursor=cursor,
                                             limit=limit))

@@ -13,6 +13,7 @@ counts are Codex's `usage` fields summed over attempts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -33,6 +34,12 @@ ATTEMPT_STATUSES: tuple[str, ...] = (
     "queued", "running", "succeeded", "failed", "canceled", "needs_attention")
 STEP_STATUSES: tuple[str, ...] = (
     "blocked", "ready", "running", "succeeded", "failed", "needs_attention", "canceled")
+#: = models.common.FailureClass (a test keeps them equal)
+FAILURE_CLASSES: tuple[str, ...] = (
+    "model_error", "rate_limited", "timeout", "canceled", "runner_lost", "schema_invalid",
+    "agent_reported_failure", "nonzero_exit", "spawn_failed", "thread_mismatch", "auth",
+    "usage_limited", "context_exhausted", "invalid_request", "shutdown", "internal_error",
+    "verify_failed")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 MAX_LIMIT = 1000
@@ -61,9 +68,9 @@ def valid_id(value: str, what: str) -> str:
     return full(value, what)
 
 
-def _limit(limit: int | None) -> int:
+def _limit(limit: int | None, default: int = DEFAULT_LIMIT) -> int:
     if limit is None:
-        return DEFAULT_LIMIT
+        return default
     if not 1 <= limit <= MAX_LIMIT:
         raise _bad(f"limit: must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
@@ -79,7 +86,11 @@ def _time(value: str | None, name: str) -> str | None:
         raise _bad(f"{name}: not an ISO 8601 time: {value!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:  # 9999-12-31T23:59:59-05:00 is a valid ISO time whose UTC is not a datetime
+        utc = dt.astimezone(UTC)
+    except OverflowError:
+        raise _bad(f"{name}: {value!r} is out of range in UTC (years 1-9999)") from None
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _one_of(value: str | None, allowed: tuple[str, ...], name: str) -> str | None:
@@ -90,19 +101,85 @@ def _one_of(value: str | None, allowed: tuple[str, ...], name: str) -> str | Non
     return value
 
 
-def _cursor(cursor: str | None, size: int) -> list[Any] | None:
+#: a cursor's positions, per kind of query: `seq` (a step's Launch Table index) or an
+#: attempt's key (dir name, batch, job, step)
+SEQ_CURSOR: tuple[str, ...] = ("seq",)
+ATTEMPT_CURSOR: tuple[str, ...] = ("name", "id", "id", "id")
+NOT_OURS = "cursor: not a cursor this query handed out"
+_SQLITE_INT_MAX = 2**63 - 1
+
+
+def _cursor(cursor: str | None, shape: tuple[str, ...]) -> list[Any] | None:
+    """The key a cursor of this query carries, checked position by position (a cursor of
+    another query, or a hand-made one, would page silently wrong or overflow SQLite)."""
     if cursor is None or cursor == "":
         return None
     try:
-        return decode_cursor(cursor, size)
-    except ValueError as exc:
-        raise _bad(str(exc)) from None
+        key = decode_cursor(cursor, len(shape))
+    except ValueError:
+        raise _bad(NOT_OURS) from None
+    for kind, value in zip(shape, key, strict=True):
+        if kind == "seq":
+            ok = type(value) is int and 0 <= value <= _SQLITE_INT_MAX
+        elif kind == "id":
+            ok = isinstance(value, str) and bool(ID_RE.match(value))
+        else:
+            ok = isinstance(value, str) and 0 < len(value) <= 512 and "/" not in value
+        if not ok:
+            raise _bad(NOT_OURS)
+    return key
 
 
 def _known_batch(cat: Catalog, batch_id: str) -> None:
     valid_id(batch_id, "batch_id")
     if not cat.query("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)):
         raise missing(f"no batch {batch_id!r}")
+
+
+def _known_step(cat: Catalog, batch_id: str, job_id: str | None, step_id: str | None) -> None:
+    """404 unless the job (and step) are in the batch's Launch Table, as the unpaged
+    `phh attempts` / `api_ops.check_step` answer (the steps table holds every step)."""
+    if job_id:
+        valid_id(job_id, "job_id")
+        if not cat.query("SELECT 1 FROM steps WHERE batch_id = ? AND job_id = ? LIMIT 1",
+                         (batch_id, job_id)):
+            raise missing(f"no job {job_id!r} in batch {batch_id}")
+    if job_id and step_id:
+        valid_id(step_id, "step_id")
+        if not cat.query("SELECT 1 FROM steps WHERE batch_id = ? AND job_id = ? AND "
+                         "step_id = ? LIMIT 1", (batch_id, job_id, step_id)):
+            raise missing(f"no step {step_id!r} in {batch_id}/{job_id}")
+
+
+def _rehome(path: Any, layout: Layout, batch_id: str) -> Any:
+    """A path the catalog recorded under the root that wrote it (attempt_dir,
+    resume_base_dir), as it lies under `layout`'s root now: a root moved or copied keeps its
+    catalog, whose rows name the old place (docs/catalog.md#paged-filtered-views)."""
+    if not isinstance(path, str):
+        return path
+    mark = f"{os.sep}runs{os.sep}{batch_id}{os.sep}"
+    at = path.rfind(mark)  # the last: no id below a batch may be `runs` (a store name)
+    if at < 0:
+        return path
+    return f"{layout.runs}{os.sep}{batch_id}{os.sep}{path[at + len(mark):]}"
+
+
+def step_row_here(d: dict[str, Any], layout: Layout, batch_id: str) -> dict[str, Any]:
+    """A step row (StepRow JSON) from the catalog with its attempt directories under the
+    current root (`_rehome`): `attempt_dir`, each candidate's, `resume_from.resume_base_dir`."""
+    if "attempt_dir" in d:
+        d["attempt_dir"] = _rehome(d["attempt_dir"], layout, batch_id)
+    for c in d.get("candidates") or ():
+        if isinstance(c, dict) and "attempt_dir" in c:
+            c["attempt_dir"] = _rehome(c["attempt_dir"], layout, batch_id)
+    rf = d.get("resume_from")
+    if isinstance(rf, dict) and "resume_base_dir" in rf:
+        rf["resume_base_dir"] = _rehome(rf["resume_base_dir"], layout, batch_id)
+    return d
+
+
+def _one_class(value: str | None) -> str | None:
+    return _one_of(value, FAILURE_CLASSES, "class")
 
 
 # ----------------------------------------------------------------------------- pages
@@ -114,8 +191,9 @@ def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
     next_cursor}`; `total` counts the rows matching the filters."""
     _known_batch(cat, batch_id)
     status = _one_of(status, STEP_STATUSES, "status")
+    failure_class = _one_class(failure_class)
     n = _limit(limit)
-    after = _cursor(cursor, 1)
+    after = _cursor(cursor, SEQ_CURSOR)
     where, args = _equals(("batch_id", batch_id), ("status", status),
                           ("failure_class", failure_class))
     total = cat.query(f"SELECT count(*) FROM steps WHERE {' AND '.join(where)}", args)[0][0]
@@ -126,7 +204,7 @@ def steps_page(cat: Catalog, batch_id: str, *, status: str | None = None,
                      "ORDER BY seq LIMIT ?", [*args, n + 1])
     out = []
     for r in rows[:n]:
-        d = json.loads(r["row"])
+        d = step_row_here(json.loads(r["row"]), cat.layout, batch_id)
         if r["failure_class"]:
             d["failure_class"] = r["failure_class"]
         out.append(d)
@@ -179,7 +257,7 @@ def step_window(cat: Catalog, batch_id: str, *, statuses: tuple[str, ...] = (),
         f"WHERE {' AND '.join(where)} ORDER BY s.seq {order} LIMIT ?", [*args, limit])
     out = []
     for r in rows:
-        d = json.loads(r["row"])
+        d = step_row_here(json.loads(r["row"]), cat.layout, batch_id)
         d.update(seq=r["seq"], failure_class=r["failure_class"], exit_code=r["exit_code"],
                  report_status=r["report_status"], report_summary=r["report_summary"])
         out.append(d)
@@ -230,6 +308,7 @@ def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | No
         if val:
             valid_id(val, col)
     st = _one_of(status, ATTEMPT_STATUSES, "status")
+    failure_class = _one_class(failure_class)
     where, args = _equals(("batch_id", batch_id), ("job_id", job_id), ("step_id", step_id),
                           ("runner_id", runner_id), ("status", st),
                           ("failure_class", failure_class))
@@ -245,8 +324,13 @@ def _attempt_filters(batch_id: str | None, job_id: str | None, step_id: str | No
     return where, args
 
 
-def _attempt_json(r: Any) -> dict[str, Any]:
-    return {k: v for k, v in dict(r).items() if v is not None}
+def _attempt_json(r: Any, layout: Layout) -> dict[str, Any]:
+    """An attempts row without nulls, plus its `attempt_dir` under the current root (as the
+    unpaged listing gives it: computed from the ids, never recorded)."""
+    d = {k: v for k, v in dict(r).items() if v is not None}
+    d["attempt_dir"] = str(layout.attempt_dir(r["batch_id"], r["job_id"], r["step_id"],
+                                              r["dir_name"]))
+    return d
 
 
 def attempts_page(cat: Catalog, *, batch_id: str | None = None, job_id: str | None = None,
@@ -259,12 +343,13 @@ def attempts_page(cat: Catalog, *, batch_id: str | None = None, job_id: str | No
     `{attempts, total, next_cursor}`; each attempt is its catalog row without nulls."""
     if batch_id:
         _known_batch(cat, batch_id)
+        _known_step(cat, batch_id, job_id, step_id)
     n = _limit(limit)
     where, args = _attempt_filters(batch_id, job_id, step_id, status, failure_class,
                                    runner_id, since, until)
+    after = _cursor(cursor, ATTEMPT_CURSOR)
     cond = f"WHERE {' AND '.join(where)}" if where else ""
     total = cat.query(f"SELECT count(*) FROM attempts {cond}", args)[0][0]
-    after = _cursor(cursor, 4)
     if after is not None:
         where.append("(dir_name, batch_id, job_id, step_id) > (?, ?, ?, ?)")
         args.extend(after)
@@ -276,7 +361,7 @@ def attempts_page(cat: Catalog, *, batch_id: str | None = None, job_id: str | No
         last = rows[n - 1]
         nxt = encode_cursor([last["dir_name"], last["batch_id"], last["job_id"],
                              last["step_id"]])
-    return {"attempts": [_attempt_json(r) for r in rows[:n]], "total": total,
+    return {"attempts": [_attempt_json(r, cat.layout) for r in rows[:n]], "total": total,
             "next_cursor": nxt}
 
 
@@ -305,12 +390,12 @@ def slowest_steps(cat: Catalog, *, batch_id: str | None = None, since: str | Non
     longest first: `{attempts: [...]}`."""
     if batch_id:
         _known_batch(cat, batch_id)
-    n = _limit(limit or 20)
+    n = _limit(limit, 20)
     where, args = _attempt_filters(batch_id, None, None, None, None, None, since, until)
     where.append("duration_seconds IS NOT NULL")
     rows = cat.query(f"SELECT * FROM attempts WHERE {' AND '.join(where)} "
                      "ORDER BY duration_seconds DESC, dir_name LIMIT ?", [*args, n])
-    return {"attempts": [_attempt_json(r) for r in rows]}
+    return {"attempts": [_attempt_json(r, cat.layout) for r in rows]}
 
 
 def retry_rates(cat: Catalog, *, since: str | None = None,

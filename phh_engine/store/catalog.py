@@ -686,14 +686,20 @@ class Catalog:
                 "SELECT batch_id, fingerprint FROM batches")}
             settled = {r[0] for r in self.conn.execute(
                 "SELECT batch_id FROM batches WHERE finished = 1 AND fingerprint IS NOT NULL")}
+            open_rows = {r[0] for r in self.conn.execute(
+                "SELECT batch_id FROM batches WHERE closed = 0")}
+        # an operator may close a settled batch by hand (SPEC's closed.json, no phh writer
+        # marks it open first): one stat per batch, not the fingerprint's one per job
+        closed_by_hand = {b for b in settled & open_rows & on_disk if os.path.exists(
+            os.path.join(self.layout.batch_dir(b), "closed.json"))}
         serving = engine_serving(self.layout)
         gone = set(known) - on_disk if batch_ids is None else set(batch_ids) - on_disk
         for bid in sorted(gone & set(known)):
             self.remove_batch(bid)
             rep.removed.append(bid)
         for bid in sorted(on_disk):
-            if bid in settled or (bid in known and (serving or (
-                    known[bid] is not None and known[bid] == fingerprint(self.layout, bid)))):
+            if bid not in closed_by_hand and (bid in settled or (bid in known and (serving or (
+                    known[bid] is not None and known[bid] == fingerprint(self.layout, bid))))):
                 continue
             if self.index_batch(bid):
                 rep.reindexed.append(bid)
