@@ -443,10 +443,11 @@ def system_view(layout: Layout) -> str | None:
     `model_dump_json(indent=2)`) from the catalog alone, when it can answer for the whole
     root: every batch on disk settled in the catalog (finished, fingerprint recorded) and
     trusted as `Catalog.refresh_for_reader` trusts it (phh's writers mark a batch open
-    before they change it; the engine's start verifies the fingerprints), no `closed.json`
-    dropped since it settled, no start-pause file (its notes need the models) and no stray
-    entry in runs/ (a note too). None otherwise: the caller derives the view from the
-    files. O(batches) stats, no attempt read, whatever the jobs per batch
+    before they change it; the engine's start verifies the fingerprints; the refresh
+    re-derives a batch closed by hand with a `closed.json`), no start-pause file (its
+    notes need the models) and no stray entry in runs/ (a note too). None otherwise: the
+    caller derives the view from the files. O(batches) stats, no attempt read, whatever
+    the jobs per batch
     (docs/catalog.md#the-scoreboard-from-the-catalog). A cold `phh scoreboard --json` then
     imports no model and reads no attempt."""
     import os
@@ -470,8 +471,7 @@ def system_view(layout: Layout) -> str | None:
     except (CatalogError, sqlite3.Error):
         return None
     try:
-        rows = cat.query("SELECT batch_id, finished, closed, fingerprint, system_row "
-                         "FROM batches")
+        rows = cat.query("SELECT batch_id, finished, fingerprint, system_row FROM batches")
     except sqlite3.Error:
         return None
     finally:
@@ -481,11 +481,6 @@ def system_view(layout: Layout) -> str | None:
     if set(known) != set(on_disk) or any(
             not r["finished"] or r["fingerprint"] is None or r["system_row"] is None
             for r in rows):
-        return None
-    # an operator may close a batch by hand (SPEC's closed.json, no phh writer involved):
-    # one stat per batch, not the fingerprint's one per job
-    if any(not r["closed"] and os.path.exists(os.path.join(layout.batch_dir(r["batch_id"]),
-                                                            "closed.json")) for r in rows):
         return None
     out = [json.loads(r["system_row"]) for r in rows]
     # = derive.scoreboards.system_scoreboard's order: attention first, then running, then
