@@ -600,6 +600,7 @@ class Engine:
             runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=resume,
             resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce, candidate=r.candidate,  # best-of-N
+            known_attempts=frozenset(a.dir_name for a in cand.step.attempts),
         )
         if self.placement.hold(self.runner, plan, cand.step):  # no node for it now
             self.ready.touch(batch.batch_id, cand.job.job_id)
