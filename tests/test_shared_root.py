@@ -47,27 +47,31 @@ def _own_board(eng: Engine, batch_id: str) -> dict[str, Any]:
     return board
 
 
-def test_two_engines_on_one_root_follow_each_others_attempts(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two engines (runners ra and rb) with --until-idle on one root, 24 jobs x 2 steps
-    (step2 resumes step1), each attempt ~0.4 s: every step ends exactly once; neither
-    engine stops while anything runs or is ready on disk; each one's view at its stop equals
-    `phh scoreboard --json --recompute`, and so does the served board afterwards."""
+#: `codex exec` that works ~0.4 s (so the two runners' attempts overlap), or fails at once
+#: (exit 1) when the prompt says FAIL (so one runner retries faster than the other sees it);
+#: phh's own `--version` / `--help` probes go straight through
+WRAPPER = """#!/bin/sh
+case " $* " in *" --json "*) ;; *) exec "{fake}" "$@" ;; esac
+p=$(cat)
+case "$p" in *FAIL*) echo "error: boom" >&2; exit 1 ;; esac
+sleep 0.4
+printf '%s\\n' "$p" | exec "{fake}" "$@"
+"""
+
+
+def _run_two(harness: Harness, monkeypatch: pytest.MonkeyPatch, jobs: list[dict[str, Any]],
+             **batch: Any) -> tuple[str, dict[str, Engine], dict[str, list[EngineEvent]],
+                                    dict[str, tuple[Any, Any]]]:
+    """Submit `jobs`, serve the root with two engines (runners ra and rb, --until-idle)
+    started at once, each in its own thread, to their ends. Returns the batch id, the
+    engines, their events, and per runner (the disk's board, its own view) at its stop."""
     wrapper = harness.root / "codex_busy.sh"
-    # the attempt's work takes a while (so the two runners' attempts overlap); phh's own
-    # `--version` / `--help` probes do not
-    wrapper.write_text('#!/bin/sh\ncase " $* " in *" --json "*) sleep 0.4 ;; esac\n'
-                       f'exec "{FAKE_CODEX}" "$@"\n')
+    wrapper.write_text(WRAPPER.format(fake=FAKE_CODEX))
     wrapper.chmod(0o755)
     monkeypatch.setenv("PHH_CODEX_BIN", str(wrapper))
-    jobs = 24
-    bid = harness.submit([{"job_id": f"j{i:02d}", "steps": [
-        {"step_id": "step1", "prompt": "Do the task."},
-        {"step_id": "step2", "prompt": "Go on.", "resume_from": {"step_id": "step1"}},
-    ]} for i in range(jobs)])
-
+    bid = harness.submit(jobs, **batch)
     events: dict[str, list[EngineEvent]] = {"ra": [], "rb": []}
-    at_idle: dict[str, tuple[Any, Any]] = {}  # runner -> (disk's board, its own view)
+    at_idle: dict[str, tuple[Any, Any]] = {}
     engines: dict[str, Engine] = {}
 
     def listener(rid: str) -> Any:
@@ -102,32 +106,73 @@ def test_two_engines_on_one_root_follow_each_others_attempts(
         t.join(300)
     assert not any(t.is_alive() for t in threads), "an engine did not stop"
     assert not errors, errors
+    return bid, engines, events, at_idle
 
-    # every step ended exactly once: one attempt each (nothing here fails or retries), ended
-    # by the runner that started it, and by no one else
+
+def _check_ends(harness: Harness, bid: str, engines: dict[str, Engine],
+                events: dict[str, list[EngineEvent]], at_idle: dict[str, tuple[Any, Any]]
+                ) -> None:
+    """Each attempt ended once, by the runner that started it; neither engine stopped while
+    anything ran or was ready on disk; each one's view (at its stop and at the end) and the
+    served board equal `phh scoreboard --json --recompute`."""
+    ended = Counter(ev.run_id for evs in events.values() for ev in evs
+                    if ev.kind == "attempt_ended")
+    started = {ev.run_id for evs in events.values() for ev in evs
+               if ev.kind == "attempt_started"}
+    on_disk = {harness.state(a)["run_id"] for b in [engines["ra"].index.batches[bid]]
+               for job, s in b.steps()
+               for a in harness.attempts(bid, job.job_id, s.step_id)}
+    assert set(ended) == started == on_disk and set(ended.values()) == {1}
+    assert not [ev for evs in events.values() for ev in evs if ev.kind == "recovered"]
+    assert set(at_idle) == {"ra", "rb"}
+    for rid, (disk, own) in at_idle.items():
+        counts = disk["counts"]
+        assert (counts["running"], counts["ready"]) == (0, 0), (rid, counts)
+        assert _shape(own) == _shape(disk), rid
+    final = _board(harness.root, bid, recompute=True)
+    for rid, eng in engines.items():
+        assert _shape(_own_board(eng, bid)) == _shape(final), rid
+    assert _shape(_board(harness.root, bid, recompute=False)) == _shape(final)
+
+
+def test_two_engines_on_one_root_follow_each_others_attempts(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 14: 24 jobs x 2 steps (step2 resumes step1) under two engines: every step
+    ends exactly once (one attempt each: nothing fails here), and neither engine stops
+    early or keeps a stale view. Before the fix one engine froze with the other's attempts
+    `running` in its view (or stopped with --until-idle while work remained)."""
+    jobs = 24
+    bid, engines, events, at_idle = _run_two(harness, monkeypatch, [
+        {"job_id": f"j{i:02d}", "steps": [
+            {"step_id": "step1", "prompt": "Do the task."},
+            {"step_id": "step2", "prompt": "Go on.", "resume_from": {"step_id": "step1"}},
+        ]} for i in range(jobs)])
     attempts = {(f"j{i:02d}", s): harness.attempts(bid, f"j{i:02d}", s)
                 for i in range(jobs) for s in ("step1", "step2")}
     assert {k: len(v) for k, v in attempts.items() if len(v) != 1} == {}
     assert {k: harness.state(v[0])["status"] for k, v in attempts.items()
             if harness.state(v[0])["status"] != "succeeded"} == {}
-    ended = Counter(ev.run_id for evs in events.values() for ev in evs
-                    if ev.kind == "attempt_ended")
-    started = {ev.run_id: rid for rid, evs in events.items() for ev in evs
-               if ev.kind == "attempt_started"}
-    on_disk = {harness.state(v[0])["run_id"] for v in attempts.values()}
-    assert set(ended) == set(started) == on_disk and set(ended.values()) == {1}
-    assert not [ev for evs in events.values() for ev in evs if ev.kind == "recovered"]
+    _check_ends(harness, bid, engines, events, at_idle)
+    assert at_idle["ra"][0]["counts"]["succeeded"] == 2 * jobs
 
-    # neither stopped early: at each one's stop nothing ran or was ready on disk, and its
-    # own view was the disk's
-    assert set(at_idle) == {"ra", "rb"}
-    for rid, (disk, own) in at_idle.items():
-        counts = disk["counts"]
-        assert (counts["running"], counts["ready"], counts["succeeded"]) == (0, 0, 2 * jobs), \
-            (rid, counts)
-        assert _shape(own) == _shape(disk), rid
-    # and afterwards: each engine's final view, and the board readers are served
-    final = _board(harness.root, bid, recompute=True)
-    for rid, eng in engines.items():
-        assert _shape(_own_board(eng, bid)) == _shape(final), rid
-    assert _shape(_board(harness.root, bid, recompute=False)) == _shape(final)
+
+def test_two_engines_spend_a_retry_budget_once(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that always fails, max_attempts 3 and no backoff, under two engines: exactly 3
+    attempts, never a 4th by the runner that had not yet seen the other's retry (a claim
+    decided without an attempt on disk is refused and looked at again)."""
+    jobs = 8
+    bid, engines, events, at_idle = _run_two(harness, monkeypatch, [
+        {"job_id": f"j{i:02d}", "steps": [
+            {"step_id": "step1", "prompt": "FAIL" if i % 2 else "Do the task."},
+            {"step_id": "step2", "prompt": "Go on.", "depends_on": ["step1"]},
+        ]} for i in range(jobs)], retries={"max_attempts": 3, "backoff_seconds": 0})
+    for i in range(jobs):
+        job = f"j{i:02d}"
+        s1 = [harness.state(a)["status"] for a in harness.attempts(bid, job, "step1")]
+        s2 = [harness.state(a)["status"] for a in harness.attempts(bid, job, "step2")]
+        if i % 2:
+            assert (s1, s2) == (["failed"] * 3, []), job
+        else:
+            assert (s1, s2) == (["succeeded"], ["succeeded"]), job
+    _check_ends(harness, bid, engines, events, at_idle)
