@@ -176,3 +176,36 @@ def test_two_engines_spend_a_retry_budget_once(
         else:
             assert (s1, s2) == (["succeeded"], ["succeeded"]), job
     _check_ends(harness, bid, engines, events, at_idle)
+
+
+def test_a_stale_view_of_an_ended_attempt_is_reread_not_ended_again(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine holding another runner's attempt as `running` after that runner ended it
+    and stopped: the orphan sweep re-reads it (succeeded, with its resume base) instead of
+    recording runner_lost over a stale view, which left its resume_from dependant blocked
+    ("left no resume base")."""
+    from dataclasses import replace
+
+    wrapper = harness.root / "codex_busy.sh"
+    wrapper.write_text(WRAPPER.format(fake=FAKE_CODEX))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PHH_CODEX_BIN", str(wrapper))
+    bid = harness.submit([{"job_id": "j", "steps": [{"step_id": "s1", "prompt": "Do it."}]}])
+    harness.run(runner_id="rb")
+    (path,) = harness.attempts(bid, "j", "s1")
+    on_disk = (path / "state.json").read_text()
+    eng = harness.engine(runner_id="ra")
+    try:
+        step = eng.index.batches[bid].jobs["j"].steps["s1"]
+        (ended,) = step.attempts
+        assert ended.status == "succeeded" and ended.resume_base_ready
+        assert ended.state is not None
+        stale = replace(ended, state=ended.state.model_copy(
+            update={"status": "running", "ended_at": None}), resume_base_ready=False)
+        step.attempts[0] = stale
+        assert eng.recovery.end_orphan(bid, "j", "s1", stale)
+        (now,) = step.attempts
+        assert now.status == "succeeded" and now.resume_base_ready
+        assert (path / "state.json").read_text() == on_disk  # no runner_lost written
+    finally:
+        eng.release_runner()
