@@ -1,14 +1,13 @@
-"""Attempts another runner runs on this root (docs/architecture.md: several engines may share
-a root). The engine learns of another runner's attempt when a claim finds it on disk (the
-claim re-reads the step under the job lock); from then on it must also learn when that
-attempt moves on (running, ended), or it would keep the step `running` in its index forever:
-its dependants never become ready here, its scoreboards stay stale, and `--until-idle` would
-stop while the other runner still works.
+"""Attempts another runner runs on this root (docs/architecture.md#concurrency-model: several
+engines may share a root). The engine learns of another runner's attempt when a claim finds
+it on disk (the claim re-reads the step under the job lock) or a batch is loaded with it;
+from then on it must also learn when that attempt moves on (running, ended), or it would
+keep the step `running` in its index forever: its dependants never become ready here, its
+scoreboards stay stale, and `--until-idle` would stop while the other runner still works.
 
-No watch of the other runner's files is needed for that: their number is bounded by the
-other runners' concurrency, so each is re-read when its state.json changes (one `stat` per
-poll, a read only on change), every POLL_INTERVAL seconds while any is known, not at all
-otherwise. O(other runners' live attempts) per poll, independent of history.
+Each followed attempt is re-read when its state.json changes (one `stat` per poll, a read
+only on change), every POLL_INTERVAL seconds while any is followed, not at all otherwise:
+O(other runners' live attempts) per poll, bounded by their concurrency, never by history.
 """
 
 from __future__ import annotations
