@@ -59,6 +59,7 @@ from .boards import BoardWriter
 from .catalog_file import record_catalog_file
 from .events import EngineError as EngineError
 from .events import EngineEvent as EngineEvent
+from .foreign import ForeignAttempts
 from .health import available, is_stale
 from .operator import Operator
 from .placement import PlacementGate
@@ -147,6 +148,9 @@ class Engine:
         self.boards = BoardWriter(self)
         #: new batches, requests and queue drops from other processes
         self.watch = Watcher(self)
+        #: other runners' in-flight attempts on this root, followed until they end
+        self.foreign = ForeignAttempts(self)
+        self.index.foreign = self.foreign
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -475,6 +479,7 @@ class Engine:
             asyncio.create_task(self.boards.run(), name="phh-scoreboards"),
             asyncio.create_task(self.watch.run(), name="phh-watch"),
             asyncio.create_task(self.admission.credential_loop(), name="phh-credential"),
+            asyncio.create_task(self.foreign.run(), name="phh-foreign"),
         ]
         if self.config is not None and self.config.gc.enabled:
             aux.append(asyncio.create_task(self._gc_loop(), name="phh-gc"))
@@ -524,14 +529,20 @@ class Engine:
             pause_end = self.admission.pause_end(now) if sel.waiting else None
             if not sel.start and not self.tasks and sel.next_wakeup is None \
                     and pause_end is None:
-                if self.recovery.sweep_orphans():
+                # another runner's attempts still run: their ends may make steps ready here
+                # (engine/foreign.py); the sweep is for when they are all ended, or their
+                # runner is gone (O(steps): not on every one of their changes)
+                peers = self.foreign.running > 0
+                if (not peers or self.foreign.owners_gone()) and self.recovery.sweep_orphans():
                     continue  # an attempt nobody watched was ended or adopted: look again
                 if self.promoter.noted:
                     continue  # candidates ended while promotions ran: look at them first
-                if self.until_idle:
+                if self.foreign.running:
+                    pass  # not idle: wait for them (the follower pokes on each change)
+                elif self.until_idle:
                     self.emit(EngineEvent("idle", now, detail="nothing running or runnable"))
                     return
-                if not idle_reported:
+                elif not idle_reported:
                     idle_reported = True
                     self.emit(EngineEvent("idle", now, detail="waiting for work"))
             elif sel.start:
@@ -593,6 +604,7 @@ class Engine:
             runner_id=self.runner_id, trigger=r.trigger, retry_of=r.retry_of, resume=resume,
             resume_same_thread=same_thread, extra_prompt=extra,
             override_nonce=marks.pending_nonce, candidate=r.candidate,  # best-of-N
+            known_attempts=frozenset(a.dir_name for a in cand.step.attempts),
         )
         if self.placement.hold(self.runner, plan, cand.step):  # no node for it now
             self.ready.touch(batch.batch_id, cand.job.job_id)
@@ -632,8 +644,10 @@ class Engine:
             self.boards.dirty.add(batch.batch_id)
             self.poke()
             return
-        if claimed is None:  # another engine got there first; the index will catch up
+        if claimed is None:  # another engine got there first: catch up, and look again
             self.refresh_step(batch.batch_id, cand.job.job_id, cand.step.step_id)
+            self.boards.dirty.add(batch.batch_id)
+            self.poke()  # its slot is still free: another ready step may take it
             return
         if (marks.pending_nonce or r.trigger.startswith("operator_")) and \
                 not request_still_wanted(cand.step, r.candidate):  # best-of-N hook

@@ -23,6 +23,7 @@ from ..runners.attempt import AttemptPlan
 from ..runners.conclude import record_runner_lost
 from ..store.crash import faultpoint
 from ..store.files import lock_held, read_model, write_state
+from ..store.index import load_attempt
 from ..store.paths import EXIT_CODE, STATE
 from ..store.pointers import update_current
 from ..store.views import AttemptView
@@ -155,6 +156,13 @@ class Recovery:
         lives (when `adopt`), else record it failed / runner_lost. True when it changed."""
         if not self.is_orphan(att):
             return False
+        # the view may be stale (another runner's attempt, ended by that runner before it
+        # stopped): what is on disk decides, and an ended attempt is only re-read
+        fresh = load_attempt(att.path) if att.path.is_dir() else None
+        if fresh is not None and fresh.terminal:
+            self.eng.index.put_attempt(batch_id, job_id, step_id, fresh)
+            self.eng.boards.dirty.add(batch_id)
+            return True
         st = att.state
         pid = st.pid if st and st.pid and _alive(st.pid, st.pid_started_at) else None
         if pid is None and (st is None or st.status == "queued"):

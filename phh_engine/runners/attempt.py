@@ -50,6 +50,10 @@ class AttemptPlan:
     override_nonce: str | None = None
     #: best-of-N: the candidate index this attempt runs (runners/candidates.py)
     candidate: int | None = None
+    #: the step's attempt directory names the decision was made on (None: not checked); a
+    #: claim that finds another one on disk (another runner's) is refused, so a retry
+    #: budget or a failure seen by one runner is never spent twice
+    known_attempts: frozenset[str] | None = None
 
 
 @dataclass(slots=True)

@@ -125,6 +125,8 @@ class LocalRunner(PrepareSteps, WatchSteps):
             if attempts.is_dir():
                 for name in attempt_dir_names(attempts):  # stray files are not attempts
                     names.append(name)
+                    if plan.known_attempts is not None and name not in plan.known_attempts:
+                        return None  # decided without it (another runner's): look again
                     if plan.candidate is not None and \
                             plan.candidate != read_marker(attempts / name):  # best-of-N hook
                         continue  # another candidate index (or a plain attempt)
