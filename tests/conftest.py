@@ -20,6 +20,7 @@ from phh_engine.interfaces.submit import submit
 from phh_engine.models import HarnessSettings
 from phh_engine.runners.codex_cli import CodexNotFound, locate_codex
 from phh_engine.standin import StandIn, script
+from phh_engine.store.catalog import Catalog
 from phh_engine.store.files import atomic_write_json
 from phh_engine.store.harness_config import materialize
 from phh_engine.store.paths import Layout
@@ -178,3 +179,23 @@ def _no_real_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("OPENAI_API_KEY", "CODEX_API_KEY"):
         if os.environ.get(key):
             monkeypatch.delenv(key)
+
+
+def rebuilt(layout: Layout, tmp: Path) -> dict[str, Any]:
+    """A from-scratch catalog of the root's files (a scratch file under `tmp`): its
+    snapshot, what a kept catalog must equal."""
+    cat = Catalog.open(layout, tmp / f"scratch-{os.urandom(4).hex()}.sqlite3")
+    try:
+        cat.rebuild()
+        return cat.snapshot()
+    finally:
+        cat.close()
+
+
+def as_left(layout: Layout) -> dict[str, Any]:
+    """The catalog exactly as its writers left it: no refresh from the files."""
+    cat = Catalog.open(layout)
+    try:
+        return cat.snapshot()
+    finally:
+        cat.close()

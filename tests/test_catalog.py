@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import rebuilt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,14 +108,6 @@ class Store:
         t = utcnow().timestamp() - 3600 + self.tick / 1000
         os.utime(path, (t, t))
 
-
-def rebuilt(layout: Layout, tmp: Path) -> dict[str, Any]:
-    cat = Catalog.open(layout, tmp / f"scratch-{os.urandom(4).hex()}.sqlite3")
-    try:
-        cat.rebuild()
-        return cat.snapshot()
-    finally:
-        cat.close()
 
 
 def reader_snapshot(layout: Layout) -> dict[str, Any]:

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, final, step, wait_for
+from conftest import Harness, as_left, final, rebuilt, step, wait_for
 from fastapi.testclient import TestClient
 
 from phh_engine.interfaces.api import Auth, create_app
 from phh_engine.models import STEP_STATUSES, TERMINAL_STATUSES
 from phh_engine.models.common import AttemptStatus
 from phh_engine.store import catalog as catmod
-from phh_engine.store.catalog import Catalog, open_for_reader
+from phh_engine.store.catalog import open_for_reader
 from phh_engine.store.paths import Layout
 
 pytestmark = pytest.mark.codex
@@ -28,22 +28,6 @@ POINTS = ["after_claim", "after_meta", "after_spawn", "while_running", "before_f
           "after_final_state", "catalog.before_commit"]
 
 
-def rebuilt(layout: Layout, tmp: Path) -> dict[str, Any]:
-    cat = Catalog.open(layout, tmp / f"scratch-{os.urandom(4).hex()}.sqlite3")
-    try:
-        cat.rebuild()
-        return cat.snapshot()
-    finally:
-        cat.close()
-
-
-def as_left(layout: Layout) -> dict[str, Any]:
-    """The catalog exactly as the engine left it: no refresh from the files."""
-    cat = Catalog.open(layout)
-    try:
-        return cat.snapshot()
-    finally:
-        cat.close()
 
 
 def backdate(layout: Layout, batch_id: str) -> None:

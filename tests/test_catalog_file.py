@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, final, step, wait_for
+from conftest import Harness, as_left, final, rebuilt, step, wait_for
 from fastapi.testclient import TestClient
 
 from phh_engine.interfaces.api import Auth, create_app
 from phh_engine.runners.doctor import check_catalog, context_for
 from phh_engine.store import catalog as catmod
-from phh_engine.store.catalog import Catalog, CatalogConfigError, open_for_reader
+from phh_engine.store.catalog import CatalogConfigError, open_for_reader
 from phh_engine.store.paths import Layout
 
 PHH = str(Path(__file__).parents[1] / ".venv" / "bin" / "phh")
@@ -36,21 +36,6 @@ def phh(root: Path, *args: str, env: dict[str, str] | None = None,
                           timeout=120, env=full, cwd=cwd)
 
 
-def rebuilt(layout: Layout, tmp: Path) -> dict[str, Any]:
-    cat = Catalog.open(layout, tmp / f"scratch-{os.urandom(4).hex()}.sqlite3")
-    try:
-        cat.rebuild()
-        return cat.snapshot()
-    finally:
-        cat.close()
-
-
-def as_left(layout: Layout) -> dict[str, Any]:
-    cat = Catalog.open(layout)
-    try:
-        return cat.snapshot()
-    finally:
-        cat.close()
 
 
 @pytest.fixture
