@@ -43,7 +43,7 @@ def test_every_expected_file_is_generated() -> None:
         "meta.schema.json", "state.schema.json", "current.schema.json", "run_report.schema.json",
         "runner_health.schema.json", "pause.schema.json", "scoreboard.batch.schema.json",
         "scoreboard.system.schema.json", "credential_pause.schema.json",
-        "promotion.schema.json", "candidate_base.schema.json",
+        "promotion.schema.json", "candidate_base.schema.json", "catalog_file.schema.json",
     }
 
 

@@ -10,6 +10,7 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING
 
+from ..models import CatalogFileRecord
 from ..store.catalog import Catalog, CatalogError, _discard, file_id
 from ..store.files import atomic_write_json
 
@@ -73,8 +74,9 @@ def record_catalog_file(eng: Engine, problem: str | None = None) -> None:
     if cat is None:
         return
     try:
-        atomic_write_json(eng.layout.runners / eng.runner_id / "catalog_file.json", {
-            "path": str(cat.path), "file_id": list(cat.file_id) if cat.file_id else None,
-            "problem": problem}, durable=False)
+        rec = CatalogFileRecord(path=str(cat.path), problem=problem,
+                                file_id=list(cat.file_id) if cat.file_id else None)
+        atomic_write_json(eng.layout.runners / eng.runner_id / "catalog_file.json",
+                          rec.model_dump(mode="json"), durable=False)
     except OSError as exc:  # a full disk: doctor then cannot tell; the engine goes on
         log.warning("cannot record the catalog file this engine writes: %s", exc)

@@ -27,7 +27,7 @@ from .common import (
 )
 from .current import AttemptIndexEntry, AttemptPointer, CurrentIndex, StepPointers
 from .harness_config import HarnessConfig, HarnessSettings
-from .health import RunnerHealth
+from .health import CatalogFileRecord, RunnerHealth
 from .launch_table import JobSpec, LaunchTable, ResumeFrom, StepSpec
 from .policies import ExecutionPolicy, RetentionPolicy, RetryPolicy, Timeouts
 from .promotion import CandidateBase, CandidateRank, Promotion
@@ -49,6 +49,7 @@ __all__ = [
     "CandidateBase",
     "CandidateOverride",
     "CandidateRank",
+    "CatalogFileRecord",
     "CurrentIndex",
     "EffectiveDefaults",
     "EnvironmentSnapshot",

@@ -69,3 +69,17 @@ class DrainRequest(Record):
     reason: str | None = None
     requested_at: datetime
     requested_by: str = "cli"
+
+
+class CatalogFileRecord(Record):
+    """runners/<runner_id>/catalog_file.json: the catalog file this runner's engine writes,
+    rewritten when it opens or reopens one. `phh doctor` compares it with the file at the
+    path, so it never calls a catalog "ok" that the serving engine does not write
+    (docs/catalog.md#how-it-is-kept-current)."""
+
+    path: str = Field(description="the catalog file's path as the engine opened it")
+    file_id: list[int] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="(st_dev, st_ino) of the file the engine holds open")
+    problem: str | None = Field(
+        default=None, description="why the engine cannot write a catalog now, if it cannot")

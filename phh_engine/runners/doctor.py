@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from ..models import HarnessConfig
+from ..models import CatalogFileRecord, HarnessConfig
 from ..store.docread import CODEX_CONFIG_MAX_BYTES, DocumentReadError, read_document_bytes
 from ..store.paths import Layout, is_phh_root
 from . import credentials
@@ -516,8 +516,7 @@ def _engine_writes_elsewhere(layout: Layout, path: Path) -> str | None:
     """Why the file at `path` is not the one a serving engine writes (None: it is, or no
     engine says): each engine records the catalog file it writes (`catalog_file` in its
     runner directory, engine/catalog_file.py)."""
-    import json
-    import os
+    from ..store.files import read_model
 
     try:
         names = os.listdir(layout.runners)
@@ -526,11 +525,8 @@ def _engine_writes_elsewhere(layout: Layout, path: Path) -> str | None:
     st = None
     for name in names:
         rec_path = layout.runners / name / "catalog_file.json"
-        try:
-            rec = json.loads(rec_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(rec, dict) or rec.get("path") != str(path):
+        rec = read_model(rec_path, CatalogFileRecord)
+        if rec is None or rec.path != str(path):
             continue
         if name not in serving_runners(layout):
             continue
@@ -538,8 +534,8 @@ def _engine_writes_elsewhere(layout: Layout, path: Path) -> str | None:
             st = os.stat(path)
         except OSError:
             return f"runner {name}'s engine writes a file that is gone"
-        if [st.st_dev, st.st_ino] != rec.get("file_id"):
+        if [st.st_dev, st.st_ino] != rec.file_id:
             return f"runner {name}'s engine writes another (older) file than this one"
-        if rec.get("problem"):
-            return f"runner {name}'s engine cannot write it: {rec['problem']}"
+        if rec.problem:
+            return f"runner {name}'s engine cannot write it: {rec.problem}"
     return None

@@ -56,6 +56,7 @@ STORE_NAMES: dict[str, str] = {
     "steps": "runs/<batch>/<job>/steps/", "attempts": "runs/<batch>/<job>/steps/<step>/attempts/",
     "health.json": "runners/<runner>/health.json", "drain.json": "runners/<runner>/drain.json",
     "headless.log": "runners/<runner>/headless.log",
+    "catalog_file.json": "runners/<runner>/catalog_file.json",
     "incoming": "queue/incoming/", "accepted": "queue/accepted/", "rejected": "queue/rejected/",
     **{name: f"runs/<batch>/<job>/steps/<step>/attempts/<attempt>/{name}" for name in (
         META, STATE, FINAL_JSON, FINAL_TXT, HANDOFF, EVENTS, STDOUT, STDERR, EXIT_CODE,
