@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import PurePath
 
 from ..models import BatchScoreboard, StatusCounts, SystemScoreboard, Usage
 from ..models.scoreboard import (
@@ -22,6 +21,7 @@ from ..models.scoreboard import (
     StepRow,
     SystemRow,
 )
+from ..store.paths import rehome
 from ..store.views import AttemptView, BatchView, JobView, StepView
 from .candidates import candidate_rows
 from .readiness import Readiness, is_stuck, resolve_resume_source, step_readiness
@@ -51,18 +51,13 @@ def _seconds(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round((now - then).total_seconds(), 3)
 
 
-def _here(copied: str | None, attempt: AttemptView | None, job_id: str) -> str | None:
-    """A resume base recorded in meta.json (`<root>/runs/B/<job>/steps/S/attempts/D/
-    codex_home`, under the root that ran the attempt) as it lies under the root now, beside
-    the attempt (same job): a root moved or copied keeps its recorded paths."""
+def _here(copied: str | None, attempt: AttemptView | None) -> str | None:
+    """A resume base recorded in meta.json (under the root that ran the attempt) as it lies
+    under the root the attempt is read from now (`store.paths.rehome`)."""
     if not copied or attempt is None:
         return copied
-    p = PurePath(copied)
-    if len(p.parts) < 7 or p.parents[1].name != "attempts" or p.parents[3].name != "steps" \
-            or p.parents[4].name != job_id:
-        return copied
-    job_dir = attempt.path.parents[3]  # <job>/steps/<step>/attempts/<dir>
-    return str(job_dir / "steps" / p.parents[2].name / "attempts" / p.parent.name / p.name)
+    runs = attempt.path.parents[5]  # runs/<batch>/<job>/steps/<step>/attempts/<dir>
+    return rehome(copied, runs, attempt.path.parents[4].name)
 
 
 def _resume_view(job: JobView, step: StepView, r: Readiness) -> ResumeView | None:
@@ -74,7 +69,7 @@ def _resume_view(job: JobView, step: StepView, r: Readiness) -> ResumeView | Non
             step_id=meta.resume_from.step_id,
             selector=meta.resume_from.selector,
             selected_run_id=meta.resume_from.selected_run_id,
-            resume_base_dir=_here(meta.resume_base_copied_from, attempt, job.job_id),
+            resume_base_dir=_here(meta.resume_base_copied_from, attempt),
         )
     rf = step.spec.resume_from
     if rf is None:

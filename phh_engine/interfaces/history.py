@@ -13,7 +13,6 @@ counts are Codex's `usage` fields summed over attempts.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..store.catalog import Catalog, CatalogError, decode_cursor, encode_cursor, open_for_reader
-from ..store.paths import Layout
+from ..store.paths import Layout, rehome
 
 if TYPE_CHECKING:
     from .artifacts import LookupFailed
@@ -153,15 +152,8 @@ def _known_step(cat: Catalog, batch_id: str, job_id: str | None, step_id: str | 
 
 def _rehome(path: Any, layout: Layout, batch_id: str) -> Any:
     """A path the catalog recorded under the root that wrote it (attempt_dir,
-    resume_base_dir), as it lies under `layout`'s root now: a root moved or copied keeps its
-    catalog, whose rows name the old place (docs/catalog.md#paged-filtered-views)."""
-    if not isinstance(path, str):
-        return path
-    mark = f"{os.sep}runs{os.sep}{batch_id}{os.sep}"
-    at = path.rfind(mark)  # the last: no id below a batch may be `runs` (a store name)
-    if at < 0:
-        return path
-    return f"{layout.runs}{os.sep}{batch_id}{os.sep}{path[at + len(mark):]}"
+    resume_base_dir), under `layout`'s root now (`store.paths.rehome`)."""
+    return rehome(path, layout.runs, batch_id) if isinstance(path, str) else path
 
 
 def step_row_here(d: dict[str, Any], layout: Layout, batch_id: str) -> dict[str, Any]:
@@ -447,9 +439,8 @@ def system_view(layout: Layout) -> str | None:
     re-derives a batch closed by hand with a `closed.json`), no start-pause file (its
     notes need the models) and no stray entry in runs/ (a note too). None otherwise: the
     caller derives the view from the files. O(batches) stats, no attempt read, whatever
-    the jobs per batch
-    (docs/catalog.md#the-scoreboard-from-the-catalog). A cold `phh scoreboard --json` then
-    imports no model and reads no attempt."""
+    the jobs per batch (docs/catalog.md#the-scoreboard-from-the-catalog). A cold `phh
+    scoreboard --json` then imports no model and reads no attempt."""
     import os
 
     from ..store.catalog import batch_dirs

@@ -169,6 +169,18 @@ def attempt_dir_names(attempts_dir: str | Path) -> list[str]:
     return scan_attempts(attempts_dir)[0]
 
 
+def rehome(path: str, runs: str | Path, batch_id: str) -> str:
+    """A path phh recorded under the runs directory that wrote it (an attempt directory, a
+    resume base: `<old root>/runs/<batch>/...`) as it lies under `runs` now: a root moved or
+    copied keeps its recorded paths (meta.json, the catalog's rows). Unchanged when it does
+    not lie under a `runs/<batch_id>/` (docs/catalog.md#paged-filtered-views)."""
+    mark = f"{os.sep}runs{os.sep}{batch_id}{os.sep}"
+    at = path.rfind(mark)  # the last: no id below a batch may be `runs` (a store name)
+    if at < 0:
+        return path
+    return f"{runs}{os.sep}{batch_id}{os.sep}{path[at + len(mark):]}"
+
+
 def is_phh_root(layout: Layout) -> bool:
     """A directory `phh init` (or `phh demo`) made: it has runs/ or phh_config.json."""
     return layout.runs.is_dir() or layout.settings_path.is_file()
