@@ -514,7 +514,7 @@ class Reader:
         if batch_id is not None:
             valid_id(batch_id, "batch_id")
             kw["batch_id"] = batch_id
-        from ..store.catalog import CatalogUnwritable, is_damage, unwritable, unwritable_error
+        from ..store.catalog import CatalogUnwritable, is_damage, unwritable_cause
 
         with self._lock:
             for attempt in range(2):
@@ -526,9 +526,9 @@ class Reader:
                         path = self._cat.path if self._cat is not None else None
                         if attempt or not is_damage(exc) or path is None:
                             self._drop()
-                            why = unwritable(path) if path is not None else None
-                            if path is not None and (why or "readonly" in str(exc)):
-                                raise unwritable_error(path, why or str(exc)) from None
+                            err = unwritable_cause(path, exc) if path is not None else None
+                            if err is not None:
+                                raise err from None
                             raise CatalogUnwritable(
                                 f"the catalog {path} cannot be used now ({exc}); try again, "
                                 "or `phh reindex` rebuilds it") from None

@@ -518,17 +518,10 @@ def _engine_writes_elsewhere(layout: Layout, path: Path) -> str | None:
     runner directory, engine/catalog_file.py)."""
     from ..store.files import read_model
 
-    try:
-        names = os.listdir(layout.runners)
-    except OSError:
-        return None
-    st = None
-    for name in names:
-        rec_path = layout.runners / name / "catalog_file.json"
-        rec = read_model(rec_path, CatalogFileRecord)
+    serving = serving_runners(layout)  # (one flock probe per runner: asked once)
+    for name in serving:
+        rec = read_model(layout.runners / name / "catalog_file.json", CatalogFileRecord)
         if rec is None or rec.path != str(path):
-            continue
-        if name not in serving_runners(layout):
             continue
         try:
             st = os.stat(path)

@@ -217,6 +217,15 @@ def unwritable_error(path: Path, why: str) -> CatalogUnwritable:
         "`phh scoreboard --recompute` and unpaged `phh jobs B` read the files alone")
 
 
+def unwritable_cause(path: Path, exc: BaseException) -> CatalogUnwritable | None:
+    """For a SQLite error that is not damage (`is_damage`): the catalog cannot be written
+    when its path says so (`unwritable`) or SQLite answered "readonly"; None otherwise."""
+    why = unwritable(path)
+    if why is None and "readonly" not in str(exc):
+        return None
+    return unwritable_error(path, why or str(exc))
+
+
 def is_damage(exc: BaseException) -> bool:
     """A SQLite error that means the file is damaged (corrupt, truncated, not a database),
     not that it cannot be opened or written (read-only, locked, busy, permissions): only
@@ -483,10 +492,8 @@ class Catalog:
         try:
             conn = _connect(path)
         except sqlite3.Error as exc:
-            if not is_damage(exc) and (why := unwritable(path)) is not None:
-                raise unwritable_error(path, why) from None
-            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise unwritable_error(path, str(exc)) from None
+            if not is_damage(exc) and (err := unwritable_cause(path, exc)) is not None:
+                raise err from None
             raise CatalogError(f"cannot open the catalog {path}: {exc}") from None
         return cls(layout, path, conn, problem)
 
@@ -772,10 +779,8 @@ def open_for_reader(layout: Layout) -> Catalog:
     except sqlite3.DatabaseError as exc:
         cat.close()
         if not is_damage(exc):  # read-only, locked...: the file is not to blame
-            why = unwritable(cat.path)
-            if why is not None or "readonly" in str(exc):
-                raise unwritable_error(cat.path, why or str(exc)) from None
-            raise CatalogError(f"the catalog {cat.path} cannot be used now: {exc}") from None
+            raise unwritable_cause(cat.path, exc) or CatalogError(
+                f"the catalog {cat.path} cannot be used now: {exc}") from None
         log.warning("catalog %s damaged (%s): rebuilding it from the files", cat.path, exc)
         _discard(cat.path)
         cat = Catalog.open(layout)
